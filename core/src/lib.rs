@@ -1,0 +1,49 @@
+//! kappadb-core: keys, the entry format, validation, the canonical log, the
+//! sled feed index and the [`Db`] handle.
+//!
+//! kappadb keeps one signed, hash-chained, append-only feed per peer. This
+//! crate is the storage half: it signs and validates entries
+//! ([`entry`], [`validate`]), stores them in an append-only log of segment
+//! files ([`log`]) and keeps a derived sled index of feeds and heads
+//! ([`index`]). It has no async runtime and no networking; `kappadb-views`
+//! folds the log into queryable views and `kappadb-net` syncs it with peers.
+//!
+//! ```
+//! use kappadb_core::{Db, CreateOptions};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let db = Db::create(dir.path(), CreateOptions::default()).unwrap();
+//! db.append(br#"{"type":"kv.put","key":"a","value":1}"#.to_vec()).unwrap();
+//! db.append_batch(vec![b"two".to_vec(), b"three".to_vec()]).unwrap();
+//!
+//! let head = db.head(&db.feed_id()).unwrap();
+//! assert_eq!(head.seq, 3);
+//! let records: Vec<_> = db.log_iter(0).collect::<Result<_, _>>().unwrap();
+//! assert_eq!(records.len(), 3);
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
+
+pub mod db;
+pub mod entry;
+pub mod error;
+pub mod index;
+pub mod keys;
+pub mod log;
+pub mod validate;
+pub mod watch;
+
+#[cfg(any(test, feature = "test_utils"))]
+pub mod test_utils;
+
+pub use db::{
+    Appended, CreateOptions, Db, DbConfig, FeedInfo, IngestReport, Problem, Status, VerifyReport,
+    now_ms,
+};
+pub use entry::{Entry, EntryId, ForkProof, Hash, Header, SignedHeader};
+pub use error::StoreError;
+pub use index::{ForkInfo, Head};
+pub use keys::{FeedId, KeyError, NetworkKey, SigningKey};
+pub use log::{LogIter, LogRecord, RecordBody, Recovery};
+pub use validate::EntryError;
+pub use watch::{ListenerId, Watch};

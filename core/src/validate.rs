@@ -1,0 +1,377 @@
+//! Validation: the rules every peer applies to every entry, as free
+//! functions, each returning one typed [`EntryError`] per broken rule.
+//!
+//! An incoming entry is accepted iff
+//! 1. its header version is known ([`EntryError::UnsupportedVersion`]);
+//! 2. `prev` is `None` exactly when `seq == 1`, and `seq >= 1`
+//!    ([`EntryError::BadBacklink`]);
+//! 3. the author is a valid ed25519 key ([`EntryError::BadAuthor`]);
+//! 4. the signature verifies over the recomputed id
+//!    ([`EntryError::BadSignature`]);
+//! 5. it extends the feed's head: `seq == head.seq + 1` and
+//!    `prev == head.id` ([`EntryError::SeqGap`], [`EntryError::PrevMismatch`]);
+//! 6. `payload_len` is within the database's limit
+//!    ([`EntryError::PayloadTooLarge`]);
+//! 7. a payload, when present, has `payload_len` bytes and hashes to
+//!    `payload_hash` ([`EntryError::PayloadLenMismatch`],
+//!    [`EntryError::PayloadHashMismatch`]).
+//!
+//! Signatures on ingest paths are checked in batches spread over all cores
+//! ([`verify_signatures`]).
+
+use rayon::prelude::*;
+
+use crate::entry::{Entry, EntryId, HEADER_VERSION, Hash, Header, SignedHeader};
+use crate::keys::FeedId;
+
+/// Why an entry was rejected. Expected during sync; never a crash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryError {
+    /// The header's version is not one this build understands.
+    #[error("unsupported header version {0} (this build understands version 1)")]
+    UnsupportedVersion(u8),
+    /// The bytes do not form a header or record.
+    #[error("malformed entry: {0}")]
+    Malformed(&'static str),
+    /// `prev` and `seq` disagree (a first entry with a backlink, a later one
+    /// without, or seq 0).
+    #[error("seq {seq} must {} a previous entry id", if *seq == 1 { "not have" } else { "have" })]
+    BadBacklink {
+        /// The entry's seq.
+        seq: u64,
+    },
+    /// The author is not a usable public key.
+    #[error("author {0:?} is not a valid ed25519 public key")]
+    BadAuthor(FeedId),
+    /// The signature does not verify over the entry id.
+    #[error("bad signature on {author:?} seq {seq}")]
+    BadSignature {
+        /// The feed.
+        author: FeedId,
+        /// The entry's seq.
+        seq: u64,
+    },
+    /// The entry does not follow the feed's head.
+    #[error("expected seq {expected} but found {found}")]
+    SeqGap {
+        /// `head.seq + 1`.
+        expected: u64,
+        /// The entry's seq.
+        found: u64,
+    },
+    /// The backlink does not name the feed's head.
+    #[error("prev of seq {seq} does not match the id of seq {}", seq - 1)]
+    PrevMismatch {
+        /// The entry's seq.
+        seq: u64,
+    },
+    /// The payload is larger than this database accepts.
+    #[error("payload of {len} bytes is over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Claimed or actual payload length.
+        len: u64,
+        /// The database's limit.
+        limit: u32,
+    },
+    /// The stored payload's length differs from `payload_len`.
+    #[error("payload is {actual} bytes but the header says {claimed}")]
+    PayloadLenMismatch {
+        /// `payload_len` from the header.
+        claimed: u32,
+        /// Bytes present.
+        actual: u64,
+    },
+    /// The payload does not hash to `payload_hash`.
+    #[error("payload does not match payload_hash of seq {seq}")]
+    PayloadHashMismatch {
+        /// The entry's seq.
+        seq: u64,
+    },
+    /// The feed is forked; nothing past the fork point is accepted.
+    #[error("feed {author:?} is forked at seq {fork_seq}; seq {seq} is refused")]
+    FeedForked {
+        /// The feed.
+        author: FeedId,
+        /// Where it forked.
+        fork_seq: u64,
+        /// The refused entry's seq.
+        seq: u64,
+    },
+    /// The feed is on this database's block list.
+    #[error("feed {0:?} is blocked")]
+    Blocked(FeedId),
+}
+
+/// Check everything about a header that needs no other entry: rules 1–3
+/// and the size limit (rule 6).
+pub fn validate_header(header: &Header, max_payload: u32) -> Result<(), EntryError> {
+    if header.version != HEADER_VERSION {
+        return Err(EntryError::UnsupportedVersion(header.version));
+    }
+    if header.seq == 0 || (header.seq == 1) != header.prev.is_none() {
+        return Err(EntryError::BadBacklink { seq: header.seq });
+    }
+    if header.payload_len > max_payload {
+        return Err(EntryError::PayloadTooLarge {
+            len: u64::from(header.payload_len),
+            limit: max_payload,
+        });
+    }
+    header
+        .author
+        .verifying_key()
+        .map_err(|_| EntryError::BadAuthor(header.author))?;
+    Ok(())
+}
+
+/// Check one signature (rule 4).
+pub fn validate_signature(signed: &SignedHeader) -> Result<(), EntryError> {
+    let header = &signed.header;
+    let key = header
+        .author
+        .verifying_key()
+        .map_err(|_| EntryError::BadAuthor(header.author))?;
+    key.verify_strict(&header.id().0, &signed.signature)
+        .map_err(|_| EntryError::BadSignature {
+            author: header.author,
+            seq: header.seq,
+        })
+}
+
+/// Check that `next` extends a feed whose head is `head` (rule 5): the
+/// seq increments from the head's by exactly 1 and `prev` names the head's
+/// id; with no head, `next` must be seq 1.
+pub fn validate_link(head: Option<(u64, EntryId)>, next: &Header) -> Result<(), EntryError> {
+    let (expected, expected_prev) = match head {
+        None => (1, None),
+        Some((seq, id)) => (seq + 1, Some(id)),
+    };
+    if next.seq != expected {
+        return Err(EntryError::SeqGap {
+            expected,
+            found: next.seq,
+        });
+    }
+    if next.prev != expected_prev {
+        return Err(EntryError::PrevMismatch { seq: next.seq });
+    }
+    Ok(())
+}
+
+/// Check a payload against its header (rules 6 and 7). `None` (payload not
+/// held) is valid.
+pub fn validate_payload(
+    header: &Header,
+    payload: Option<&[u8]>,
+    max_payload: u32,
+) -> Result<(), EntryError> {
+    let Some(payload) = payload else {
+        return Ok(());
+    };
+    if payload.len() as u64 > u64::from(max_payload) {
+        return Err(EntryError::PayloadTooLarge {
+            len: payload.len() as u64,
+            limit: max_payload,
+        });
+    }
+    if payload.len() as u64 != u64::from(header.payload_len) {
+        return Err(EntryError::PayloadLenMismatch {
+            claimed: header.payload_len,
+            actual: payload.len() as u64,
+        });
+    }
+    if Hash::of(payload) != header.payload_hash {
+        return Err(EntryError::PayloadHashMismatch { seq: header.seq });
+    }
+    Ok(())
+}
+
+/// Everything about one entry that needs no other entry: header rules,
+/// signature and payload.
+pub fn validate_entry(entry: &Entry, max_payload: u32) -> Result<(), EntryError> {
+    validate_header(&entry.header, max_payload)?;
+    validate_signature(&entry.signed_header())?;
+    validate_payload(&entry.header, entry.payload.as_deref(), max_payload)
+}
+
+/// Verify many signatures, in batches spread over all cores. Returns one
+/// result per input, in order. A batch that fails is re-checked one by one
+/// so the bad entries are named exactly.
+pub fn verify_signatures(headers: &[&SignedHeader]) -> Vec<Result<(), EntryError>> {
+    const CHUNK: usize = 64;
+    headers
+        .par_chunks(CHUNK)
+        .flat_map_iter(|chunk| {
+            let mut keys = Vec::with_capacity(chunk.len());
+            let mut ids = Vec::with_capacity(chunk.len());
+            let mut sigs = Vec::with_capacity(chunk.len());
+            let mut batch_ok = true;
+            for signed in chunk {
+                match signed.header.author.verifying_key() {
+                    Ok(key) => {
+                        keys.push(key);
+                        ids.push(signed.header.id().0);
+                        sigs.push(signed.signature);
+                    }
+                    Err(_) => batch_ok = false,
+                }
+            }
+            if batch_ok {
+                let msgs: Vec<&[u8]> = ids.iter().map(|id| id.as_slice()).collect();
+                batch_ok = ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok();
+            }
+            let results: Vec<Result<(), EntryError>> = if batch_ok {
+                chunk.iter().map(|_| Ok(())).collect()
+            } else {
+                chunk.iter().map(|s| validate_signature(s)).collect()
+            };
+            results.into_iter()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SigningKey;
+
+    const LIMIT: u32 = 1024;
+
+    fn chain(n: u64) -> Vec<Entry> {
+        let key = SigningKey::from_seed([5; 32]);
+        let mut out: Vec<Entry> = Vec::new();
+        for i in 0..n {
+            let e = Entry::sign(&key, out.last(), 1000 + i, format!("p{i}").into_bytes());
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn good_chain_validates() {
+        let c = chain(3);
+        let mut head = None;
+        for e in &c {
+            validate_entry(e, LIMIT).unwrap();
+            validate_link(head, &e.header).unwrap();
+            head = Some((e.header.seq, e.id()));
+        }
+    }
+
+    #[test]
+    fn forged_unsupported_version() {
+        let mut e = chain(1).remove(0);
+        e.header.version = 9;
+        assert_eq!(
+            validate_entry(&e, LIMIT),
+            Err(EntryError::UnsupportedVersion(9))
+        );
+    }
+
+    #[test]
+    fn forged_signature() {
+        let mut e = chain(1).remove(0);
+        let other = SigningKey::from_seed([6; 32]);
+        e.signature = other.sign(&e.id().0);
+        assert!(matches!(
+            validate_entry(&e, LIMIT),
+            Err(EntryError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn forged_author_is_not_a_key() {
+        let mut e = chain(1).remove(0);
+        // Small-order point: a weak key.
+        e.header.author = FeedId([0; 32]);
+        e.header.author.0[0] = 1;
+        assert!(matches!(
+            validate_entry(&e, LIMIT),
+            Err(EntryError::BadAuthor(_))
+        ));
+    }
+
+    #[test]
+    fn forged_backlink_on_first_entry() {
+        let c = chain(2);
+        let mut e = c[0].clone();
+        e.header.prev = Some(c[1].id());
+        assert_eq!(
+            validate_header(&e.header, LIMIT),
+            Err(EntryError::BadBacklink { seq: 1 })
+        );
+        let mut e = c[1].clone();
+        e.header.prev = None;
+        assert_eq!(
+            validate_header(&e.header, LIMIT),
+            Err(EntryError::BadBacklink { seq: 2 })
+        );
+    }
+
+    #[test]
+    fn forged_seq_gap_and_prev() {
+        let c = chain(3);
+        let head = Some((1, c[0].id()));
+        assert_eq!(
+            validate_link(head, &c[2].header),
+            Err(EntryError::SeqGap {
+                expected: 2,
+                found: 3
+            })
+        );
+        let head = Some((1, c[2].id()));
+        assert_eq!(
+            validate_link(head, &c[1].header),
+            Err(EntryError::PrevMismatch { seq: 2 })
+        );
+        assert_eq!(
+            validate_link(None, &c[1].header),
+            Err(EntryError::SeqGap {
+                expected: 1,
+                found: 2
+            })
+        );
+    }
+
+    #[test]
+    fn forged_payload() {
+        let mut e = chain(1).remove(0);
+        e.payload = Some(b"p9".to_vec());
+        assert!(matches!(
+            validate_entry(&e, LIMIT),
+            Err(EntryError::PayloadHashMismatch { seq: 1 })
+        ));
+        e.payload = Some(b"longer".to_vec());
+        assert!(matches!(
+            validate_entry(&e, LIMIT),
+            Err(EntryError::PayloadLenMismatch { .. })
+        ));
+        e.payload = None;
+        validate_entry(&e, LIMIT).unwrap();
+    }
+
+    #[test]
+    fn oversized_payload() {
+        let key = SigningKey::from_seed([5; 32]);
+        let e = Entry::sign(&key, None, 1, vec![0; 2000]);
+        assert!(matches!(
+            validate_entry(&e, LIMIT),
+            Err(EntryError::PayloadTooLarge { len: 2000, .. })
+        ));
+    }
+
+    #[test]
+    fn batch_verification_names_the_bad_entry() {
+        let mut c = chain(200);
+        let other = SigningKey::from_seed([6; 32]);
+        c[130].signature = other.sign(&c[130].id().0);
+        let signed: Vec<SignedHeader> = c.iter().map(Entry::signed_header).collect();
+        let refs: Vec<&SignedHeader> = signed.iter().collect();
+        let res = verify_signatures(&refs);
+        assert_eq!(res.len(), 200);
+        for (i, r) in res.iter().enumerate() {
+            assert_eq!(r.is_ok(), i != 130, "entry {i}");
+        }
+    }
+}
