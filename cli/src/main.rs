@@ -1,1 +1,109 @@
-fn main() {}
+//! `kappa`: the kappadb command-line tool.
+//!
+//! Thin by design: parse arguments with clap, call the libraries, render
+//! human or JSON output. Exit status: 0 on success, 1 on an error (one line
+//! on stderr saying what went wrong and what to do), 2 on a usage error.
+//! A closed stdout (`kappa log | head`) is a clean exit.
+
+mod cmd;
+mod out;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// kappadb: a peer-to-peer replicated log database.
+#[derive(Parser, Debug)]
+#[command(name = "kappa", version, about, long_about = None)]
+pub struct Cli {
+    /// Database directory [default: the platform data dir, e.g. ~/.local/share/kappadb].
+    #[arg(long, global = true, env = "KAPPA_DIR")]
+    pub dir: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a database: feed key, network key, log and index.
+    Init {
+        /// Largest payload in bytes this database accepts.
+        #[arg(long, default_value_t = kappadb_core::db::DEFAULT_MAX_PAYLOAD)]
+        max_payload: u32,
+    },
+    /// Print this database's feed id.
+    Id,
+    /// Append JSON entries: one from the argument, or one per line from
+    /// --file or stdin.
+    Append {
+        /// A JSON value (quote strings: '"hello"'). Omit to read lines.
+        #[arg(value_name = "JSON")]
+        value: Option<String>,
+        /// Read one JSON value per line from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+    },
+    /// Print entries in log order.
+    Log {
+        /// Only this feed (id, unique prefix, or "self").
+        #[arg(long)]
+        feed: Option<String>,
+        /// Start at this log offset.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Print at most this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Print one entry.
+    Get {
+        /// Feed id, unique prefix, or "self".
+        feed: String,
+        /// Sequence number (1-based).
+        seq: u64,
+    },
+    /// List every known feed with its head.
+    Feeds,
+    /// Re-check every chain, signature and payload hash in the log.
+    Verify,
+    /// Rebuild the feed index from the log.
+    Reindex,
+    /// Show the database's state.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KAPPA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cmd::run(cli) {
+        Ok(code) => code,
+        Err(e) if e.downcast_ref::<out::BrokenPipe>().is_some() => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            out::note(format!("error: {msg}"));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Database behaviour: append, read, ingest, forks, torn tails, reindex.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kappadb_core::test_utils::TestPeer;
+use kappadb_core::{CreateOptions, Db, DbConfig, EntryError, RecordBody, StoreError};
+
+fn new_db(dir: &Path) -> Db {
+    Db::create(dir, CreateOptions::default()).unwrap()
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn log_dump(db: &Db) -> Vec<String> {
+    db.log_iter(0)
+        .map(|r| format!("{:?}", r.unwrap()))
+        .collect()
+}
+
+#[test]
+fn append_get_and_iterate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let a = db.append(b"one".to_vec()).unwrap();
+    let more = db
+        .append_batch((0..100).map(|i| format!("p{i}").into_bytes()).collect())
+        .unwrap();
+    assert_eq!(a.seq, 1);
+    assert_eq!(more.last().unwrap().seq, 101);
+    let head = db.head(&db.feed_id()).unwrap();
+    assert_eq!(head.seq, 101);
+    assert_eq!(head.id, more.last().unwrap().id);
+    let e = db.get(&db.feed_id(), 50).unwrap().unwrap();
+    assert_eq!(e.payload.as_deref(), Some(&b"p48"[..]));
+    assert!(db.get(&db.feed_id(), 102).unwrap().is_none());
+    let range: Vec<_> = db
+        .feed_range(&db.feed_id(), 10, 20)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(range.len(), 11);
+    assert_eq!(range[0].header.seq, 10);
+    // Offsets grow, and every record's next_offset is the next record's offset.
+    let recs: Vec<_> = db.log_iter(0).collect::<Result<_, _>>().unwrap();
+    assert_eq!(recs.len(), 101);
+    for w in recs.windows(2) {
+        assert_eq!(w[0].next_offset, w[1].offset);
+    }
+    assert_eq!(recs.last().unwrap().next_offset, db.log_end());
+    // Iteration from a later record, and boundary search from any byte.
+    assert_eq!(db.log_iter(recs[5].offset).count(), 96);
+    assert_eq!(
+        db.record_boundary(recs[5].offset + 1).unwrap(),
+        recs[6].offset
+    );
+}
+
+#[test]
+fn payload_limit_is_enforced_at_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::create(
+        dir.path(),
+        CreateOptions {
+            config: DbConfig {
+                max_payload_bytes: 100,
+                ..DbConfig::default()
+            },
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let err = db.append(vec![0; 101]).unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Entry(EntryError::PayloadTooLarge {
+            len: 101,
+            limit: 100
+        })
+    ));
+    // A batch with one oversized payload writes nothing.
+    assert!(db.append_batch(vec![vec![1], vec![0; 101]]).is_err());
+    assert!(db.head(&db.feed_id()).is_none());
+    db.append(vec![0; 100]).unwrap();
+}
+
+#[test]
+fn second_open_is_refused_with_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let _db = new_db(dir.path());
+    let err = Db::open(dir.path()).unwrap_err();
+    match err {
+        StoreError::Locked { pid, .. } => assert_eq!(pid, Some(std::process::id())),
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn create_refuses_existing_and_open_refuses_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(new_db(dir.path()));
+    assert!(matches!(
+        Db::create(dir.path(), CreateOptions::default()).unwrap_err(),
+        StoreError::AlreadyExists { .. }
+    ));
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Db::open(empty.path()).unwrap_err(),
+        StoreError::NotADatabase { .. }
+    ));
+}
+
+#[test]
+fn segments_roll_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::create(
+        dir.path(),
+        CreateOptions {
+            config: DbConfig {
+                segment_bytes: 4096,
+                ..DbConfig::default()
+            },
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    for chunk in 0..10 {
+        db.append_batch((0..20).map(|i| vec![chunk as u8; 100 + i]).collect())
+            .unwrap();
+    }
+    let before = log_dump(&db);
+    drop(db);
+    assert!(segment_files(dir.path()).len() > 5);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(log_dump(&db), before);
+    assert!(db.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 200);
+    for seq in [1, 57, 200] {
+        assert_eq!(db.get(&db.feed_id(), seq).unwrap().unwrap().header.seq, seq);
+    }
+}
+
+#[test]
+fn torn_tail_is_cut_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let stored = db
+        .append_batch((0..10).map(|i| format!("entry {i}").into_bytes()).collect())
+        .unwrap();
+    let last_offset = stored.last().unwrap().offset;
+    let end = db.log_end();
+    drop(db);
+    let seg = segment_files(dir.path()).pop().unwrap();
+    // Cut the last record mid-way.
+    let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(end - 7).unwrap();
+    drop(f);
+    let db = Db::open(dir.path()).unwrap();
+    let rec = db.recovery().expect("the cut is reported").clone();
+    assert_eq!(rec.cut_at, last_offset);
+    assert_eq!(rec.bytes_removed, end - 7 - last_offset);
+    assert!(rec.saved_to.exists());
+    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 9);
+    assert_eq!(db.log_iter(0).count(), 9);
+    assert!(db.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+    // The feed continues from seq 10, and survives another reopen cleanly.
+    assert_eq!(db.append(b"again".to_vec()).unwrap().seq, 10);
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert!(db.recovery().is_none());
+    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 10);
+}
+
+#[test]
+fn corrupt_tail_byte_is_cut_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    db.append_batch((0..5).map(|i| vec![i; 50]).collect())
+        .unwrap();
+    let end = db.log_end();
+    drop(db);
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    fs::write(&seg, &bytes).unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let rec = db.recovery().unwrap();
+    assert!(rec.reason.contains("checksum"), "{}", rec.reason);
+    assert!(rec.cut_at < end);
+    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 4);
+}
+
+#[test]
+fn deleting_the_index_rebuilds_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let mut other = TestPeer::new(3);
+    db.append_batch((0..50).map(|i| vec![i; 10]).collect())
+        .unwrap();
+    let entries: Vec<_> = (0..30).map(|i| other.make(i, vec![i as u8])).collect();
+    db.ingest(entries).unwrap();
+    let heads = db.heads();
+    let dump = log_dump(&db);
+    drop(db);
+    fs::remove_dir_all(dir.path().join("sled")).unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.heads(), heads);
+    assert_eq!(log_dump(&db), dump);
+    drop(db);
+    let db = Db::open_reindex(dir.path(), &mut |_, _| {}).unwrap();
+    assert_eq!(db.heads(), heads);
+    assert_eq!(
+        db.get(&other.key.feed_id(), 30).unwrap().unwrap(),
+        other.entries[29]
+    );
+}
+
+#[test]
+fn unreadable_index_points_at_reindex() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(new_db(dir.path()));
+    let sled_dir = dir.path().join("sled");
+    fs::remove_dir_all(&sled_dir).unwrap();
+    // A file where sled expects a directory.
+    fs::write(&sled_dir, b"garbage").unwrap();
+    let err = Db::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::IndexUnavailable { .. }), "{err}");
+    assert!(err.to_string().contains("kappa reindex"));
+    fs::remove_file(&sled_dir).unwrap();
+    fs::create_dir(&sled_dir).unwrap();
+    fs::write(sled_dir.join("conf"), b"\xff\xfe not a sled config").unwrap();
+    let res = Db::open(dir.path());
+    if let Err(err) = &res {
+        assert!(err.to_string().contains("kappa reindex"), "{err}");
+    }
+    drop(res);
+    let db = Db::open_reindex(dir.path(), &mut |_, _| {}).unwrap();
+    db.append(b"x".to_vec()).unwrap();
+}
+
+#[test]
+fn ingest_accepts_out_of_order_and_reports_rejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let mut p = TestPeer::new(1);
+    let entries: Vec<_> = (0..10).map(|i| p.make(100 + i, format!("{i}"))).collect();
+    let mut shuffled = entries.clone();
+    shuffled.reverse();
+    let report = db.ingest(shuffled).unwrap();
+    assert_eq!(report.accepted, 10);
+    assert!(report.rejected.is_empty());
+    assert_eq!(report.new_heads, vec![(p.key.feed_id(), 10)]);
+    // Duplicates are counted, not stored twice.
+    let report = db.ingest(entries[3..6].to_vec()).unwrap();
+    assert_eq!((report.accepted, report.duplicates), (0, 3));
+    assert_eq!(db.log_iter(0).count(), 10);
+    // A gap is rejected.
+    let later: Vec<_> = (0..3).map(|i| p.make(200 + i, "x")).collect();
+    let report = db.ingest(vec![later[1].clone()]).unwrap();
+    assert_eq!(
+        report.rejected,
+        vec![(
+            0,
+            EntryError::SeqGap {
+                expected: 11,
+                found: 12
+            }
+        )]
+    );
+    // A bad payload is rejected; its header alone would be fine.
+    let mut bad = later[0].clone();
+    bad.payload = Some(b"tampered".to_vec());
+    let report = db.ingest(vec![bad.clone()]).unwrap();
+    assert!(matches!(
+        report.rejected[0].1,
+        EntryError::PayloadLenMismatch { .. }
+    ));
+    bad.payload = None;
+    assert_eq!(db.ingest(vec![bad]).unwrap().accepted, 1);
+    let e = db.get(&p.key.feed_id(), 11).unwrap().unwrap();
+    assert!(e.payload.is_none());
+}
+
+#[test]
+fn ingest_page_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let mut p = TestPeer::new(1);
+    let mut entries: Vec<_> = (0..10).map(|i| p.make(i, format!("{i}"))).collect();
+    let forger = TestPeer::new(2);
+    entries[7].signature = forger.key.sign(&entries[7].id().0);
+    let report = db.ingest_page(entries.clone()).unwrap();
+    assert!(report.dropped);
+    assert_eq!(report.accepted, 0);
+    assert!(matches!(
+        report.rejected[0],
+        (7, EntryError::BadSignature { .. })
+    ));
+    assert_eq!(db.log_end(), 0);
+    assert!(db.head(&p.key.feed_id()).is_none());
+    // A broken chain drops the page too.
+    let mut q = TestPeer::new(4);
+    let mut chain: Vec<_> = (0..5).map(|i| q.make(i, "y")).collect();
+    chain.remove(2);
+    let report = db.ingest_page(chain).unwrap();
+    assert!(report.dropped);
+    assert_eq!(db.log_end(), 0);
+}
+
+#[test]
+fn forks_are_detected_stored_and_survive_reindex() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let mut a = TestPeer::new(9);
+    let mut b = a.clone();
+    let common: Vec<_> = (0..3).map(|i| a.make(i, format!("c{i}"))).collect();
+    b.entries = common.clone();
+    let a4 = a.make(10, "branch a");
+    let b4 = b.make(10, "branch b");
+    let b5 = b.make(11, "branch b continues");
+    let feed = a.key.feed_id();
+    db.ingest(common.clone()).unwrap();
+    db.ingest(vec![a4.clone()]).unwrap();
+    let report = db.ingest(vec![b4.clone(), b5.clone()]).unwrap();
+    assert_eq!(report.forks.len(), 1);
+    assert_eq!(report.forks[0].seq(), 4);
+    assert!(matches!(
+        report.rejected[0].1,
+        EntryError::FeedForked {
+            fork_seq: 4,
+            seq: 5,
+            ..
+        }
+    ));
+    assert_eq!(db.fork(&feed).unwrap().seq, 4);
+    assert_eq!(db.head(&feed).unwrap().seq, 4);
+    let proofs = db.fork_proofs().unwrap();
+    assert_eq!(proofs.len(), 1);
+    // The proof is in the log, so it survives a rebuild of the index.
+    drop(db);
+    fs::remove_dir_all(dir.path().join("sled")).unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.fork(&feed).unwrap().seq, 4);
+    assert!(db.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+
+    // A second database learns the proof without holding either branch.
+    let dir2 = tempfile::tempdir().unwrap();
+    let db2 = new_db(dir2.path());
+    assert!(db2.ingest_fork_proof(proofs[0].clone()).unwrap());
+    assert!(!db2.ingest_fork_proof(proofs[0].clone()).unwrap());
+    assert_eq!(db2.fork(&feed).unwrap().seq, 4);
+    // Entries before the fork are still accepted; at or after it, refused.
+    let r = db2.ingest(common).unwrap();
+    assert_eq!(r.accepted, 3);
+    let r = db2.ingest(vec![a4]).unwrap();
+    assert!(matches!(r.rejected[0].1, EntryError::FeedForked { .. }));
+    let kinds: Vec<bool> = db2
+        .log_iter(0)
+        .map(|r| matches!(r.unwrap().body, RecordBody::Fork(_)))
+        .collect();
+    assert_eq!(kinds, vec![true, false, false, false]);
+}
+
+#[test]
+fn watchers_see_new_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s2 = seen.clone();
+    let id = db
+        .watch()
+        .subscribe(move |end| s2.store(end, std::sync::atomic::Ordering::SeqCst));
+    let db2 = db.clone();
+    let t = std::thread::spawn(move || db2.wait_past(0, std::time::Duration::from_secs(10)));
+    db.append(b"x".to_vec()).unwrap();
+    let end = t.join().unwrap();
+    assert_eq!(end, db.log_end());
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), db.log_end());
+    db.watch().unsubscribe(id);
+}
