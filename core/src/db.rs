@@ -395,17 +395,24 @@ impl Db {
         })?;
         config.check(&config_path)?;
         let key = SigningKey::load(&dir.join(files::SECRET_KEY))?;
-        let (log, recovery) = LogWriter::open(&dir.join(files::LOG), config.segment_bytes, true)?;
         let sled = open_sled(&dir.join(files::SLED))?;
         let index = Index::new(sled.open_tree(TREE)?);
-        let segments = log.segments().clone();
-        let end = log.end();
         let mut state = if reindex {
             index.clear()?;
             IndexState::default()
         } else {
             index.load()?
         };
+        let known_durable =
+            (state.checkpoint.next_offset > 0).then_some(state.checkpoint.next_offset);
+        let (log, recovery) = LogWriter::open(
+            &dir.join(files::LOG),
+            config.segment_bytes,
+            true,
+            known_durable,
+        )?;
+        let segments = log.segments().clone();
+        let end = log.end();
         if state.checkpoint.next_offset > end {
             tracing::warn!(
                 checkpoint = state.checkpoint.next_offset,

@@ -230,6 +230,48 @@ fn read_frame(reader: &mut impl Read, available: u64) -> Result<Option<(u64, Rec
     Ok(Some((FRAME_LEN + u64::from(len), body)))
 }
 
+/// Look for a well-formed record starting anywhere in `[from, len)` of
+/// `file`. Cheap filters (record kind, header version) run before the
+/// checksum, so this is fast even on large segments.
+fn find_intact_record_after(
+    file: &mut File,
+    from: u64,
+    len: u64,
+) -> Result<Option<u64>, StoreError> {
+    if from >= len {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(from))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|source| StoreError::Io {
+            path: PathBuf::from("log segment"),
+            source,
+        })?;
+    let n = bytes.len();
+    for i in 0..n.saturating_sub(FRAME_LEN as usize + 4) {
+        let body_len =
+            u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
+        if body_len == 0 || body_len > MAX_BODY_LEN as usize || i + 8 + body_len > n {
+            continue;
+        }
+        let body = &bytes[i + 8..i + 8 + body_len];
+        let plausible = match body[0] {
+            KIND_ENTRY => body.len() > 3 && body[3] == crate::entry::HEADER_VERSION,
+            KIND_FORK => true,
+            _ => false,
+        };
+        if !plausible {
+            continue;
+        }
+        let crc = u32::from_le_bytes([bytes[i + 4], bytes[i + 5], bytes[i + 6], bytes[i + 7]]);
+        if crc32fast::hash(body) == crc && decode_body(body).is_ok() {
+            return Ok(Some(from + i as u64));
+        }
+    }
+    Ok(None)
+}
+
 /// Shared, read-only view of the segment files.
 #[derive(Debug)]
 pub(crate) struct Segments {
@@ -449,10 +491,13 @@ pub(crate) struct LogWriter {
 
 impl LogWriter {
     /// Open (or create) the log in `dir`, repairing a torn tail.
+    /// `known_durable`, when given, is an offset below which every record
+    /// is known to have been fsynced (the index's checkpoint).
     pub(crate) fn open(
         dir: &Path,
         segment_size: u64,
         sync: bool,
+        known_durable: Option<u64>,
     ) -> Result<(Self, Option<Recovery>), StoreError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut starts = list_segments(dir)?;
@@ -504,6 +549,34 @@ impl LogWriter {
             }
         }
         let mut recovery = None;
+        if let Some(reason) = &failure {
+            // A crash can only tear what was not yet fsynced. Everything
+            // below `known_durable` was fsynced (the index only records
+            // durable records), so a bad record there is damage, not a torn
+            // tail. Without that hint, an intact record after the bad one
+            // means the same. Either way: refuse, and cut nothing.
+            let bad_at = active_start + good;
+            let damaged = match known_durable {
+                Some(durable) if bad_at < durable => Some(format!(
+                    "{reason}; records up to offset {durable} were durably written, so the log is damaged, not torn"
+                )),
+                Some(_) => None,
+                None => find_intact_record_after(&mut active, good + 1, file_len)?.map(|next| {
+                    format!(
+                        "{reason}, but an intact record follows at offset {}; the log is damaged in the middle, not torn at the tail",
+                        active_start + next
+                    )
+                }),
+            };
+            if let Some(reason) = damaged {
+                return Err(StoreError::Corrupt {
+                    offset: bad_at,
+                    reason: format!(
+                        "{reason}; nothing was cut. Copy the database directory aside before any repair"
+                    ),
+                });
+            }
+        }
         if let Some(reason) = failure {
             let cut_at = active_start + good;
             let saved_to = dir.join(format!("torn-{cut_at:020}.bin"));

@@ -147,6 +147,20 @@ fn segments_roll_and_survive_reopen() {
     }
 }
 
+/// Bytes of a record the way a crash leaves an unsynced write: the log gets
+/// a copy of the last record's first `keep` bytes (a torn frame) appended.
+fn tear_tail(dir: &Path, last_record: std::ops::Range<u64>, keep: usize, flip: Option<usize>) {
+    let seg = segment_files(dir).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let mut torn = bytes[last_record.start as usize..last_record.end as usize].to_vec();
+    if let Some(i) = flip {
+        torn[i] ^= 0xff;
+    }
+    torn.truncate(keep);
+    bytes.extend_from_slice(&torn);
+    fs::write(&seg, bytes).unwrap();
+}
+
 #[test]
 fn torn_tail_is_cut_and_reported() {
     let dir = tempfile::tempdir().unwrap();
@@ -154,48 +168,93 @@ fn torn_tail_is_cut_and_reported() {
     let stored = db
         .append_batch((0..10).map(|i| format!("entry {i}").into_bytes()).collect())
         .unwrap();
-    let last_offset = stored.last().unwrap().offset;
+    let last = stored.last().unwrap().offset;
     let end = db.log_end();
     drop(db);
-    let seg = segment_files(dir.path()).pop().unwrap();
-    // Cut the last record mid-way.
-    let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    f.set_len(end - 7).unwrap();
-    drop(f);
+    // A torn write of an 11th record: its frame is cut mid-way.
+    tear_tail(dir.path(), last..end, (end - last) as usize - 7, None);
     let db = Db::open(dir.path()).unwrap();
     let rec = db.recovery().expect("the cut is reported").clone();
-    assert_eq!(rec.cut_at, last_offset);
-    assert_eq!(rec.bytes_removed, end - 7 - last_offset);
+    assert_eq!(rec.cut_at, end);
+    assert_eq!(rec.bytes_removed, end - last - 7);
     assert!(rec.saved_to.exists());
-    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 9);
-    assert_eq!(db.log_iter(0).count(), 9);
+    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 10);
+    assert_eq!(db.log_iter(0).count(), 10);
     assert!(db.verify(&mut |_, _| {}).unwrap().problems.is_empty());
-    // The feed continues from seq 10, and survives another reopen cleanly.
-    assert_eq!(db.append(b"again".to_vec()).unwrap().seq, 10);
+    // The feed continues from seq 11, and survives another reopen cleanly.
+    assert_eq!(db.append(b"again".to_vec()).unwrap().seq, 11);
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     assert!(db.recovery().is_none());
-    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 10);
+    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 11);
 }
 
 #[test]
-fn corrupt_tail_byte_is_cut_not_trusted() {
+fn torn_tail_cut_even_without_an_index() {
     let dir = tempfile::tempdir().unwrap();
     let db = new_db(dir.path());
-    db.append_batch((0..5).map(|i| vec![i; 50]).collect())
+    let stored = db
+        .append_batch((0..5).map(|i| vec![i; 50]).collect())
         .unwrap();
+    let last = stored.last().unwrap().offset;
     let end = db.log_end();
     drop(db);
-    let seg = segment_files(dir.path()).pop().unwrap();
-    let mut bytes = fs::read(&seg).unwrap();
-    let n = bytes.len();
-    bytes[n - 3] ^= 0xff;
-    fs::write(&seg, &bytes).unwrap();
+    tear_tail(dir.path(), last..end, 5, None);
+    fs::remove_dir_all(dir.path().join("sled")).unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.recovery().unwrap().cut_at, end);
+    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 5);
+}
+
+#[test]
+fn corrupt_tail_record_is_cut_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let stored = db
+        .append_batch((0..5).map(|i| vec![i; 50]).collect())
+        .unwrap();
+    let last = stored.last().unwrap().offset;
+    let end = db.log_end();
+    drop(db);
+    // A whole record whose bytes did not all reach the disk.
+    let len = (end - last) as usize;
+    tear_tail(dir.path(), last..end, len, Some(len - 3));
     let db = Db::open(dir.path()).unwrap();
     let rec = db.recovery().unwrap();
     assert!(rec.reason.contains("checksum"), "{}", rec.reason);
-    assert!(rec.cut_at < end);
-    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 4);
+    assert_eq!(rec.cut_at, end);
+    assert_eq!(db.head(&db.feed_id()).unwrap().seq, 5);
+}
+
+#[test]
+fn damage_in_the_middle_is_refused_and_nothing_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let stored = db
+        .append_batch((0..20).map(|i| vec![i; 50]).collect())
+        .unwrap();
+    let mid = stored[10].offset;
+    drop(db);
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[mid as usize + 20] ^= 0x01;
+    fs::write(&seg, &bytes).unwrap();
+    // With the index (it knows the record was durable) and without it (an
+    // intact record follows), the database refuses and touches nothing.
+    for drop_index in [false, true] {
+        if drop_index {
+            fs::remove_dir_all(dir.path().join("sled")).unwrap();
+        }
+        let err = Db::open(dir.path()).unwrap_err();
+        match &err {
+            StoreError::Corrupt { offset, reason } => {
+                assert_eq!(*offset, mid);
+                assert!(reason.contains("nothing was cut"), "{reason}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert_eq!(fs::read(&seg).unwrap(), bytes);
+    }
 }
 
 #[test]

@@ -1,1 +1,2 @@
-//! Cross-crate scenarios live in `tests/`.
+//! kappadb-tests: cross-crate scenarios and crash tests. The tests live in
+//! `tests/tests/`; `src/bin/` holds helper programs they spawn.

@@ -1,0 +1,263 @@
+//! `kappa` end to end on temporary directories: every command, its JSON
+//! contract, and bad input.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn kappa(dir: &Path, args: &[&str]) -> Output {
+    kappa_stdin(dir, args, None)
+}
+
+fn kappa_stdin(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kappa"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("KAPPA_DIR")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kappa");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = kappa(dir, args);
+    assert!(
+        out.status.success(),
+        "kappa {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kappa_stdin(dir, args, stdin);
+    assert!(!out.status.success(), "kappa {args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn cli_init_append_log_feeds_get_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let id = ok(&dir, &["init"]).trim().to_string();
+    assert_eq!(id.len(), 64);
+    assert_eq!(ok(&dir, &["id"]).trim(), id);
+
+    // Argument and stdin appends.
+    let out = ok(
+        &dir,
+        &["--json", "append", r#"{"type":"note","text":"hi"}"#],
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["seq"], 1);
+    let lines = "{\"type\":\"note\",\"n\":1}\n\n\"just a string\"\n[1,2,3]\n";
+    let out = kappa_stdin(&dir, &["append"], Some(lines));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("appended 3 entries"));
+
+    // Machine output contracts.
+    let log = ok(&dir, &["--json", "log"]);
+    let records: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 4);
+    for (i, r) in records.iter().enumerate() {
+        for key in ["offset", "feed", "seq", "timestamp", "payload"] {
+            assert!(r.get(key).is_some(), "missing {key} in {r}");
+        }
+        assert_eq!(r["seq"], i as u64 + 1);
+        assert_eq!(r["feed"], id.as_str());
+    }
+    assert_eq!(records[0]["payload"]["text"], "hi");
+    assert_eq!(records[2]["payload"], "just a string");
+    let feeds: Value = serde_json::from_str(&ok(&dir, &["--json", "feeds"])).unwrap();
+    let feeds = feeds.as_array().unwrap();
+    assert_eq!(feeds.len(), 1);
+    assert_eq!(feeds[0]["feed"], id.as_str());
+    assert_eq!(feeds[0]["seq"], 4);
+    assert_eq!(feeds[0]["forked"], false);
+    assert_eq!(feeds[0]["head"].as_str().unwrap().len(), 64);
+
+    // --since, --limit and --feed.
+    let second = records[1]["offset"].as_u64().unwrap();
+    let since = ok(
+        &dir,
+        &[
+            "--json",
+            "log",
+            "--since",
+            &second.to_string(),
+            "--limit",
+            "2",
+        ],
+    );
+    assert_eq!(since.lines().count(), 2);
+    assert!(
+        since.starts_with(&format!("{{\"feed\""))
+            || since.contains(&format!("\"offset\":{second}"))
+    );
+    assert_eq!(ok(&dir, &["log", "--feed", &id[..6]]).lines().count(), 4);
+
+    // get, by full id, prefix and "self".
+    let g: Value = serde_json::from_str(&ok(&dir, &["--json", "get", &id, "4"])).unwrap();
+    assert_eq!(g["payload"], serde_json::json!([1, 2, 3]));
+    assert!(ok(&dir, &["get", "self", "1"]).contains("\"hi\""));
+
+    assert!(ok(&dir, &["verify"]).starts_with("ok"));
+    assert!(ok(&dir, &["status"]).contains("4 in 1 feeds"));
+}
+
+#[test]
+fn cli_reindex_after_deleting_sled_gives_identical_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    ok(&dir, &["init"]);
+    let input: String = (0..2500)
+        .map(|i| format!("{{\"type\":\"n\",\"i\":{i}}}\n"))
+        .collect();
+    assert!(
+        kappa_stdin(&dir, &["append"], Some(&input))
+            .status
+            .success()
+    );
+    let log_before = ok(&dir, &["--json", "log"]);
+    let feeds_before = ok(&dir, &["--json", "feeds"]);
+    std::fs::remove_dir_all(dir.join("sled")).unwrap();
+    let out = ok(&dir, &["reindex"]);
+    assert!(out.contains("2500 entries"), "{out}");
+    assert_eq!(ok(&dir, &["--json", "log"]), log_before);
+    assert_eq!(ok(&dir, &["--json", "feeds"]), feeds_before);
+}
+
+#[test]
+fn cli_bad_input_gives_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    // No database yet.
+    let err = fails(&dir, &["log"], None);
+    assert!(err.contains("kappa init"), "{err}");
+    ok(&dir, &["init"]);
+    let err = fails(&dir, &["init"], None);
+    assert!(err.contains("already exists"), "{err}");
+    let err = fails(&dir, &["append", "hello"], None);
+    assert!(
+        err.contains("not valid JSON") && err.contains("quotes"),
+        "{err}"
+    );
+    // A bad line stops the input; nothing of its batch is written.
+    let err = fails(&dir, &["append"], Some("{\"a\":1}\n{\"b\":2}\n{oops\n"));
+    assert!(err.contains("line 3"), "{err}");
+    assert_eq!(ok(&dir, &["--json", "log"]).lines().count(), 0);
+    let err = fails(&dir, &["get", "zzzz", "1"], None);
+    assert!(err.contains("not a feed id"), "{err}");
+    let err = fails(&dir, &["get", "self", "1"], None);
+    assert!(err.contains("no entries"), "{err}");
+    ok(&dir, &["append", "1"]);
+    let err = fails(&dir, &["get", "self", "7"], None);
+    assert!(err.contains("seq 1..=1"), "{err}");
+    // Usage errors exit 2.
+    let out = kappa(&dir, &["log", "--limit", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn cli_key_file_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    ok(&dir, &["init"]);
+    let key = dir.join("secret.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = fails(&dir, &["id"], None);
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    ok(&dir, &["id"]);
+}
+
+#[test]
+fn cli_verify_names_a_corrupt_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    ok(&dir, &["init"]);
+    let input: String = (0..20).map(|i| format!("{{\"i\":{i}}}\n")).collect();
+    assert!(
+        kappa_stdin(&dir, &["append"], Some(&input))
+            .status
+            .success()
+    );
+    // Flip a byte in the middle of the log (not the tail: that is cut on open).
+    let seg = dir.join("log").join(format!("{:020}.seg", 0));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mid = bytes.len() / 2;
+    let len = bytes.len();
+    let before_flip = bytes[mid];
+    bytes[mid] ^= 0x55;
+    std::fs::write(&seg, bytes).unwrap();
+    let out = kappa(&dir, &["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("corrupt") && text.contains("offset"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was cut"), "{text}");
+    // Nothing was changed on disk.
+    let after = std::fs::read(&seg).unwrap();
+    assert_eq!(after[mid], before_flip ^ 0x55);
+    assert_eq!(after.len(), len);
+}
+
+#[test]
+fn cli_closed_pipe_is_a_clean_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    ok(&dir, &["init"]);
+    let input: String = (0..3000).map(|i| format!("{{\"i\":{i}}}\n")).collect();
+    assert!(
+        kappa_stdin(&dir, &["append"], Some(&input))
+            .status
+            .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kappa"))
+        .arg("--dir")
+        .arg(&dir)
+        .arg("log")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
