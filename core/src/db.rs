@@ -583,10 +583,23 @@ impl Db {
 
     /// The entry of `feed` at `seq`.
     pub fn get(&self, feed: &FeedId, seq: u64) -> Result<Option<Entry>, StoreError> {
-        let Some(offset) = self.inner.index.offset_of(feed, seq)? else {
+        let Some(offset) = self.offset_of(feed, seq)? else {
             return Ok(None);
         };
         self.entry_at(offset).map(Some)
+    }
+
+    /// The log offset of `feed`'s entry at `seq`: its run, then a skip over
+    /// the frame headers before it.
+    fn offset_of(&self, feed: &FeedId, seq: u64) -> Result<Option<u64>, StoreError> {
+        let Some(run) = self.inner.index.run_for(feed, seq)? else {
+            return Ok(None);
+        };
+        let end = self.log_end();
+        self.inner
+            .segments
+            .skip(run.offset, seq - run.first_seq, end)
+            .map(Some)
     }
 
     /// The record at a log offset (which must be a record boundary).
@@ -608,10 +621,50 @@ impl Db {
         from: u64,
         to: u64,
     ) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
-        self.inner
-            .index
-            .range(feed, from.max(1), to)
-            .map(move |item| item.and_then(|(_, offset)| self.entry_at(offset)))
+        let from = from.max(1);
+        let runs = match self.inner.index.runs(feed, from, to) {
+            Ok(it) => {
+                Box::new(it) as Box<dyn Iterator<Item = Result<crate::index::Run, StoreError>>>
+            }
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        };
+        let end = self.log_end();
+        runs.flat_map(move |run| {
+            let run = match run {
+                Ok(r) => r,
+                Err(e) => return vec![Err(e)],
+            };
+            let mut out = Vec::new();
+            let mut offset = run.offset;
+            for k in 0..u64::from(run.count) {
+                let seq = run.first_seq + k;
+                if seq > to {
+                    break;
+                }
+                match self.inner.segments.read_at(offset, end) {
+                    Ok(rec) => {
+                        offset = rec.next_offset;
+                        if seq < from {
+                            continue;
+                        }
+                        match rec.body {
+                            RecordBody::Entry(e) if e.header.seq == seq => out.push(Ok(e)),
+                            _ => {
+                                out.push(Err(StoreError::IndexDamaged(
+                                    "run does not match the log",
+                                )));
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        out.push(Err(e));
+                        break;
+                    }
+                }
+            }
+            out
+        })
     }
 
     /// Records from `offset` (a record boundary, e.g. a `next_offset`) to
@@ -864,7 +917,7 @@ impl Db {
                     // Already have an entry at this seq: same or a fork?
                     let existing = match pending.get(&(h.author, h.seq)) {
                         Some(&j) => entries[j].signed_header(),
-                        None => match self.inner.index.offset_of(&h.author, h.seq)? {
+                        None => match self.offset_of(&h.author, h.seq)? {
                             Some(off) => self.entry_at(off)?.signed_header(),
                             None => {
                                 report.rejected.push((

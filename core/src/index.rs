@@ -5,11 +5,17 @@
 //! has read the log:
 //!
 //! ```text
-//! "c"                      -> Checkpoint { next_offset, records, entries }
-//! "s" | feed (32) | seq BE -> offset (u64 BE)
-//! "h" | feed (32)          -> Head { seq, id, offset, timestamp }
-//! "f" | feed (32)          -> ForkInfo { seq, proof_offset }
+//! "c"                            -> Checkpoint { next_offset, records, entries }
+//! "s" | feed (32) | first_seq BE -> Run { first_seq, offset, count, bytes }
+//! "h" | feed (32)                -> (Head { seq, id, offset, timestamp }, Run)
+//! "f" | feed (32)                -> ForkInfo { seq, proof_offset }
 //! ```
+//!
+//! A *run* is a stretch of one feed's consecutive entries that sit back to
+//! back in the log (a batch appended or ingested together), at most
+//! [`RUN_MAX_COUNT`] entries and [`RUN_MAX_BYTES`] bytes. Indexing runs
+//! instead of single entries keeps the index small and its writes few; an
+//! entry is found by its run and then by skipping frame headers.
 //!
 //! All of it can be deleted and rebuilt by folding the log from offset 0;
 //! on open it catches up from its checkpoint to the log's end.
@@ -25,6 +31,36 @@ use crate::log::{LogRecord, RecordBody};
 
 /// Name of the sled tree holding the feed index.
 pub const TREE: &str = "feeds";
+
+/// Most entries in one run.
+pub const RUN_MAX_COUNT: u32 = 64;
+/// Most bytes (framed records) in one run.
+pub const RUN_MAX_BYTES: u32 = 256 * 1024;
+
+/// Consecutive entries of one feed stored back to back in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// Seq of the first entry.
+    pub first_seq: u64,
+    /// Log offset of the first entry.
+    pub offset: u64,
+    /// Entries in the run.
+    pub count: u32,
+    /// Framed bytes of the run.
+    pub bytes: u32,
+}
+
+impl Run {
+    /// Offset just past the run.
+    pub fn end_offset(&self) -> u64 {
+        self.offset + u64::from(self.bytes)
+    }
+
+    /// Does the run hold `seq`?
+    pub fn contains(&self, seq: u64) -> bool {
+        seq >= self.first_seq && seq - self.first_seq < u64::from(self.count)
+    }
+}
 
 /// The newest entry of a feed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,14 +100,16 @@ pub struct Checkpoint {
 pub(crate) struct IndexState {
     pub(crate) checkpoint: Checkpoint,
     pub(crate) heads: HashMap<FeedId, Head>,
+    /// Each feed's newest run, which the next entry may extend.
+    pub(crate) runs: HashMap<FeedId, Run>,
     pub(crate) forks: HashMap<FeedId, ForkInfo>,
 }
 
 /// Pending index changes, committed in one batch.
 #[derive(Default)]
 pub(crate) struct IndexBatch {
-    seqs: Vec<(FeedId, u64, u64)>,
-    heads: HashMap<FeedId, Head>,
+    runs: HashMap<(FeedId, u64), Run>,
+    heads: HashMap<FeedId, (Head, Run)>,
     forks: HashMap<FeedId, ForkInfo>,
 }
 
@@ -94,9 +132,30 @@ impl IndexState {
                         offset: record.offset,
                         timestamp: h.timestamp,
                     };
+                    let len = (record.next_offset - record.offset) as u32;
+                    let run = match self.runs.get(&h.author) {
+                        Some(r)
+                            if r.end_offset() == record.offset
+                                && r.count < RUN_MAX_COUNT
+                                && r.bytes.saturating_add(len) <= RUN_MAX_BYTES =>
+                        {
+                            Run {
+                                count: r.count + 1,
+                                bytes: r.bytes + len,
+                                ..*r
+                            }
+                        }
+                        _ => Run {
+                            first_seq: h.seq,
+                            offset: record.offset,
+                            count: 1,
+                            bytes: len,
+                        },
+                    };
                     self.heads.insert(h.author, new_head);
-                    batch.heads.insert(h.author, new_head);
-                    batch.seqs.push((h.author, h.seq, record.offset));
+                    self.runs.insert(h.author, run);
+                    batch.heads.insert(h.author, (new_head, run));
+                    batch.runs.insert((h.author, run.first_seq), run);
                     self.checkpoint.entries += 1;
                 } else {
                     // Never written by this crate; `verify` names it.
@@ -175,7 +234,10 @@ impl Index {
         }
         for item in self.tree.scan_prefix(b"h") {
             let (k, v) = item?;
-            state.heads.insert(feed_from_key(&k)?, decode(&v, "head")?);
+            let feed = feed_from_key(&k)?;
+            let (head, run): (Head, Run) = decode(&v, "head")?;
+            state.heads.insert(feed, head);
+            state.runs.insert(feed, run);
         }
         for item in self.tree.scan_prefix(b"f") {
             let (k, v) = item?;
@@ -191,8 +253,11 @@ impl Index {
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
-        for (feed, seq, offset) in batch.seqs {
-            b.insert(&seq_key(&feed, seq)[..], &offset.to_be_bytes()[..]);
+        for ((feed, first_seq), run) in batch.runs {
+            b.insert(
+                &seq_key(&feed, first_seq)[..],
+                postcard::to_stdvec(&run).unwrap_or_default(),
+            );
         }
         for (feed, head) in batch.heads {
             b.insert(
@@ -211,41 +276,37 @@ impl Index {
         Ok(())
     }
 
-    /// The log offset of `feed`'s entry at `seq`.
-    pub(crate) fn offset_of(&self, feed: &FeedId, seq: u64) -> Result<Option<u64>, StoreError> {
-        match self.tree.get(seq_key(feed, seq))? {
+    /// The run of `feed` that holds `seq`, if any.
+    pub(crate) fn run_for(&self, feed: &FeedId, seq: u64) -> Result<Option<Run>, StoreError> {
+        let lo = seq_key(feed, 0);
+        let hi = seq_key(feed, seq);
+        match self.tree.range(lo..=hi).next_back() {
             None => Ok(None),
-            Some(v) => {
-                let bytes: [u8; 8] = v
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::IndexDamaged("offset"))?;
-                Ok(Some(u64::from_be_bytes(bytes)))
+            Some(item) => {
+                let (_, v) = item?;
+                let run: Run = decode(&v, "run")?;
+                Ok(run.contains(seq).then_some(run))
             }
         }
     }
 
-    /// Offsets of `feed`'s entries with `from <= seq <= to`, in seq order.
-    pub(crate) fn range(
+    /// Runs of `feed` that hold any seq in `from..=to`, in seq order.
+    pub(crate) fn runs(
         &self,
         feed: &FeedId,
         from: u64,
         to: u64,
-    ) -> impl Iterator<Item = Result<(u64, u64), StoreError>> + use<> {
-        let lo = seq_key(feed, from);
+    ) -> Result<impl Iterator<Item = Result<Run, StoreError>> + use<>, StoreError> {
+        let start = match self.run_for(feed, from)? {
+            Some(r) => r.first_seq,
+            None => from,
+        };
+        let lo = seq_key(feed, start);
         let hi = seq_key(feed, to);
-        self.tree.range(lo..=hi).map(|item| {
-            let (k, v) = item?;
-            let seq_bytes: [u8; 8] = k
-                .get(33..41)
-                .and_then(|b| b.try_into().ok())
-                .ok_or(StoreError::IndexDamaged("seq key"))?;
-            let off: [u8; 8] = v
-                .as_ref()
-                .try_into()
-                .map_err(|_| StoreError::IndexDamaged("offset"))?;
-            Ok((u64::from_be_bytes(seq_bytes), u64::from_be_bytes(off)))
-        })
+        Ok(self
+            .tree
+            .range(lo..=hi)
+            .map(|item| decode::<Run>(&item?.1, "run")))
     }
 
     /// Remove everything (before a rebuild).

@@ -38,6 +38,10 @@ pub const MAX_BODY_LEN: u32 = MAX_PAYLOAD_LIMIT + 4096;
 /// The largest payload limit a database can be configured with.
 pub const MAX_PAYLOAD_LIMIT: u32 = 64 * 1024 * 1024;
 
+/// The active segment is zero-filled ahead of the writer in chunks of this
+/// size.
+const PREALLOC_CHUNK: u64 = 1024 * 1024;
+
 const KIND_ENTRY: u8 = 1;
 const KIND_FORK: u8 = 2;
 const SEG_EXT: &str = "seg";
@@ -233,21 +237,8 @@ fn read_frame(reader: &mut impl Read, available: u64) -> Result<Option<(u64, Rec
 /// Look for a well-formed record starting anywhere in `[from, len)` of
 /// `file`. Cheap filters (record kind, header version) run before the
 /// checksum, so this is fast even on large segments.
-fn find_intact_record_after(
-    file: &mut File,
-    from: u64,
-    len: u64,
-) -> Result<Option<u64>, StoreError> {
-    if from >= len {
-        return Ok(None);
-    }
-    let mut bytes = Vec::new();
-    file.seek(SeekFrom::Start(from))
-        .and_then(|_| file.read_to_end(&mut bytes))
-        .map_err(|source| StoreError::Io {
-            path: PathBuf::from("log segment"),
-            source,
-        })?;
+fn find_intact_record_after(data: &[u8], from: u64) -> Option<u64> {
+    let bytes = data.get(from as usize..)?;
     let n = bytes.len();
     for i in 0..n.saturating_sub(FRAME_LEN as usize + 4) {
         let body_len =
@@ -266,10 +257,19 @@ fn find_intact_record_after(
         }
         let crc = u32::from_le_bytes([bytes[i + 4], bytes[i + 5], bytes[i + 6], bytes[i + 7]]);
         if crc32fast::hash(body) == crc && decode_body(body).is_ok() {
-            return Ok(Some(from + i as u64));
+            return Some(from + i as u64);
         }
     }
-    Ok(None)
+    None
+}
+
+/// Are all bytes of `path` from `from` on zero?
+fn zeros_after(path: &Path, from: u64) -> Result<bool, StoreError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    f.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).map_err(io_err(path))?;
+    Ok(rest.iter().all(|&b| b == 0))
 }
 
 /// Shared, read-only view of the segment files.
@@ -337,6 +337,32 @@ impl Segments {
             next_offset: offset + n,
             body,
         })
+    }
+
+    /// The offset `n` records after the record at `offset`, reading only
+    /// frame headers.
+    pub(crate) fn skip(&self, mut offset: u64, n: u64, end: u64) -> Result<u64, StoreError> {
+        use std::os::unix::fs::FileExt;
+        for _ in 0..n {
+            let at = offset;
+            let corrupt = |reason: String| StoreError::Corrupt { offset: at, reason };
+            let start = self
+                .segment_for(offset)
+                .ok_or_else(|| corrupt("no segment holds this offset".into()))?;
+            let file = self.file(start)?;
+            let mut frame = [0u8; 4];
+            file.read_exact_at(&mut frame, offset - start)
+                .map_err(|e| corrupt(format!("read failed: {e}")))?;
+            let len = u32::from_le_bytes(frame);
+            if len == 0 || len > MAX_BODY_LEN {
+                return Err(corrupt(format!("impossible record length {len}")));
+            }
+            offset += FRAME_LEN + u64::from(len);
+            if offset > end {
+                return Err(corrupt("record runs past the end of the log".into()));
+            }
+        }
+        Ok(offset)
     }
 
     /// Sequential reader over `[from, end)`. `from` must be a record
@@ -480,7 +506,12 @@ pub(crate) struct LogWriter {
     segments: Arc<Segments>,
     active: File,
     active_start: u64,
+    /// Bytes of records in the active segment.
     active_len: u64,
+    /// The active segment's file length: records, then zeros written ahead
+    /// so that appends overwrite allocated blocks and `fdatasync` has no
+    /// size change to journal.
+    zeroed_to: u64,
     segment_size: u64,
     sync: bool,
     /// Set when a write or fsync failed: the file's state is unknown, so no
@@ -510,7 +541,18 @@ impl LogWriter {
         // Sealed segments must tile the offset space exactly.
         for pair in starts.windows(2) {
             let path = segment_path(dir, pair[0]);
-            let len = fs::metadata(&path).map_err(io_err(&path))?.len();
+            let mut len = fs::metadata(&path).map_err(io_err(&path))?.len();
+            if pair[0] + len > pair[1] && zeros_after(&path, pair[1] - pair[0])? {
+                // Preallocated zeros left by a crash before the roll
+                // trimmed them: not data.
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                f.set_len(pair[1] - pair[0]).map_err(io_err(&path))?;
+                f.sync_all().map_err(io_err(&path))?;
+                len = pair[1] - pair[0];
+            }
             if pair[0] + len != pair[1] {
                 return Err(StoreError::Corrupt {
                     offset: pair[0] + len.min(pair[1] - pair[0]),
@@ -527,24 +569,35 @@ impl LogWriter {
         let path = segment_path(dir, active_start);
         let mut active = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
         let file_len = active.metadata().map_err(io_err(&path))?.len();
-        // Scan the active segment for the last good record.
-        active.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
+        // Scan the active segment for the last good record. Its tail is
+        // preallocated zeros: an all-zero frame header is the clean end.
+        let mut data = Vec::new();
+        active
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| active.read_to_end(&mut data))
+            .map_err(io_err(&path))?;
         let mut good = 0u64;
         let mut failure = None;
-        {
-            let mut reader = BufReader::with_capacity(1 << 20, &mut active);
-            loop {
-                match read_frame(&mut reader, file_len - good) {
-                    Ok(Some((n, _))) => good += n,
-                    Ok(None) => break,
-                    Err(reason) => {
-                        failure = Some(reason);
-                        break;
-                    }
+        loop {
+            let rest = &data[good as usize..];
+            if rest.len() >= FRAME_LEN as usize
+                && rest[..FRAME_LEN as usize].iter().all(|&b| b == 0)
+            {
+                if rest.iter().any(|&b| b != 0) {
+                    failure = Some("bytes after the end of the log's data".to_string());
+                }
+                break;
+            }
+            match read_frame(&mut &rest[..], rest.len() as u64) {
+                Ok(Some((n, _))) => good += n,
+                Ok(None) => break,
+                Err(reason) => {
+                    failure = Some(reason);
+                    break;
                 }
             }
         }
@@ -561,7 +614,7 @@ impl LogWriter {
                     "{reason}; records up to offset {durable} were durably written, so the log is damaged, not torn"
                 )),
                 Some(_) => None,
-                None => find_intact_record_after(&mut active, good + 1, file_len)?.map(|next| {
+                None => find_intact_record_after(&data[..], good + 1).map(|next| {
                     format!(
                         "{reason}, but an intact record follows at offset {}; the log is damaged in the middle, not torn at the tail",
                         active_start + next
@@ -580,11 +633,10 @@ impl LogWriter {
         if let Some(reason) = failure {
             let cut_at = active_start + good;
             let saved_to = dir.join(format!("torn-{cut_at:020}.bin"));
-            let mut tail = Vec::new();
-            active
-                .seek(SeekFrom::Start(good))
-                .and_then(|_| active.read_to_end(&mut tail))
-                .map_err(io_err(&path))?;
+            let mut tail = data[good as usize..].to_vec();
+            while tail.last() == Some(&0) {
+                tail.pop();
+            }
             let mut save = File::create(&saved_to).map_err(io_err(&saved_to))?;
             save.write_all(&tail)
                 .and_then(|_| save.sync_all())
@@ -616,6 +668,7 @@ impl LogWriter {
                 active,
                 active_start,
                 active_len: good,
+                zeroed_to: if recovery.is_some() { good } else { file_len },
                 segment_size,
                 sync,
                 poisoned: false,
@@ -666,16 +719,28 @@ impl LogWriter {
         Ok(offsets)
     }
 
+    /// Write `bytes`, which end at `active_len`, and make them durable.
     fn write_out(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
         let path = segment_path(&self.segments.dir, self.active_start);
         if !bytes.is_empty() {
-            if let Err(source) = self.active.write_all(bytes) {
-                // Undo a partial write so the file ends on a record boundary.
-                let written_end = self.active_len - bytes.len() as u64;
-                let _ = self.active.set_len(written_end);
-                self.active_len = written_end;
-                return Err(StoreError::Io { path, source });
+            let pos = self.active_len - bytes.len() as u64;
+            if self.active_len > self.zeroed_to {
+                // Zero-fill ahead, a chunk at a time, up to the segment size.
+                let target = self
+                    .active_len
+                    .div_ceil(PREALLOC_CHUNK)
+                    .saturating_mul(PREALLOC_CHUNK)
+                    .min(self.segment_size.max(self.active_len));
+                let zeros = vec![0u8; (target - self.zeroed_to) as usize];
+                self.active
+                    .write_all_at(&zeros, self.zeroed_to)
+                    .map_err(io_err(&path))?;
+                self.zeroed_to = target;
             }
+            self.active
+                .write_all_at(bytes, pos)
+                .map_err(io_err(&path))?;
         }
         if self.sync {
             self.active.sync_data().map_err(io_err(&path))?;
@@ -684,11 +749,18 @@ impl LogWriter {
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
+        // Seal the full segment: trim its zeros, so sealed segments tile
+        // the offset space exactly.
+        let old = segment_path(&self.segments.dir, self.active_start);
+        self.active
+            .set_len(self.active_len)
+            .and_then(|_| self.active.sync_all())
+            .map_err(io_err(&old))?;
         let start = self.active_start + self.active_len;
         let path = segment_path(&self.segments.dir, start);
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create_new(true)
             .open(&path)
             .map_err(io_err(&path))?;
@@ -696,6 +768,7 @@ impl LogWriter {
         self.active = file;
         self.active_start = start;
         self.active_len = 0;
+        self.zeroed_to = 0;
         self.segments
             .starts
             .write()

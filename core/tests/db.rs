@@ -150,15 +150,17 @@ fn segments_roll_and_survive_reopen() {
 /// Bytes of a record the way a crash leaves an unsynced write: the log gets
 /// a copy of the last record's first `keep` bytes (a torn frame) appended.
 fn tear_tail(dir: &Path, last_record: std::ops::Range<u64>, keep: usize, flip: Option<usize>) {
+    use std::os::unix::fs::FileExt;
     let seg = segment_files(dir).pop().unwrap();
-    let mut bytes = fs::read(&seg).unwrap();
+    let bytes = fs::read(&seg).unwrap();
     let mut torn = bytes[last_record.start as usize..last_record.end as usize].to_vec();
     if let Some(i) = flip {
         torn[i] ^= 0xff;
     }
     torn.truncate(keep);
-    bytes.extend_from_slice(&torn);
-    fs::write(&seg, bytes).unwrap();
+    // Written where the next record would go (over the preallocated zeros).
+    let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&torn, last_record.end).unwrap();
 }
 
 #[test]
