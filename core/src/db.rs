@@ -423,10 +423,10 @@ impl Db {
             state = IndexState::default();
         }
         // Catch up from the checkpoint to the log's end.
-        let mut it = segments.iter(state.checkpoint.next_offset, end);
+        let it = segments.iter(state.checkpoint.next_offset, end);
         let mut batch = IndexBatch::default();
         let mut pending = 0usize;
-        while let Some(rec) = it.next() {
+        for rec in it {
             let rec = match rec {
                 Ok(r) => r,
                 Err(e) if state.checkpoint.records == 0 || reindex => return Err(e),
@@ -899,18 +899,16 @@ impl Db {
                     .get(&h.author)
                     .copied()
                     .or_else(|| state.forks.get(&h.author).map(|f| f.seq));
-                if let Some(fs) = fork_seq {
-                    if h.seq >= fs {
-                        report.rejected.push((
-                            i,
-                            EntryError::FeedForked {
-                                author: h.author,
-                                fork_seq: fs,
-                                seq: h.seq,
-                            },
-                        ));
-                        continue;
-                    }
+                if let Some(fs) = fork_seq.filter(|&fs| h.seq >= fs) {
+                    report.rejected.push((
+                        i,
+                        EntryError::FeedForked {
+                            author: h.author,
+                            fork_seq: fs,
+                            seq: h.seq,
+                        },
+                    ));
+                    continue;
                 }
                 let head_seq = head.map_or(0, |x| x.0);
                 if h.seq <= head_seq {
