@@ -55,6 +55,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify => verify(&open(&dir)?, &mut out),
         Command::Reindex => reindex(&dir, &mut out),
         Command::Status => status(&open(&dir)?, &mut out),
+        Command::Kv(c) => crate::views_cmd::kv(&open(&dir)?, c, &mut out),
+        Command::Timeline(a) => crate::views_cmd::timeline(&open(&dir)?, a, &mut out),
+        Command::View(c) => crate::views_cmd::view(&open(&dir)?, c, &mut out),
     }
 }
 

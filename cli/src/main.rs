@@ -7,6 +7,7 @@
 
 mod cmd;
 mod out;
+mod views_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,14 @@ pub enum Command {
     Reindex,
     /// Show the database's state.
     Status,
+    /// The key-value view: put, get, del, list.
+    #[command(subcommand)]
+    Kv(views_cmd::KvCommand),
+    /// Entries ordered by (timestamp, author, seq), newest first.
+    Timeline(views_cmd::TimelineArgs),
+    /// Views: list, rebuild, digest, add a field index, query it.
+    #[command(subcommand)]
+    View(views_cmd::ViewCommand),
 }
 
 fn main() -> ExitCode {

@@ -262,3 +262,90 @@ fn cli_closed_pipe_is_a_clean_exit() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn cli_kv_timeline_and_views() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    ok(&dir, &["init"]);
+    // Read after write, bare words as strings, JSON values.
+    ok(&dir, &["kv", "put", "color", "blue"]);
+    assert_eq!(ok(&dir, &["kv", "get", "color"]).trim(), "\"blue\"");
+    ok(&dir, &["kv", "put", "color", r#"{"r":255}"#]);
+    assert_eq!(ok(&dir, &["kv", "get", "color"]).trim(), r#"{"r":255}"#);
+    ok(&dir, &["kv", "put", "n", "42"]);
+    let list: Value = serde_json::from_str(&ok(&dir, &["--json", "kv", "list"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let heads: Value =
+        serde_json::from_str(&ok(&dir, &["--json", "kv", "get", "n", "--heads"])).unwrap();
+    assert_eq!(heads[0]["value"], 42);
+    let n_id = heads[0]["id"].as_str().unwrap().to_string();
+    ok(&dir, &["kv", "put", "n", "43", "--link", &n_id]);
+    assert_eq!(ok(&dir, &["kv", "get", "n"]).trim(), "43");
+    ok(&dir, &["kv", "del", "color"]);
+    let out = kappa(&dir, &["kv", "get", "color"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not set"));
+    assert_eq!(
+        ok(&dir, &["--json", "kv", "list", "--prefix", "c"]).trim(),
+        "[]"
+    );
+
+    // Timeline with filters.
+    ok(
+        &dir,
+        &["append", r#"{"type":"chat","user":"ana","text":"hi"}"#],
+    );
+    ok(
+        &dir,
+        &["append", r#"{"type":"chat","user":"bo","text":"yo"}"#],
+    );
+    let chats = ok(&dir, &["--json", "timeline", "--type", "chat"]);
+    let chats: Vec<Value> = chats
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(chats.len(), 2);
+    assert_eq!(chats[0]["payload"]["user"], "bo", "newest first");
+    assert_eq!(ok(&dir, &["timeline", "--limit", "3"]).lines().count(), 3);
+    assert_eq!(
+        ok(&dir, &["timeline", "--author", "self"]).lines().count(),
+        7
+    );
+
+    // Field index: declare, query, survives restarts (every command is a restart).
+    ok(&dir, &["view", "add", "by-user", "--field", "/user"]);
+    let hits = ok(&dir, &["--json", "view", "query", "by-user", "--eq", "ana"]);
+    assert_eq!(hits.lines().count(), 1);
+    let hits = ok(
+        &dir,
+        &[
+            "--json", "view", "query", "by-user", "--from", "a", "--to", "z",
+        ],
+    );
+    assert_eq!(hits.lines().count(), 2);
+    let views: Value = serde_json::from_str(&ok(&dir, &["--json", "view", "list"])).unwrap();
+    let names: Vec<&str> = views
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["by-user", "kv", "timeline"]);
+
+    // Digest is stable across a rebuild.
+    let before = ok(&dir, &["view", "digest", "kv"]);
+    assert_eq!(before.trim().len(), 64);
+    ok(&dir, &["view", "rebuild", "kv"]);
+    assert_eq!(ok(&dir, &["view", "digest", "kv"]), before);
+
+    // Bad input.
+    let err = fails(&dir, &["view", "add", "bad", "--field", "user"], None);
+    assert!(err.contains("pointer"), "{err}");
+    let err = fails(&dir, &["view", "query", "nope", "--eq", "1"], None);
+    assert!(err.contains("unknown view"), "{err}");
+    let err = fails(&dir, &["view", "digest", "nope"], None);
+    assert!(err.contains("unknown view"), "{err}");
+    let err = fails(&dir, &["kv", "put", "k", "v", "--link", "xyz"], None);
+    assert!(err.contains("not an entry id"), "{err}");
+}
