@@ -23,7 +23,7 @@ pub fn resolve_dir(dir: Option<PathBuf>) -> PathBuf {
     })
 }
 
-fn open(dir: &Path) -> anyhow::Result<Db> {
+pub fn open(dir: &Path) -> anyhow::Result<Db> {
     let db = Db::open(dir)?;
     if let Some(r) = db.recovery() {
         note(format!(
@@ -42,7 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = resolve_dir(cli.dir);
     let mut out = Out::new(cli.json);
     match cli.command {
-        Command::Init { max_payload } => init(&dir, max_payload, &mut out),
+        Command::Init { max_payload, join } => init(&dir, max_payload, join, &mut out),
         Command::Id => {
             let db = open(&dir)?;
             out.line(db.feed_id().to_string())?;
@@ -58,22 +58,63 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kv(c) => crate::views_cmd::kv(&open(&dir)?, c, &mut out),
         Command::Timeline(a) => crate::views_cmd::timeline(&open(&dir)?, a, &mut out),
         Command::View(c) => crate::views_cmd::view(&open(&dir)?, c, &mut out),
+        Command::Serve(args) => crate::net_cmd::serve(&dir, args, &mut out),
+        Command::Sync { addr, timeout } => {
+            crate::net_cmd::sync(&open(&dir)?, &addr, timeout, &mut out)
+        }
+        Command::Invite => crate::net_cmd::invite(&open(&dir)?, &mut out),
+        Command::Peers => {
+            if !dir.join(kappadb_core::db::files::CONFIG).exists() {
+                bail!(
+                    "no kappadb database in {}; run `kappa init` to create one",
+                    dir.display()
+                );
+            }
+            crate::net_cmd::peers(&dir, &mut out)
+        }
+        Command::Block { feed } => {
+            let db = open(&dir)?;
+            let feed = resolve_feed(&db, &feed)?;
+            crate::net_cmd::block(&db, feed, true, &mut out)
+        }
+        Command::Unblock { feed } => {
+            let db = open(&dir)?;
+            let feed = resolve_feed(&db, &feed)?;
+            crate::net_cmd::block(&db, feed, false, &mut out)
+        }
     }
 }
 
-fn init(dir: &Path, max_payload: u32, out: &mut Out) -> anyhow::Result<ExitCode> {
+fn init(
+    dir: &Path,
+    max_payload: u32,
+    join: Option<String>,
+    out: &mut Out,
+) -> anyhow::Result<ExitCode> {
     let config = DbConfig {
         max_payload_bytes: max_payload,
         ..DbConfig::default()
     };
+    let invite = join
+        .as_deref()
+        .map(crate::net_cmd::parse_invite)
+        .transpose()?;
     let db = Db::create(
         dir,
         CreateOptions {
             config,
+            network_key: invite.as_ref().map(|i| i.key.clone()),
             ..CreateOptions::default()
         },
     )
     .with_context(|| format!("cannot create a database in {}", dir.display()))?;
+    if let Some(invite) = &invite {
+        crate::net_cmd::remember_invite_addrs(dir, &invite.addrs)?;
+        note(format!(
+            "joined the invite's network; `kappa serve` will connect to {} known address(es)",
+            invite.addrs.len()
+        ));
+    }
     if out.json {
         out.json_line(
             &json!({"dir": dir.display().to_string(), "feed": db.feed_id().to_string()}),

@@ -6,6 +6,7 @@
 //! A closed stdout (`kappa log | head`) is a clean exit.
 
 mod cmd;
+mod net_cmd;
 mod out;
 mod views_cmd;
 
@@ -37,6 +38,9 @@ pub enum Command {
         /// Largest payload in bytes this database accepts.
         #[arg(long, default_value_t = kappadb_core::db::DEFAULT_MAX_PAYLOAD)]
         max_payload: u32,
+        /// Join the network of this invite (from `kappa invite`).
+        #[arg(long)]
+        join: Option<String>,
     },
     /// Print this database's feed id.
     Id,
@@ -85,6 +89,32 @@ pub enum Command {
     /// Views: list, rebuild, digest, add a field index, query it.
     #[command(subcommand)]
     View(views_cmd::ViewCommand),
+    /// Run the node until Ctrl-C: listen, discover, sync, keep views
+    /// indexed (creates the database if there is none).
+    Serve(net_cmd::ServeArgs),
+    /// Sync once with a peer, both ways, until neither misses anything.
+    Sync {
+        /// The peer's multiaddr, e.g. /ip4/192.168.1.20/tcp/4747 (the
+        /// /p2p/PEER suffix is optional).
+        addr: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Print an invite (network key and this node's addresses) for `init --join`.
+    Invite,
+    /// List known peers, their addresses and last sync.
+    Peers,
+    /// Stop storing and serving a feed.
+    Block {
+        /// Feed id, or unique prefix of a known feed.
+        feed: String,
+    },
+    /// Undo `kappa block`.
+    Unblock {
+        /// Feed id, or unique prefix of a known feed.
+        feed: String,
+    },
 }
 
 fn main() -> ExitCode {

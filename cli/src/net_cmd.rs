@@ -1,0 +1,396 @@
+//! Network commands: `kappa serve`, `sync`, `invite`, `peers`, `block`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use kappadb_core::{CreateOptions, Db, FeedId, NetworkKey};
+use kappadb_net::blocklist::BlockList;
+use kappadb_net::multiaddr::Protocol;
+use kappadb_net::peers::AddressBook;
+use kappadb_net::{DEFAULT_PORT, Multiaddr, Node, NodeEvent, PeerId, default_listen_addr};
+use kappadb_views::{Indexer, IndexerConfig};
+use serde_json::json;
+
+use crate::out::{self, Out, note};
+
+/// Text before an invite's fields.
+const INVITE_PREFIX: &str = "kappa-invite-v1";
+
+/// Options of `kappa serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Listen on this multiaddr (repeatable) [default: /ip4/0.0.0.0/tcp/4747].
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Connect to this peer at start (repeatable).
+    #[arg(long)]
+    pub peer: Vec<String>,
+    /// Do not discover peers on the LAN with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn parse_addr(text: &str) -> anyhow::Result<Multiaddr> {
+    text.parse::<Multiaddr>().map_err(|e| {
+        anyhow!(
+            "'{text}' is not a multiaddr ({e}); it looks like /ip4/192.168.1.20/tcp/{DEFAULT_PORT}"
+        )
+    })
+}
+
+/// `kappa serve`: create the database if there is none, then run the node
+/// (network, views) until Ctrl-C.
+pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let db = if dir.join(kappadb_core::db::files::CONFIG).exists() {
+        crate::cmd::open(dir)?
+    } else {
+        let db = Db::create(dir, CreateOptions::default())
+            .with_context(|| format!("cannot create a database in {}", dir.display()))?;
+        note(format!("created a new database in {}", dir.display()));
+        db
+    };
+    let listen = if args.listen.is_empty() {
+        vec![default_listen_addr()]
+    } else {
+        args.listen
+            .iter()
+            .map(|a| parse_addr(a))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let peers: Vec<Multiaddr> = args
+        .peer
+        .iter()
+        .map(|a| parse_addr(a))
+        .collect::<anyhow::Result<_>>()?;
+    let indexer = Indexer::open_with(db.clone(), IndexerConfig::default())?;
+    let rt = runtime()?;
+    let json = out.json;
+    let res: anyhow::Result<()> = rt.block_on(async {
+        let mut builder = Node::builder(db.clone()).mdns(!args.no_mdns);
+        for a in listen {
+            builder = builder.listen(a);
+        }
+        for p in peers {
+            builder = builder.peer(p);
+        }
+        let node = builder.spawn().await?;
+        let mut events = node.events();
+        note(format!(
+            "kappa node for feed {} in {}",
+            db.feed_id(),
+            db.dir().display()
+        ));
+        note(format!("peer id {}", node.peer_id()));
+        for a in node.listen_addrs() {
+            note(format!("listening on {a}"));
+        }
+        note("press Ctrl-C to stop");
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch for SIGTERM")?;
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => break,
+                _ = term.recv() => break,
+                ev = events.recv() => match ev {
+                    Ok(ev) => {
+                        let stop = matches!(ev, NodeEvent::Stopped { .. });
+                        report_event(&ev, node.peer_id(), json);
+                        if stop { break; }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(n, "missed node events");
+                    }
+                    Err(_) => break,
+                },
+            }
+        }
+        note("stopping…");
+        node.shutdown().await;
+        Ok(())
+    });
+    res?;
+    drop(indexer);
+    db.flush_index()?;
+    note("stopped; everything stored is on disk");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_event(ev: &NodeEvent, me: PeerId, json: bool) {
+    if json {
+        let v = match ev {
+            NodeEvent::Listening { addr } => {
+                json!({"event": "listening", "addr": format!("{addr}/p2p/{me}")})
+            }
+            NodeEvent::PeerDiscovered { peer, addr } => {
+                json!({"event": "discovered", "peer": peer.to_string(), "addr": addr.to_string()})
+            }
+            NodeEvent::PeerConnected { peer, feed } => {
+                json!({"event": "connected", "peer": peer.to_string(), "feed": feed.map(|f| f.to_string())})
+            }
+            NodeEvent::PeerDisconnected { peer } => {
+                json!({"event": "disconnected", "peer": peer.to_string()})
+            }
+            NodeEvent::SyncProgress {
+                peer,
+                feed,
+                entries,
+            } => {
+                json!({"event": "pulled", "peer": peer.to_string(), "feed": feed.to_string(), "entries": entries})
+            }
+            NodeEvent::SyncIdle { peer, stats } => {
+                json!({"event": "synced", "peer": peer.to_string(), "pulled": stats.pulled, "served": stats.served})
+            }
+            NodeEvent::PeerBanned { peer, reason } => {
+                json!({"event": "banned", "peer": peer.to_string(), "reason": reason})
+            }
+            NodeEvent::ForkFound { feed, seq, .. } => {
+                json!({"event": "fork", "feed": feed.to_string(), "seq": seq})
+            }
+            NodeEvent::Stopped { error } => json!({"event": "stopped", "error": error}),
+            _ => return,
+        };
+        println!("{v}");
+        return;
+    }
+    let text = match ev {
+        NodeEvent::Listening { addr } => format!("listening on {addr}/p2p/{me}"),
+        NodeEvent::PeerDiscovered { peer, addr } => format!("found {peer} at {addr} on the LAN"),
+        NodeEvent::PeerConnected { peer, feed } => match feed {
+            Some(f) => format!("peer {peer} joined (feed {})", f.fmt_short()),
+            None => format!("peer {peer} joined"),
+        },
+        NodeEvent::PeerDisconnected { peer } => format!("peer {peer} left"),
+        NodeEvent::SyncProgress {
+            peer,
+            feed,
+            entries,
+        } => {
+            format!(
+                "pulled {entries} entries of feed {} from {peer}",
+                feed.fmt_short()
+            )
+        }
+        NodeEvent::SyncIdle { peer, stats } => format!(
+            "in sync with {peer} (pulled {}, served {})",
+            stats.pulled, stats.served
+        ),
+        NodeEvent::PeerBanned { peer, reason } => format!("banned {peer} for a while: {reason}"),
+        NodeEvent::ForkFound { feed, seq, .. } => {
+            format!("feed {feed} is FORKED at seq {seq}; it is not extended past it")
+        }
+        NodeEvent::Stopped { error: Some(e) } => format!("the node stopped: {e}"),
+        NodeEvent::Stopped { error: None } => "the node stopped".to_string(),
+        _ => return,
+    };
+    note(text);
+}
+
+/// `kappa sync ADDR`: connect once, sync both ways, print what moved.
+pub fn sync(db: &Db, addr: &str, timeout: u64, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let addr = parse_addr(addr)?;
+    let before = db.status().entries;
+    let bar = out::counter("syncing, entries stored");
+    let db2 = db.clone();
+    let bar2 = bar.clone();
+    let listener = db
+        .watch()
+        .subscribe(move |_| bar2.set_position(db2.status().entries - before));
+    let rt = runtime()?;
+    let res = rt.block_on(kappadb_net::sync_once(
+        db.clone(),
+        addr.clone(),
+        Duration::from_secs(timeout),
+    ));
+    db.watch().unsubscribe(listener);
+    bar.finish_and_clear();
+    let summary = res.with_context(|| format!("sync with {addr} failed"))?;
+    if out.json {
+        out.json_line(&json!({
+            "peer": summary.peer.to_string(),
+            "pulled": summary.pulled,
+            "pushed": summary.pushed_estimate,
+            "feeds": summary.feeds,
+        }))?;
+    } else {
+        out.line(format!(
+            "synced with {}: pulled {} entries, sent {}, {} feeds touched",
+            summary.peer, summary.pulled, summary.pushed_estimate, summary.feeds
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Addresses other machines can reach this node at: every non-loopback
+/// interface address on the default port (loopback if there is none).
+fn reachable_addrs(peer: PeerId) -> Vec<Multiaddr> {
+    let mut addrs: Vec<Multiaddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback())
+        .filter_map(|i| match i.ip() {
+            std::net::IpAddr::V4(v4) => Some(format!("/ip4/{v4}/tcp/{DEFAULT_PORT}/p2p/{peer}")),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    if addrs.is_empty()
+        && let Ok(a) = format!("/ip4/127.0.0.1/tcp/{DEFAULT_PORT}/p2p/{peer}").parse()
+    {
+        addrs.push(a);
+    }
+    addrs
+}
+
+/// `kappa invite`: the network key and this node's addresses, as one string.
+pub fn invite(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let key = db.network_key()?;
+    let peer = peer_id_of(db)?;
+    let addrs: Vec<String> = reachable_addrs(peer)
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let text = format!("{INVITE_PREFIX}:{}:{}", key.to_hex(), addrs.join(","));
+    if out.json {
+        out.json_line(&json!({"invite": text, "addrs": addrs}))?;
+    } else {
+        note("this invite holds the network key: anyone who has it can join; share it privately");
+        out.line(text)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The libp2p peer id of this database's key.
+fn peer_id_of(db: &Db) -> anyhow::Result<PeerId> {
+    kappadb_net::behaviour::peer_of_feed(&db.feed_id())
+        .ok_or_else(|| anyhow!("this database's feed id is not a usable libp2p identity"))
+}
+
+/// A parsed invite: the network key and where to find the inviter.
+pub struct Invite {
+    pub key: NetworkKey,
+    pub addrs: Vec<Multiaddr>,
+}
+
+pub fn parse_invite(text: &str) -> anyhow::Result<Invite> {
+    let bad = || anyhow!("this is not a kappadb invite; ask for a new one with `kappa invite`");
+    let mut parts = text.trim().splitn(3, ':');
+    if parts.next() != Some(INVITE_PREFIX) {
+        return Err(bad());
+    }
+    let key = parts
+        .next()
+        .and_then(NetworkKey::from_hex)
+        .ok_or_else(bad)?;
+    let addrs = parts
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(parse_addr)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Invite { key, addrs })
+}
+
+/// Remember the inviter's addresses in the new database's address book.
+pub fn remember_invite_addrs(dir: &Path, addrs: &[Multiaddr]) -> anyhow::Result<()> {
+    let mut book = AddressBook::load(dir);
+    for a in addrs {
+        let peer = a.iter().find_map(|p| match p {
+            Protocol::P2p(id) => Some(id),
+            _ => None,
+        });
+        if let Some(peer) = peer {
+            let bare: Multiaddr = a
+                .iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect();
+            book.add_addrs(peer, [bare]);
+        }
+    }
+    book.save()?;
+    Ok(())
+}
+
+/// `kappa peers`: the address book.
+pub fn peers(dir: &Path, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let book = AddressBook::load(dir);
+    let peers = book.peers();
+    if out.json {
+        let arr: Vec<serde_json::Value> = peers
+            .iter()
+            .map(|p| {
+                json!({
+                    "peer": p.peer_id.to_string(),
+                    "feed": p.feed.map(|f| f.to_string()),
+                    "addrs": p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "last_seen": p.last_seen,
+                    "last_sync": p.last_sync,
+                })
+            })
+            .collect();
+        out.line(serde_json::Value::Array(arr).to_string())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if peers.is_empty() {
+        note(
+            "no peers known yet; `kappa serve` finds them on the LAN, or `kappa sync ADDR` reaches one",
+        );
+    }
+    for p in &peers {
+        let seen = if p.last_seen > 0 {
+            out::fmt_time(p.last_seen)
+        } else {
+            "never".into()
+        };
+        let synced = p.last_sync.map_or("never".to_string(), out::fmt_time);
+        let addrs: Vec<String> = p.addrs.iter().map(|a| a.to_string()).collect();
+        out.line(format!(
+            "{}  feed {}  seen {}  synced {}  {}",
+            p.peer_id,
+            p.feed.map_or("-".to_string(), |f| f.fmt_short()),
+            seen,
+            synced,
+            addrs.join(" ")
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kappa block FEED` / `kappa unblock FEED`.
+pub fn block(db: &Db, feed: FeedId, on: bool, out: &mut Out) -> anyhow::Result<ExitCode> {
+    if on && feed == db.feed_id() {
+        bail!("refusing to block this database's own feed");
+    }
+    let mut list = BlockList::load(db.dir())?;
+    let changed = if on {
+        list.block(feed)?
+    } else {
+        list.unblock(&feed)?
+    };
+    if out.json {
+        out.json_line(&json!({"feed": feed.to_string(), "blocked": on, "changed": changed}))?;
+    } else {
+        let what = if on { "blocked" } else { "unblocked" };
+        let state = if changed {
+            what.to_string()
+        } else {
+            format!("already {what}")
+        };
+        out.line(format!("feed {feed} {state}"))?;
+        if on {
+            note("a running `kappa serve` picks this up when it restarts");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
