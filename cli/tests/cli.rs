@@ -349,3 +349,87 @@ fn cli_kv_timeline_and_views() {
     let err = fails(&dir, &["kv", "put", "k", "v", "--link", "xyz"], None);
     assert!(err.contains("not an entry id"), "{err}");
 }
+
+/// Start `kappa serve` on an ephemeral loopback port; returns the child and
+/// the full multiaddr it printed.
+fn serve(dir: &Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kappa"))
+        .arg("--dir")
+        .arg(dir)
+        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .env_remove("KAPPA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !sent && let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("serve printed its address");
+    (child, addr)
+}
+
+#[test]
+fn cli_two_peers_sync_and_wrong_network_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    let c = tmp.path().join("c");
+    ok(&a, &["init"]);
+    ok(&a, &["kv", "put", "greeting", "hello"]);
+    let invite = ok(&a, &["invite"]).trim().to_string();
+    assert!(invite.starts_with("kappa-invite-v1:"), "{invite}");
+    ok(&b, &["init", "--join", &invite]);
+    ok(&b, &["append", r#"{"type":"note","from":"b"}"#]);
+    ok(&c, &["init"]);
+
+    let (mut node, addr) = serve(&a);
+    assert!(addr.contains("/p2p/"), "{addr}");
+    let out = ok(&b, &["--json", "sync", &addr]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["pulled"], 1);
+    assert_eq!(ok(&b, &["kv", "get", "greeting"]).trim(), "\"hello\"");
+    // The address without /p2p works too, and a second sync moves nothing.
+    let bare = addr.split("/p2p/").next().unwrap();
+    let v: Value = serde_json::from_str(&ok(&b, &["--json", "sync", bare])).unwrap();
+    assert_eq!(v["pulled"], 0);
+    let peers: Value = serde_json::from_str(&ok(&b, &["--json", "peers"])).unwrap();
+    assert!(
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["last_sync"].is_u64())
+    );
+    // Another network: a clear error, nothing learned.
+    let err = fails(&c, &["sync", &addr], None);
+    assert!(err.contains("not in this network"), "{err}");
+    assert_eq!(ok(&c, &["--json", "feeds"]).trim(), "[]");
+
+    // SIGTERM stops the node cleanly; then A holds B's entry.
+    let pid = node.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = node.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let feeds: Value = serde_json::from_str(&ok(&a, &["--json", "feeds"])).unwrap();
+    assert_eq!(feeds.as_array().unwrap().len(), 2);
+    assert!(ok(&a, &["verify"]).starts_with("ok"));
+}
