@@ -75,10 +75,11 @@ fn crash_sigkill_loses_no_reported_append() {
             "round {round}: child reported seq {reported} but only {} survived",
             head.seq
         );
-        let n = db
-            .feed_range(&db.feed_id(), 1, reported)
-            .map(|e| e.unwrap())
-            .count() as u64;
+        let mut n = 0u64;
+        for e in db.feed_range(&db.feed_id(), 1, reported) {
+            n += 1;
+            assert_eq!(e.unwrap().header.seq, n, "round {round}");
+        }
         assert_eq!(n, reported, "round {round}");
         assert!(reported >= reported_total);
         reported_total = reported;

@@ -23,7 +23,7 @@ fn main() {
     loop {
         round += 1;
         // Alternate single appends and batches of varying size.
-        let res = if round % 3 == 0 {
+        let res = if round.is_multiple_of(3) {
             db.append(format!("{{\"type\":\"crash\",\"round\":{round}}}").into_bytes())
                 .map(|a| a.seq)
         } else {

@@ -1,0 +1,25 @@
+//! The sync protocol, independent of any transport: its messages
+//! ([`wire`]) and the [`Engine`] that drives every peer session of a node
+//! ([`engine`]). No libp2p here; the node in [`crate::node`] carries the
+//! messages over libp2p request-response and gossipsub, and the tests carry
+//! them over channels (`test_utils::Pair`, feature `test_utils`).
+//!
+//! ```text
+//! A                                   B
+//! Heads{all of A} ------------------> apply, work out what B misses
+//! apply <---------------------------- Heads{all of B, idle?}
+//! Want{feed, from, to} x4 ----------> read from the log
+//! check + ingest_page <-------------- Page{entries}
+//! Heads{changed, idle: true} -------> both idle: SyncEvent::Idle
+//! ```
+
+pub mod engine;
+pub mod wire;
+
+pub use engine::{Engine, Input, Output, PeerKey, SyncConfig, SyncEvent, SyncStats, check_page};
+pub use wire::{
+    Announce, HeadInfo, Heads, Limits, MAX_FORK_PROOFS_PER_MESSAGE, MAX_HEADS_PER_MESSAGE,
+    MAX_PAGE_BYTES, MAX_PAGE_ENTRIES, PROTOCOL_NAME, Page, Request, Response, Want, WireError,
+    decode_announce, decode_request, decode_response, encode_announce, encode_request,
+    encode_response, entry_wire_size,
+};

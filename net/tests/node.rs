@@ -1,0 +1,525 @@
+//! libp2p-level tests: real nodes on 127.0.0.1 with ephemeral ports.
+//! Waits are event-driven (node events, with a deadline); no fixed sleeps.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kappadb_core::test_utils::TestPeer;
+use kappadb_core::{CreateOptions, Db, EntryId, FeedId, NetworkKey, SigningKey};
+use kappadb_net::behaviour::{SyncCodec, build_transport, identity_keypair};
+use kappadb_net::protocol::{HeadInfo, Heads, Limits, PROTOCOL_NAME, Page, Request, Response};
+use kappadb_net::{
+    Multiaddr, NetError, Node, NodeConfig, NodeEvent, NodeHandle, SyncConfig, sync_once,
+};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{StreamProtocol, Swarm};
+use tokio::sync::broadcast;
+
+const WAIT: Duration = Duration::from_secs(25);
+
+struct Peer {
+    dir: tempfile::TempDir,
+    db: Db,
+}
+
+fn peer(network: &NetworkKey) -> Peer {
+    peer_with_key(network, None)
+}
+
+fn peer_with_key(network: &NetworkKey, key: Option<SigningKey>) -> Peer {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::create(
+        dir.path(),
+        CreateOptions {
+            network_key: Some(network.clone()),
+            signing_key: key,
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    Peer { dir, db }
+}
+
+fn loopback() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
+}
+
+/// Logs go to the test output; `RUST_LOG=kappadb_net=debug` shows them.
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+async fn node(db: &Db) -> NodeHandle {
+    init_tracing();
+    Node::builder(db.clone())
+        .listen(loopback())
+        .mdns(false)
+        .spawn()
+        .await
+        .unwrap()
+}
+
+fn addr(node: &NodeHandle) -> Multiaddr {
+    node.listen_addrs()[0].clone()
+}
+
+fn append_n(db: &Db, n: usize, size: usize) {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(2000);
+        let payloads: Vec<Vec<u8>> = (0..k).map(|i| vec![b'a' + (i % 26) as u8; size]).collect();
+        db.append_batch(payloads).unwrap();
+        left -= k;
+    }
+}
+
+fn heads(db: &Db) -> HashMap<FeedId, (u64, EntryId)> {
+    db.heads()
+        .into_iter()
+        .map(|(f, h)| (f, (h.seq, h.id)))
+        .collect()
+}
+
+/// Wait until `cond` holds, re-checking whenever a node reports anything
+/// (and at least every 100 ms).
+async fn wait_until(
+    events: &mut [&mut broadcast::Receiver<NodeEvent>],
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        let recv = futures::future::select_all(events.iter_mut().map(|rx| Box::pin(rx.recv())));
+        let _ = tokio::time::timeout(Duration::from_millis(100), recv).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_of_three_converges() {
+    let net = NetworkKey::from_bytes([1; 32]);
+    let (a, b, c) = (peer(&net), peer(&net), peer(&net));
+    append_n(&a.db, 30, 50);
+    append_n(&b.db, 20, 50);
+    append_n(&c.db, 10, 50);
+    let (na, nb, nc) = (node(&a.db).await, node(&b.db).await, node(&c.db).await);
+    let (mut ea, mut ec) = (na.events(), nc.events());
+    na.dial(addr(&nb)).await.unwrap();
+    nc.dial(addr(&nb)).await.unwrap();
+    wait_until(&mut [&mut ea, &mut ec], "three identical logs", || {
+        let h = heads(&a.db);
+        h.len() == 3 && h == heads(&b.db) && h == heads(&c.db)
+    })
+    .await;
+    assert_eq!(a.db.head(&c.db.feed_id()).unwrap().seq, 10);
+    assert!(
+        !na.connected_peers().contains(&nc.peer_id()),
+        "A and C are not connected"
+    );
+    for n in [na, nb, nc] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_catches_up_on_10k_entries() {
+    let net = NetworkKey::from_bytes([2; 32]);
+    let (a, b) = (peer(&net), peer(&net));
+    append_n(&a.db, 10_000, 100);
+    let na = node(&a.db).await;
+    let nb = node(&b.db).await;
+    let mut eb = nb.events();
+    let started = Instant::now();
+    let remote = nb.dial(addr(&na)).await.unwrap();
+    assert_eq!(remote, na.peer_id());
+    let mut idle = false;
+    wait_until(&mut [&mut eb.resubscribe()], "10,000 entries", || {
+        b.db.head(&a.db.feed_id()).is_some_and(|h| h.seq == 10_000)
+    })
+    .await;
+    eprintln!("late joiner: 10,000 entries in {:?}", started.elapsed());
+    // The session reports idle once both sides are done.
+    let deadline = Instant::now() + WAIT;
+    while !idle && Instant::now() < deadline {
+        if let Ok(Ok(NodeEvent::SyncIdle { peer, stats })) =
+            tokio::time::timeout(Duration::from_secs(1), eb.recv()).await
+        {
+            idle = peer == na.peer_id() && stats.pulled == 10_000;
+        }
+    }
+    assert!(idle, "no SyncIdle with 10,000 pulled");
+    assert_eq!(heads(&a.db), heads(&b.db));
+    na.shutdown().await;
+    nb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_appends_arrive_within_two_seconds() {
+    let net = NetworkKey::from_bytes([3; 32]);
+    let (a, b) = (peer(&net), peer(&net));
+    append_n(&a.db, 5, 10);
+    let (na, nb) = (node(&a.db).await, node(&b.db).await);
+    let (mut ea, mut eb) = (na.events(), nb.events());
+    nb.dial(addr(&na)).await.unwrap();
+    wait_until(&mut [&mut ea, &mut eb], "the first sync", || {
+        heads(&a.db) == heads(&b.db)
+    })
+    .await;
+
+    // An append on A.
+    let t = Instant::now();
+    a.db.append(b"live".to_vec()).unwrap();
+    wait_until(&mut [&mut eb], "the live append on B", || {
+        b.db.head(&a.db.feed_id()).is_some_and(|h| h.seq == 6)
+    })
+    .await;
+    let took = t.elapsed();
+    eprintln!("live append reached the peer in {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    // An append on B, the other direction.
+    let t = Instant::now();
+    b.db.append(b"back".to_vec()).unwrap();
+    wait_until(&mut [&mut ea], "the live append on A", || {
+        a.db.head(&b.db.feed_id()).is_some_and(|h| h.seq == 1)
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    // A feed neither has seen, created on A while connected.
+    let mut fresh = TestPeer::new(123);
+    let t = Instant::now();
+    a.db.ingest(vec![fresh.make(1, "new feed")]).unwrap();
+    wait_until(&mut [&mut eb], "the new feed on B", || {
+        b.db.head(&fresh.key.feed_id()).is_some()
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    na.shutdown().await;
+    nb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_network_key_learns_nothing() {
+    let (ours, theirs) = (
+        NetworkKey::from_bytes([4; 32]),
+        NetworkKey::from_bytes([5; 32]),
+    );
+    let (a, x) = (peer(&ours), peer(&theirs));
+    append_n(&a.db, 10, 10);
+    append_n(&x.db, 10, 10);
+    let na = node(&a.db).await;
+    let nx = node(&x.db).await;
+
+    let t = Instant::now();
+    let err = sync_once(x.db.clone(), addr(&na), Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::NotInNetwork { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("the peer is not in this network"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    // Without the /p2p suffix too, and with a running node.
+    let mut bare = addr(&na);
+    bare.pop();
+    let err = nx.dial(bare).await.unwrap_err();
+    assert!(matches!(err, NetError::NotInNetwork { .. }), "{err:?}");
+
+    assert!(na.connected_peers().is_empty());
+    assert!(a.db.head(&x.db.feed_id()).is_none(), "no entry crossed");
+    assert!(x.db.head(&a.db.feed_id()).is_none(), "no entry crossed");
+    assert_eq!(a.db.heads().len(), 1, "no feed id learned");
+    assert_eq!(x.db.heads().len(), 1, "no feed id learned");
+    na.shutdown().await;
+    nx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_syncs_both_ways_without_p2p_suffix() {
+    let net = NetworkKey::from_bytes([6; 32]);
+    let (a, b) = (peer(&net), peer(&net));
+    append_n(&a.db, 700, 30);
+    append_n(&b.db, 300, 30);
+    let na = node(&a.db).await;
+    let mut bare = addr(&na);
+    bare.pop();
+    let summary = sync_once(b.db.clone(), bare, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(summary.peer, na.peer_id());
+    assert_eq!(summary.pulled, 700);
+    assert!(summary.pushed_estimate >= 300, "{summary:?}");
+    assert_eq!(summary.feeds, 2);
+    // Both sides are done when sync_once returns.
+    assert_eq!(heads(&a.db), heads(&b.db));
+    // A second run has nothing to do.
+    let again = sync_once(b.db.clone(), addr(&na), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(again.pulled, 0);
+    // The peer is in B's address book.
+    let book = kappadb_net::peers::AddressBook::load(b.dir.path());
+    assert!(
+        book.get(&na.peer_id())
+            .is_some_and(|r| r.last_sync.is_some())
+    );
+    na.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forks_are_found_stored_and_spread() {
+    let net = NetworkKey::from_bytes([7; 32]);
+    let author = SigningKey::from_seed([77; 32]);
+    let feed = author.feed_id();
+    let one = peer_with_key(&net, Some(author.clone()));
+    let two = peer_with_key(&net, Some(author));
+    let third = peer(&net);
+    let fourth = peer(&net);
+    append_n(&one.db, 6, 10);
+    append_n(&two.db, 4, 11);
+
+    let nthird = node(&third.db).await;
+    let mut e3 = nthird.events();
+    // One branch, then the other (the two share a peer id, so one at a time).
+    let n1 = node(&one.db).await;
+    nthird.sync_with(addr(&n1), WAIT).await.unwrap();
+    assert_eq!(third.db.head(&feed).unwrap().seq, 6);
+    n1.shutdown().await;
+    let n2 = node(&two.db).await;
+    let res = nthird.sync_with(addr(&n2), WAIT).await;
+    assert!(res.is_ok(), "a fork is not a fault: {res:?}");
+    wait_until(&mut [&mut e3], "the fork on the third node", || {
+        third.db.fork(&feed).is_some()
+    })
+    .await;
+    let mut reported = false;
+    while let Ok(ev) = e3.try_recv() {
+        reported |= matches!(ev, NodeEvent::ForkFound { feed: f, .. } if f == feed);
+    }
+    assert!(reported, "ForkFound must be reported");
+    assert_eq!(third.db.fork_proofs().unwrap().len(), 1);
+
+    // The proof reaches a fourth node that never saw either branch's peer.
+    let n4 = node(&fourth.db).await;
+    let mut e4 = n4.events();
+    n4.dial(addr(&nthird)).await.unwrap();
+    wait_until(&mut [&mut e4], "the proof on the fourth node", || {
+        fourth.db.fork(&feed).is_some()
+    })
+    .await;
+    for n in [nthird, n2, n4] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_sync_resumes() {
+    let net = NetworkKey::from_bytes([8; 32]);
+    let (a, b) = (peer(&net), peer(&net));
+    const N: u64 = 30_000;
+    append_n(&a.db, N as usize, 100);
+    let na = node(&a.db).await;
+    let slow = NodeConfig {
+        sync: SyncConfig {
+            max_in_flight: 1,
+            ..SyncConfig::default()
+        },
+        ..NodeConfig::default()
+    };
+    let nb = Node::builder(b.db.clone())
+        .listen(loopback())
+        .mdns(false)
+        .config(slow)
+        .spawn()
+        .await
+        .unwrap();
+    let mut eb = nb.events();
+    nb.dial(addr(&na)).await.unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, eb.recv()).await {
+            Ok(Ok(NodeEvent::SyncProgress { .. })) => break,
+            Ok(_) => continue,
+            Err(_) => panic!("no progress"),
+        }
+    }
+    nb.shutdown().await;
+    let dir = b.dir;
+    drop(b.db);
+    let db = Db::open(dir.path()).unwrap();
+    let partial = db.head(&a.db.feed_id()).map_or(0, |h| h.seq);
+    assert!(partial > 0 && partial < N, "partial = {partial}");
+
+    // The address book brings the peer back by itself.
+    let nb = Node::builder(db.clone())
+        .listen(loopback())
+        .mdns(false)
+        .spawn()
+        .await
+        .unwrap();
+    let mut eb = nb.events();
+    wait_until(&mut [&mut eb], "the rest of the feed", || {
+        db.head(&a.db.feed_id()).is_some_and(|h| h.seq == N)
+    })
+    .await;
+    assert!(db.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+    nb.shutdown().await;
+    na.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_feeds_are_neither_pulled_nor_served() {
+    let net = NetworkKey::from_bytes([9; 32]);
+    let (a, b) = (peer(&net), peer(&net));
+    append_n(&a.db, 5, 10);
+    append_n(&b.db, 5, 10);
+    let mut other = TestPeer::new(5);
+    a.db.ingest(vec![other.make(1, "x")]).unwrap();
+    let na = node(&a.db).await;
+    assert!(na.block(other.key.feed_id()).await.unwrap());
+    assert!(!na.block(other.key.feed_id()).await.unwrap());
+    let nb = node(&b.db).await;
+    assert!(nb.block(a.db.feed_id()).await.unwrap());
+    let summary = nb.sync_with(addr(&na), WAIT).await.unwrap();
+    assert_eq!(summary.pulled, 0);
+    assert!(b.db.head(&a.db.feed_id()).is_none(), "B blocked A's feed");
+    assert!(
+        b.db.head(&other.key.feed_id()).is_none(),
+        "A does not serve a blocked feed"
+    );
+    assert_eq!(a.db.head(&b.db.feed_id()).unwrap().seq, 5);
+    let list = kappadb_net::blocklist::BlockList::load(b.dir.path()).unwrap();
+    assert!(list.contains(&a.db.feed_id()));
+    na.shutdown().await;
+    nb.shutdown().await;
+}
+
+/// A peer that speaks the protocol but serves a forged page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_bans_a_peer_that_sends_a_forged_page() {
+    use futures::StreamExt;
+    let net = NetworkKey::from_bytes([10; 32]);
+    let a = peer(&net);
+    let na = node(&a.db).await;
+    let mut ea = na.events();
+
+    let mut author = TestPeer::new(31);
+    let mut chain: Vec<kappadb_core::Entry> = (0..10).map(|i| author.make(i, "x")).collect();
+    chain[4].signature = SigningKey::from_seed([1; 32]).sign(&chain[4].id().0);
+    let feed = author.key.feed_id();
+
+    let kp = identity_keypair(&SigningKey::from_seed([0xee; 32]));
+    let evil_id = kp.public().to_peer_id();
+    let behaviour = request_response::Behaviour::with_codec(
+        SyncCodec::new(Limits::default()),
+        [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
+        request_response::Config::default(),
+    );
+    let mut evil = Swarm::new(
+        build_transport(&kp, &net).unwrap(),
+        behaviour,
+        evil_id,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(60)),
+    );
+    evil.dial(addr(&na)).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut served_page = false;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, evil.select_next_some())
+            .await
+            .expect("the node never closed the connection");
+        match ev {
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => {
+                let response = match request {
+                    Request::Heads(_) => Response::Heads(Heads {
+                        heads: vec![HeadInfo {
+                            feed,
+                            seq: 10,
+                            id: chain[9].id(),
+                        }],
+                        forks: vec![],
+                        idle: true,
+                        more: false,
+                        serial: 1,
+                    }),
+                    Request::Want(w) => {
+                        served_page = true;
+                        let from = (w.from_seq - 1) as usize;
+                        let to = (w.to_seq as usize).min(chain.len());
+                        Response::Page(Page {
+                            feed,
+                            entries: chain[from..to].to_vec(),
+                        })
+                    }
+                    Request::ForkProofs(_) => Response::ForkProofs(vec![]),
+                };
+                let _ = evil.behaviour_mut().send_response(channel, response);
+            }
+            SwarmEvent::ConnectionClosed { .. } => break,
+            _ => {}
+        }
+    }
+    assert!(served_page);
+    let mut banned = None;
+    let deadline = Instant::now() + WAIT;
+    while banned.is_none() && Instant::now() < deadline {
+        if let Ok(Ok(NodeEvent::PeerBanned { peer, reason })) =
+            tokio::time::timeout(Duration::from_secs(1), ea.recv()).await
+        {
+            assert_eq!(peer, evil_id);
+            banned = Some(reason);
+        }
+    }
+    let reason = banned.expect("no PeerBanned event");
+    assert!(reason.contains("signature"), "{reason}");
+    assert!(a.db.head(&feed).is_none(), "nothing of the page is stored");
+
+    // Coming back during the ban: the connection is closed at once.
+    evil.dial(addr(&na)).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, evil.select_next_some())
+            .await
+            .expect("a banned peer must be turned away")
+        {
+            SwarmEvent::ConnectionClosed { .. } | SwarmEvent::OutgoingConnectionError { .. } => {
+                break;
+            }
+            SwarmEvent::Behaviour(request_response::Event::Message { .. }) => {
+                panic!("a banned peer must not be asked anything")
+            }
+            _ => {}
+        }
+    }
+    let mut ea = na.events();
+    wait_until(&mut [&mut ea], "the node to drop the banned peer", || {
+        na.connected_peers().is_empty()
+    })
+    .await;
+    na.shutdown().await;
+}

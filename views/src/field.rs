@@ -1,0 +1,341 @@
+//! Field indexes: views declared at run time that index entries by the
+//! JSON scalar found at a JSON pointer in their payload.
+//!
+//! ```text
+//! scalar(value at pointer) | timestamp BE | author | seq BE -> ""
+//! ```
+//!
+//! Scalars use the order-preserving encoding of [`crate::encoding`]: null <
+//! false < true < numbers (numerically) < strings (bytewise). Entries whose
+//! payload is not JSON, lacks the field, or holds an array or object there
+//! are skipped. The version is derived from the pointer, so re-declaring an
+//! index with another pointer rebuilds it.
+//!
+//! Declarations live in the sled tree `views/declared` (name -> JSON) and
+//! are registered again by every [`crate::Indexer::open`].
+//!
+//! ```
+//! use kappadb_views::field::FieldIndex;
+//! let index = FieldIndex::new("by-user", "/user/name").unwrap();
+//! assert_eq!(index.pointer(), "/user/name");
+//! assert!(FieldIndex::new("bad", "user").is_err());
+//! assert!(FieldIndex::new("kv", "/user").is_err());
+//! ```
+
+use kappadb_core::{Db, EntryId, FeedId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::encoding::{
+    ENTRY_KEY_LEN, prefix_end, put_entry_key, put_scalar, read_entry_key, take_scalar,
+};
+use crate::error::ViewError;
+use crate::timeline::Order;
+use crate::view::{View, ViewReader, ViewRecord, ViewTx};
+use crate::{BUILTIN_NAMES, validate_view_name};
+
+/// Name of the tree holding field index declarations.
+pub const DECLARED_TREE: &str = "views/declared";
+/// Domain prefix of the version hash.
+const VERSION_DOMAIN: &[u8] = b"kappadb/field-index/v1\0";
+
+/// A field index: entries ordered by the value at a JSON pointer, then by
+/// `(timestamp, author, seq)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldIndex {
+    name: String,
+    pointer: String,
+    version: u32,
+}
+
+/// A stored declaration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Declaration {
+    /// A field index.
+    Field {
+        /// Its JSON pointer.
+        pointer: String,
+    },
+}
+
+/// Check a JSON pointer: empty, or starting with `/`.
+pub fn validate_pointer(pointer: &str) -> Result<(), ViewError> {
+    if pointer.is_empty() || pointer.starts_with('/') {
+        Ok(())
+    } else {
+        Err(ViewError::BadPointer(pointer.to_string()))
+    }
+}
+
+impl FieldIndex {
+    /// A field index named `name` on the value at `pointer` (RFC 6901, e.g.
+    /// `/user/name`). Fails on a bad name, a name of a built-in view, or a
+    /// pointer that is not empty and does not start with `/`.
+    pub fn new(name: &str, pointer: &str) -> Result<Self, ViewError> {
+        validate_view_name(name)?;
+        if BUILTIN_NAMES.contains(&name) {
+            return Err(ViewError::ViewExists(name.to_string()));
+        }
+        validate_pointer(pointer)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(VERSION_DOMAIN);
+        hasher.update(pointer.as_bytes());
+        let hash = hasher.finalize();
+        let mut version = [0u8; 4];
+        version.copy_from_slice(&hash.as_bytes()[..4]);
+        Ok(Self {
+            name: name.to_string(),
+            pointer: pointer.to_string(),
+            version: u32::from_le_bytes(version),
+        })
+    }
+
+    /// The JSON pointer indexed.
+    pub fn pointer(&self) -> &str {
+        &self.pointer
+    }
+}
+
+impl View for FieldIndex {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    fn describe(&self) -> String {
+        format!("field index on {:?}", self.pointer)
+    }
+
+    fn apply(&self, batch: &[ViewRecord], tx: &mut ViewTx<'_>) -> Result<(), ViewError> {
+        let mut key = Vec::new();
+        for r in batch {
+            let Some(value) = r.json().and_then(|j| j.pointer(&self.pointer)) else {
+                tx.skip();
+                continue;
+            };
+            key.clear();
+            if !put_scalar(&mut key, value) {
+                tx.skip();
+                continue;
+            }
+            put_entry_key(&mut key, r.timestamp, &r.author, r.seq);
+            tx.insert(&key, Vec::new());
+        }
+        Ok(())
+    }
+}
+
+/// A field index query: `eq`, or a range `from..=to` (either end open),
+/// at most `limit` results.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldQuery {
+    /// Only entries whose field equals this scalar.
+    pub eq: Option<Value>,
+    /// Only entries whose field is `>=` this scalar.
+    pub from: Option<Value>,
+    /// Only entries whose field is `<=` this scalar.
+    pub to: Option<Value>,
+    /// At most this many results.
+    pub limit: usize,
+    /// Smallest value first ([`Order::Ascending`], the default) or greatest.
+    pub order: Order,
+}
+
+impl Default for FieldQuery {
+    fn default() -> Self {
+        Self {
+            eq: None,
+            from: None,
+            to: None,
+            limit: 100,
+            order: Order::Ascending,
+        }
+    }
+}
+
+impl FieldQuery {
+    /// Entries whose field equals `value`.
+    pub fn eq(value: Value) -> Self {
+        Self {
+            eq: Some(value),
+            ..Self::default()
+        }
+    }
+
+    /// Entries whose field lies in `from..=to`.
+    pub fn range(from: Option<Value>, to: Option<Value>) -> Self {
+        Self {
+            from,
+            to,
+            ..Self::default()
+        }
+    }
+
+    /// Set the limit.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+}
+
+/// One field index result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldHit {
+    /// The field's value.
+    pub value: Value,
+    /// The entry's timestamp.
+    pub timestamp: u64,
+    /// Its feed.
+    pub author: FeedId,
+    /// Its seq.
+    pub seq: u64,
+    /// Its id.
+    pub id: EntryId,
+    /// Its payload (`None` if it has been dropped since).
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Read a query value as typed on a command line: JSON if it parses as a
+/// JSON scalar (`42`, `true`, `null`, `"quoted"`), else the text itself as
+/// a string.
+pub fn parse_query_value(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) if !v.is_array() && !v.is_object() => v,
+        _ => Value::String(text.to_string()),
+    }
+}
+
+fn encode_bound(what: &str, value: &Value) -> Result<Vec<u8>, ViewError> {
+    let mut out = Vec::new();
+    if put_scalar(&mut out, value) {
+        Ok(out)
+    } else {
+        Err(ViewError::BadQuery(format!(
+            "{what} must be a JSON scalar (null, bool, number or string), not {value}"
+        )))
+    }
+}
+
+/// Queries on a field index.
+#[derive(Clone, Debug)]
+pub struct FieldReader {
+    reader: ViewReader,
+    db: Db,
+}
+
+impl FieldReader {
+    /// Queries over a reader of a field index; entries are read back from
+    /// `db`.
+    pub fn new(reader: ViewReader, db: Db) -> Self {
+        Self { reader, db }
+    }
+
+    /// The underlying reader (checkpoint, generation).
+    pub fn reader(&self) -> &ViewReader {
+        &self.reader
+    }
+
+    /// Run a query.
+    pub fn query(&self, q: &FieldQuery) -> Result<Vec<FieldHit>, ViewError> {
+        let (lo, hi) = match (&q.eq, &q.from, &q.to) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(ViewError::BadQuery(
+                    "give either an exact value or a range, not both".into(),
+                ));
+            }
+            (Some(eq), None, None) => {
+                let p = encode_bound("--eq", eq)?;
+                let hi = prefix_end(&p);
+                (p, hi)
+            }
+            (None, from, to) => {
+                let lo = match from {
+                    Some(v) => encode_bound("--from", v)?,
+                    None => Vec::new(),
+                };
+                let hi = match to {
+                    Some(v) => prefix_end(&encode_bound("--to", v)?),
+                    None => None,
+                };
+                (lo, hi)
+            }
+        };
+        if q.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let scan = self.reader.range(&lo, hi.as_deref());
+        let scan: Box<dyn Iterator<Item = _>> = match q.order {
+            Order::Ascending => Box::new(scan),
+            Order::Descending => Box::new(scan.rev()),
+        };
+        let mut out = Vec::new();
+        for item in scan {
+            let (k, _) = item?;
+            let damaged =
+                || ViewError::damaged(self.reader.name(), "a field index key does not decode");
+            let (value, rest) = take_scalar(&k).ok_or_else(damaged)?;
+            if rest.len() != ENTRY_KEY_LEN {
+                return Err(damaged());
+            }
+            let (timestamp, author, seq) = read_entry_key(rest).ok_or_else(damaged)?;
+            let Some(entry) = self.db.get(&author, seq)? else {
+                tracing::warn!(author = %author.fmt_short(), seq, "field index names an entry the feed index does not hold");
+                continue;
+            };
+            out.push(FieldHit {
+                value,
+                timestamp,
+                author,
+                seq,
+                id: entry.id(),
+                payload: entry.payload,
+            });
+            if out.len() >= q.limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointer_and_name_are_validated() {
+        assert!(FieldIndex::new("ok_name-1", "").is_ok());
+        assert!(matches!(
+            FieldIndex::new("x", "a/b"),
+            Err(ViewError::BadPointer(p)) if p == "a/b"
+        ));
+        assert!(matches!(
+            FieldIndex::new("Bad", "/a"),
+            Err(ViewError::BadName { .. })
+        ));
+        assert!(matches!(
+            FieldIndex::new("timeline", "/a"),
+            Err(ViewError::ViewExists(_))
+        ));
+    }
+
+    #[test]
+    fn version_follows_the_pointer() {
+        let a = FieldIndex::new("x", "/a").unwrap();
+        let b = FieldIndex::new("x", "/b").unwrap();
+        assert_ne!(a.version(), b.version());
+        assert_eq!(a.version(), FieldIndex::new("y", "/a").unwrap().version());
+    }
+
+    #[test]
+    fn query_values_parse_like_a_shell_user_means() {
+        assert_eq!(parse_query_value("42"), serde_json::json!(42));
+        assert_eq!(parse_query_value("alice"), serde_json::json!("alice"));
+        assert_eq!(parse_query_value("\"42\""), serde_json::json!("42"));
+        assert_eq!(parse_query_value("[1]"), serde_json::json!("[1]"));
+    }
+}

@@ -1,0 +1,401 @@
+//! The `kv` view: a last-writer-wins register per key that keeps every
+//! concurrent head visible.
+//!
+//! Payloads:
+//!
+//! ```text
+//! {"type":"kv.put","key":"a","value":<any JSON>,"links":["<entry id hex>", ...]}
+//! {"type":"kv.del","key":"a","links":[...]}
+//! ```
+//!
+//! `links` is optional. An op *supersedes* the ops on the same key that it
+//! names in `links`, and its author's own earlier ops on that key (a feed is
+//! causally ordered). The heads of a key are its ops that no other known op
+//! supersedes; [`KvReader::get`] returns the value of the head that is
+//! greatest by `(timestamp, author, seq)`, or nothing if that head is a
+//! delete. The state depends only on the set of entries folded, never on
+//! their arrival order: a link may name an op that arrives later, so every
+//! link is remembered (the "superseded" set) and such an op never becomes a
+//! head.
+//!
+//! Keys (in the view's key space):
+//!
+//! ```text
+//! 'k' | escaped(key)             -> postcard(KvRecord { heads, linked })
+//! 's' | escaped(key) | id (32)   -> ""   an op on `key` that some op on `key` links
+//! ```
+//!
+//! `heads` is sorted by `(timestamp, author, seq)`; `linked` says whether
+//! any op on the key has links (so the `'s'` keys need to be looked at). A
+//! record exists iff the key has heads or links.
+//!
+//! Values are stored as canonical JSON text (object keys sorted).
+//!
+//! ```
+//! let payload = kappadb_views::kv::put_payload("color", &serde_json::json!("blue"), &[]);
+//! assert_eq!(payload, br#"{"key":"color","type":"kv.put","value":"blue"}"#);
+//! ```
+
+use std::collections::HashMap;
+
+use kappadb_core::{EntryId, FeedId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::encoding::{canonical_json, put_escaped, put_escaped_prefix, take_escaped};
+use crate::error::ViewError;
+use crate::view::{View, ViewReader, ViewRecord, ViewTx};
+
+/// The kv view's name.
+pub const NAME: &str = "kv";
+/// The kv view's version.
+pub const VERSION: u32 = 1;
+/// Payload type of a put.
+pub const PUT: &str = "kv.put";
+/// Payload type of a delete.
+pub const DEL: &str = "kv.del";
+
+const RECORD: u8 = b'k';
+const SUPERSEDED: u8 = b's';
+
+/// The built-in `kv` view.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvView;
+
+/// A head as stored. Field order is part of the view's format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredHead {
+    timestamp: u64,
+    author: FeedId,
+    seq: u64,
+    id: EntryId,
+    /// Canonical JSON text of the value; `None` for a delete.
+    value: Option<String>,
+}
+
+/// A key's record. Field order is part of the view's format.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct KvRecord {
+    heads: Vec<StoredHead>,
+    /// Some op on this key has links: superseded ids may be stored.
+    linked: bool,
+}
+
+impl StoredHead {
+    fn order(&self) -> (u64, FeedId, u64) {
+        (self.timestamp, self.author, self.seq)
+    }
+}
+
+struct Op<'a> {
+    key: &'a str,
+    value: Option<&'a Value>,
+    links: Vec<EntryId>,
+}
+
+fn parse_op(record: &ViewRecord) -> Option<Op<'_>> {
+    let obj = record.json()?.as_object()?;
+    let is_put = match obj.get("type")?.as_str()? {
+        PUT => true,
+        DEL => false,
+        _ => return None,
+    };
+    let key = obj.get("key")?.as_str()?;
+    let value = if is_put {
+        Some(obj.get("value")?)
+    } else {
+        None
+    };
+    let links = match obj.get("links") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            let mut links = Vec::with_capacity(items.len());
+            for item in items {
+                links.push(item.as_str()?.parse::<EntryId>().ok()?);
+            }
+            links
+        }
+        Some(_) => return None,
+    };
+    Some(Op { key, value, links })
+}
+
+fn record_key(key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 3);
+    out.push(RECORD);
+    put_escaped(&mut out, key.as_bytes());
+    out
+}
+
+fn superseded_key(key: &str, id: &EntryId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 35);
+    out.push(SUPERSEDED);
+    put_escaped(&mut out, key.as_bytes());
+    out.extend_from_slice(&id.0);
+    out
+}
+
+fn decode_record(bytes: &[u8]) -> Result<KvRecord, ViewError> {
+    postcard::from_bytes(bytes).map_err(|_| ViewError::damaged(NAME, "a kv record does not decode"))
+}
+
+impl View for KvView {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn version(&self) -> u32 {
+        VERSION
+    }
+
+    fn describe(&self) -> String {
+        "last-writer-wins registers with concurrent heads (kv.put, kv.del)".to_string()
+    }
+
+    fn apply(&self, batch: &[ViewRecord], tx: &mut ViewTx<'_>) -> Result<(), ViewError> {
+        let mut ops = Vec::with_capacity(batch.len());
+        for record in batch {
+            match parse_op(record) {
+                Some(op) => ops.push((record, op)),
+                None => tx.skip(),
+            }
+        }
+        if ops.len() < PARALLEL_MIN || parallelism() < 2 {
+            return fold_ops(ops.iter(), tx);
+        }
+        // Ops on different keys commute and touch disjoint keys: fold two
+        // halves of the key space on two threads (sled reads run in
+        // parallel), then commit them together.
+        let mut fork = tx.fork();
+        let in_fork = |op: &Op<'_>| key_hash(op.key) & 1 == 1;
+        std::thread::scope(|s| {
+            let forked = s.spawn(|| fold_ops(ops.iter().filter(|(_, op)| in_fork(op)), &mut fork));
+            let here = fold_ops(ops.iter().filter(|(_, op)| !in_fork(op)), tx);
+            let there = forked
+                .join()
+                .unwrap_or_else(|_| Err(ViewError::fold(NAME, "the fold panicked")));
+            here.and(there)
+        })?;
+        tx.absorb(fork);
+        Ok(())
+    }
+}
+
+/// Below this many ops a batch is folded on one thread.
+const PARALLEL_MIN: usize = 512;
+
+fn parallelism() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// FNV-1a: which half of the key space a key falls in.
+fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Fold ops (in log order) into `tx`. Each key's record is read once, in
+/// key order (neighbouring keys share sled pages), changed in memory by
+/// every op on it, and written once.
+fn fold_ops<'r>(
+    ops: impl Iterator<Item = &'r (&'r ViewRecord, Op<'r>)>,
+    tx: &mut ViewTx<'_>,
+) -> Result<(), ViewError> {
+    let ops: Vec<&(&ViewRecord, Op<'_>)> = ops.collect();
+    let mut keys: Vec<&str> = ops.iter().map(|(_, op)| op.key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    // Key -> (record, whether it was stored before this batch).
+    let mut records: HashMap<&str, (KvRecord, bool)> = HashMap::with_capacity(keys.len());
+    for key in keys {
+        let entry = match tx.get(&record_key(key))? {
+            Some(bytes) => (decode_record(&bytes)?, true),
+            None => (KvRecord::default(), false),
+        };
+        records.insert(key, entry);
+    }
+    for (record, op) in ops {
+        let Some((rec, _)) = records.get_mut(op.key) else {
+            continue;
+        };
+        // The author's earlier ops on this key: a feed arrives in seq
+        // order, so every head of this author is older.
+        rec.heads.retain(|h| h.author != record.author);
+        // Whether an op folded earlier links this one.
+        let superseded = rec.linked && tx.contains_key(&superseded_key(op.key, &record.id))?;
+        for link in &op.links {
+            tx.insert(superseded_key(op.key, link), Vec::new());
+            rec.heads.retain(|h| h.id != *link);
+            rec.linked = true;
+        }
+        if !superseded {
+            let head = StoredHead {
+                timestamp: record.timestamp,
+                author: record.author,
+                seq: record.seq,
+                id: record.id,
+                value: op.value.map(canonical_json),
+            };
+            let at = rec.heads.partition_point(|h| h.order() < head.order());
+            rec.heads.insert(at, head);
+        }
+    }
+    for (key, (rec, existed)) in records {
+        let rkey = record_key(key);
+        if rec.heads.is_empty() && !rec.linked {
+            if existed {
+                tx.remove(&rkey);
+            }
+        } else {
+            let bytes =
+                postcard::to_stdvec(&rec).map_err(|e| ViewError::damaged(NAME, e.to_string()))?;
+            tx.insert(&rkey, bytes);
+        }
+    }
+    Ok(())
+}
+
+/// One head of a key: an op no other known op supersedes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvHead {
+    /// The op's entry id (name it in `links` to supersede it).
+    pub id: EntryId,
+    /// Its author.
+    pub author: FeedId,
+    /// Its seq.
+    pub seq: u64,
+    /// Its timestamp.
+    pub timestamp: u64,
+    /// The value put, or `None` for a delete.
+    pub value: Option<Value>,
+}
+
+impl KvHead {
+    /// Whether this head is a delete.
+    pub fn is_deleted(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+/// A live key from [`KvReader::list`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvItem {
+    /// The key.
+    pub key: String,
+    /// The winning value.
+    pub value: Value,
+    /// How many concurrent heads the key has (1 when there is no conflict).
+    pub heads: usize,
+}
+
+/// Queries on the `kv` view.
+#[derive(Clone, Debug)]
+pub struct KvReader {
+    reader: ViewReader,
+}
+
+fn to_head(h: StoredHead) -> Result<KvHead, ViewError> {
+    let value = match h.value {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str(&text)
+                .map_err(|_| ViewError::damaged(NAME, "a stored value is not JSON"))?,
+        ),
+    };
+    Ok(KvHead {
+        id: h.id,
+        author: h.author,
+        seq: h.seq,
+        timestamp: h.timestamp,
+        value,
+    })
+}
+
+impl KvReader {
+    /// Queries over a reader of the kv view.
+    pub fn new(reader: ViewReader) -> Self {
+        Self { reader }
+    }
+
+    /// The underlying reader (checkpoint, generation).
+    pub fn reader(&self) -> &ViewReader {
+        &self.reader
+    }
+
+    fn stored_heads(&self, key: &str) -> Result<Vec<StoredHead>, ViewError> {
+        match self.reader.get(&record_key(key))? {
+            Some(bytes) => Ok(decode_record(&bytes)?.heads),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The winning value of `key`: the value of its greatest head by
+    /// `(timestamp, author, seq)`; `None` if there is none or it is a delete.
+    pub fn get(&self, key: &str) -> Result<Option<Value>, ViewError> {
+        let heads = self.stored_heads(key)?;
+        match heads.into_iter().max_by_key(StoredHead::order) {
+            Some(h) => Ok(to_head(h)?.value),
+            None => Ok(None),
+        }
+    }
+
+    /// Every concurrent head of `key`, oldest first (the last one wins).
+    /// Deletes are heads too.
+    pub fn heads(&self, key: &str) -> Result<Vec<KvHead>, ViewError> {
+        self.stored_heads(key)?.into_iter().map(to_head).collect()
+    }
+
+    /// Live keys starting with `prefix` (deleted ones left out), in key
+    /// order, with their winning values.
+    pub fn list(&self, prefix: &str) -> impl Iterator<Item = Result<KvItem, ViewError>> + use<> {
+        let mut scan = vec![RECORD];
+        put_escaped_prefix(&mut scan, prefix.as_bytes());
+        self.reader.scan_prefix(&scan).filter_map(|item| {
+            let res = (|| {
+                let (k, v) = item?;
+                let (key, _) = take_escaped(&k[1..])
+                    .ok_or_else(|| ViewError::damaged(NAME, "a kv key does not decode"))?;
+                let key = String::from_utf8(key)
+                    .map_err(|_| ViewError::damaged(NAME, "a kv key is not utf-8"))?;
+                let heads = decode_record(&v)?.heads;
+                let n_heads = heads.len();
+                let Some(winner) = heads.into_iter().max_by_key(StoredHead::order) else {
+                    return Ok(None);
+                };
+                Ok(to_head(winner)?.value.map(|value| KvItem {
+                    key,
+                    value,
+                    heads: n_heads,
+                }))
+            })();
+            res.transpose()
+        })
+    }
+}
+
+fn payload(kind: &str, key: &str, value: Option<&Value>, links: &[EntryId]) -> Vec<u8> {
+    let mut obj = serde_json::Map::new();
+    obj.insert("type".into(), Value::from(kind));
+    obj.insert("key".into(), Value::from(key));
+    if let Some(v) = value {
+        obj.insert("value".into(), v.clone());
+    }
+    if !links.is_empty() {
+        let links = links.iter().map(|l| Value::from(l.to_string())).collect();
+        obj.insert("links".into(), Value::Array(links));
+    }
+    canonical_json(&Value::Object(obj)).into_bytes()
+}
+
+/// The payload of a put of `value` at `key`, superseding `links` (usually
+/// the ids of the key's current heads).
+pub fn put_payload(key: &str, value: &Value, links: &[EntryId]) -> Vec<u8> {
+    payload(PUT, key, Some(value), links)
+}
+
+/// The payload of a delete of `key`, superseding `links`.
+pub fn del_payload(key: &str, links: &[EntryId]) -> Vec<u8> {
+    payload(DEL, key, None, links)
+}

@@ -1,0 +1,388 @@
+//! The [`View`] trait and what a fold sees and writes: [`ViewRecord`]s in,
+//! a [`ViewTx`] out; and [`ViewReader`], read access for queries.
+//!
+//! A view is a deterministic fold of the log. The indexer hands it batches
+//! of records (entries that hold a payload, in log order) and a
+//! transaction over the view's own sled tree. Everything the view writes in
+//! one call to [`View::apply`] is buffered in memory (reads see it) and
+//! committed in one sled batch together with the view's checkpoint, so a
+//! batch is folded exactly once even across crashes.
+//!
+//! Each view *generation* has one sled tree, `view/<name>/<generation>/data`:
+//!
+//! ```text
+//! 0x00 "checkpoint"  -> Checkpoint { next_offset, folded, skipped } (postcard)
+//! 0x01 | key         -> value   (the view's own key space)
+//! ```
+//!
+//! Views see and write only their own key space: [`ViewTx`] and
+//! [`ViewReader`] add and strip the `0x01` prefix.
+//!
+//! ```
+//! use kappadb_views::{View, ViewError, ViewRecord, ViewTx};
+//!
+//! /// Counts entries per payload `"type"`.
+//! struct TypeCount;
+//!
+//! impl View for TypeCount {
+//!     fn name(&self) -> &str { "type-count" }
+//!     fn version(&self) -> u32 { 1 }
+//!     fn apply(&self, batch: &[ViewRecord], tx: &mut ViewTx<'_>) -> Result<(), ViewError> {
+//!         for record in batch {
+//!             let Some(kind) = record.kind() else {
+//!                 tx.skip();
+//!                 continue;
+//!             };
+//!             let n = tx.get(kind.as_bytes())?
+//!                 .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
+//!             tx.insert(kind.as_bytes(), (n + 1).to_be_bytes().to_vec());
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, OnceLock};
+
+use kappadb_core::{EntryId, FeedId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ViewError;
+use crate::generation::Generation;
+
+/// Prefix of every view-owned key in a generation tree.
+pub(crate) const DATA_PREFIX: u8 = 0x01;
+/// The reserved checkpoint key of a generation tree.
+pub(crate) const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
+
+/// A fold: a named, versioned, deterministic function from batches of log
+/// records to writes in the view's own key space.
+///
+/// Determinism is the view's contract: two peers holding the same entries
+/// must end up with the same key/value pairs whatever order the entries
+/// arrived in (each feed always arrives in seq order). Break ties on
+/// `(timestamp, author, seq)`. Bump [`View::version`] whenever the fold
+/// changes what it writes: the indexer then rebuilds the view from offset 0.
+pub trait View: Send + Sync + 'static {
+    /// The view's name: 1 to 64 of `[a-z0-9_-]`.
+    fn name(&self) -> &str;
+
+    /// The fold's version. A stored view of another version is rebuilt.
+    fn version(&self) -> u32;
+
+    /// Fold `batch` (entries with a payload, in log order) into `tx`. Call
+    /// [`ViewTx::skip`] once for every record the view ignores (not JSON,
+    /// not of its shape). An error aborts the batch: nothing of it is
+    /// written and it is retried later.
+    fn apply(&self, batch: &[ViewRecord], tx: &mut ViewTx<'_>) -> Result<(), ViewError>;
+
+    /// A short description for `kappa view list`.
+    fn describe(&self) -> String {
+        "custom view".to_string()
+    }
+}
+
+/// One entry with its payload, as a view sees it.
+#[derive(Debug)]
+pub struct ViewRecord {
+    /// Log offset of the entry's record (local to this peer: never store it
+    /// in a view that must be comparable across peers).
+    pub offset: u64,
+    /// The entry's feed.
+    pub author: FeedId,
+    /// The entry's seq in its feed.
+    pub seq: u64,
+    /// The author's claimed timestamp, ms since the epoch.
+    pub timestamp: u64,
+    /// The entry's id.
+    pub id: EntryId,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The payload parsed as JSON, once, shared by every view of a batch.
+    json: OnceLock<Option<Value>>,
+}
+
+impl ViewRecord {
+    /// A record (the indexer builds these; tests and benches may too).
+    pub fn new(
+        offset: u64,
+        author: FeedId,
+        seq: u64,
+        timestamp: u64,
+        id: EntryId,
+        payload: Vec<u8>,
+    ) -> Self {
+        Self {
+            offset,
+            author,
+            seq,
+            timestamp,
+            id,
+            payload,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The payload parsed as JSON, or `None` if it is not JSON. Parsed at
+    /// most once per record, whatever the number of views.
+    pub fn json(&self) -> Option<&Value> {
+        self.json
+            .get_or_init(|| serde_json::from_slice(&self.payload).ok())
+            .as_ref()
+    }
+
+    /// The payload's `"type"` when it is a JSON object with a string type.
+    pub fn kind(&self) -> Option<&str> {
+        self.json()?.get("type")?.as_str()
+    }
+}
+
+/// How far a view generation has folded the log. Commits atomically with
+/// the view's writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Offset of the first log record not yet folded.
+    pub next_offset: u64,
+    /// Entries folded.
+    pub folded: u64,
+    /// Entries skipped: no payload, or not of the view's shape.
+    pub skipped: u64,
+}
+
+/// The writes of one fold batch, buffered in memory and committed with the
+/// checkpoint in one sled batch. Reads see the batch's own writes.
+pub struct ViewTx<'a> {
+    tree: &'a sled::Tree,
+    /// Full stored keys (prefix included) -> new value, `None` = removed.
+    overlay: BTreeMap<Vec<u8>, Option<sled::IVec>>,
+    /// For a fork: the parent's writes when it forked (read only).
+    base: Arc<BTreeMap<Vec<u8>, Option<sled::IVec>>>,
+    skipped: u64,
+}
+
+impl std::fmt::Debug for ViewTx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewTx")
+            .field("writes", &self.overlay.len())
+            .field("skipped", &self.skipped)
+            .finish()
+    }
+}
+
+fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(DATA_PREFIX);
+    out.extend_from_slice(key);
+    out
+}
+
+impl<'a> ViewTx<'a> {
+    pub(crate) fn new(tree: &'a sled::Tree) -> Self {
+        Self {
+            tree,
+            overlay: BTreeMap::new(),
+            base: Arc::new(BTreeMap::new()),
+            skipped: 0,
+        }
+    }
+
+    fn pending(&self, full: &[u8]) -> Option<&Option<sled::IVec>> {
+        self.overlay.get(full).or_else(|| self.base.get(full))
+    }
+
+    /// The value of `key`, as this batch left it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ViewError> {
+        let full = data_key(key);
+        if let Some(v) = self.pending(&full) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(&full)?)
+    }
+
+    /// Whether `key` holds a value.
+    pub fn contains_key(&self, key: &[u8]) -> Result<bool, ViewError> {
+        let full = data_key(key);
+        if let Some(v) = self.pending(&full) {
+            return Ok(v.is_some());
+        }
+        Ok(self.tree.contains_key(&full)?)
+    }
+
+    /// A transaction for folding part of the batch on another thread: it
+    /// reads the same tree and this transaction's writes so far, and its
+    /// own writes and skips come back with [`ViewTx::absorb`]. The view
+    /// must give forks disjoint keys to write (for example by partitioning
+    /// its records by key); where two forks write one key, the fork
+    /// absorbed last wins.
+    pub fn fork(&self) -> ViewTx<'a> {
+        let base = if self.overlay.is_empty() {
+            self.base.clone()
+        } else {
+            let mut base = (*self.base).clone();
+            base.extend(self.overlay.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Arc::new(base)
+        };
+        ViewTx {
+            tree: self.tree,
+            overlay: BTreeMap::new(),
+            base,
+            skipped: 0,
+        }
+    }
+
+    /// Take back a fork's writes and skips.
+    pub fn absorb(&mut self, fork: ViewTx<'a>) {
+        self.overlay.extend(fork.overlay);
+        self.skipped += fork.skipped;
+    }
+
+    /// Set `key` to `value`.
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl Into<sled::IVec>) {
+        self.overlay
+            .insert(data_key(key.as_ref()), Some(value.into()));
+    }
+
+    /// Remove `key`.
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.overlay.insert(data_key(key.as_ref()), None);
+    }
+
+    /// Every key starting with `prefix` and its value, in key order, as
+    /// this batch left them.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, sled::IVec)>, ViewError> {
+        let full = data_key(prefix);
+        let mut merged: BTreeMap<Vec<u8>, Option<sled::IVec>> = BTreeMap::new();
+        for item in self.tree.scan_prefix(&full) {
+            let (k, v) = item?;
+            merged.insert(k.to_vec(), Some(v));
+        }
+        let upper = match crate::encoding::prefix_end(&full) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        let range = (Bound::Included(full.clone()), upper);
+        for (k, v) in self.base.range::<Vec<u8>, _>(range.clone()) {
+            merged.insert(k.clone(), v.clone());
+        }
+        for (k, v) in self.overlay.range::<Vec<u8>, _>(range) {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k[1..].to_vec(), v)))
+            .collect())
+    }
+
+    /// Count one record of the batch as skipped (not of this view's shape).
+    pub fn skip(&mut self) {
+        self.skipped += 1;
+    }
+
+    /// Writes buffered so far.
+    pub fn len(&self) -> usize {
+        self.overlay.len()
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.overlay.is_empty()
+    }
+
+    /// The sled batch to commit, with the skip count.
+    pub(crate) fn into_batch(self) -> (sled::Batch, u64) {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.overlay {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        (batch, self.skipped)
+    }
+}
+
+/// Read access to a view's active generation, for queries. Holding a reader
+/// keeps that generation's tree alive even if a rebuild swaps in a new one.
+#[derive(Clone)]
+pub struct ViewReader {
+    generation: Arc<Generation>,
+    name: Arc<str>,
+}
+
+impl std::fmt::Debug for ViewReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewReader")
+            .field("view", &self.name)
+            .field("generation", &self.generation.number)
+            .finish()
+    }
+}
+
+/// A key/value pair from a [`ViewReader`] scan: the key without the
+/// reserved prefix.
+pub type KeyValue = (Vec<u8>, sled::IVec);
+
+impl ViewReader {
+    pub(crate) fn new(generation: Arc<Generation>, name: Arc<str>) -> Self {
+        Self { generation, name }
+    }
+
+    /// The view's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The version of the fold that wrote this data.
+    pub fn version(&self) -> u32 {
+        self.generation.version
+    }
+
+    /// The generation being read.
+    pub fn generation(&self) -> u64 {
+        self.generation.number
+    }
+
+    /// How far the data read here has folded the log.
+    pub fn checkpoint(&self) -> Checkpoint {
+        self.generation.checkpoint()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ViewError> {
+        Ok(self.generation.tree.get(data_key(key))?)
+    }
+
+    /// Keys in `[start, end)` (`end = None`: to the end of the key space),
+    /// in key order; reverse the iterator for descending order.
+    pub fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> impl DoubleEndedIterator<Item = Result<KeyValue, ViewError>> + use<> {
+        let lo = data_key(start);
+        let hi = match end {
+            Some(end) => data_key(end),
+            None => vec![DATA_PREFIX + 1],
+        };
+        // An empty range rather than a backwards one.
+        let hi = if hi < lo { lo.clone() } else { hi };
+        self.generation
+            .tree
+            .range(lo..hi)
+            .map(|item| item.map(|(k, v)| (k[1..].to_vec(), v)).map_err(Into::into))
+    }
+
+    /// Keys starting with `prefix`, in key order.
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<KeyValue, ViewError>> + use<> {
+        self.generation
+            .tree
+            .scan_prefix(data_key(prefix))
+            .map(|item| item.map(|(k, v)| (k[1..].to_vec(), v)).map_err(Into::into))
+    }
+}
