@@ -15,6 +15,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// sled allocates heavily; mimalloc makes indexing about twice as fast.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// kappadb: a peer-to-peer replicated log database.
 #[derive(Parser, Debug)]
 #[command(name = "kappa", version, about, long_about = None)]

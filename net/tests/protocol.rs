@@ -561,3 +561,67 @@ fn entry_over_the_payload_limit_stops_the_feed_without_a_ban() {
         "the feed is not pulled past the big entry"
     );
 }
+
+#[test]
+fn a_stale_idle_flag_arriving_late_is_ignored() {
+    let mut v = Victim::new();
+    v.engine.handle(Input::Connected(EVIL));
+    v.step();
+    let heads = |idle, serial| Heads {
+        heads: vec![],
+        forks: vec![],
+        idle,
+        more: false,
+        serial,
+    };
+    // The peer's heads (serial 1), then answers to the victim (busy).
+    v.engine.handle(Input::Request {
+        peer: EVIL,
+        id: 1,
+        request: Request::Heads(heads(false, 1)),
+    });
+    v.step();
+    let mut serial = 2;
+    let answer = |v: &mut Victim, serial: &mut u64, idle: bool| {
+        while v.outputs.iter().any(|o| {
+            matches!(
+                o,
+                Output::Request {
+                    request: Request::Heads(_),
+                    ..
+                }
+            )
+        }) {
+            let tag = v.take_request(|r| matches!(r, Request::Heads(_))).0;
+            *serial += 1;
+            v.engine.handle(Input::Response {
+                peer: EVIL,
+                tag,
+                response: Response::Heads(heads(idle, *serial)),
+            });
+            v.step();
+        }
+    };
+    answer(&mut v, &mut serial, false);
+    assert!(!v.engine.is_synced(&EVIL));
+    // A message from before those answers (idle, serial 2) arrives last.
+    v.engine.handle(Input::Request {
+        peer: EVIL,
+        id: 2,
+        request: Request::Heads(heads(true, 2)),
+    });
+    v.step();
+    assert!(
+        !v.engine.is_synced(&EVIL),
+        "a stale idle flag must not count"
+    );
+    serial += 1;
+    v.engine.handle(Input::Request {
+        peer: EVIL,
+        id: 3,
+        request: Request::Heads(heads(true, serial)),
+    });
+    v.step();
+    answer(&mut v, &mut serial, true);
+    assert!(v.engine.is_synced(&EVIL));
+}

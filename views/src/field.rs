@@ -5,7 +5,7 @@
 //! scalar(value at pointer) | timestamp BE | author | seq BE -> ""
 //! ```
 //!
-//! Scalars use the order-preserving encoding of [`crate::encoding`]: null <
+//! Scalars use an order-preserving encoding (module `encoding`): null <
 //! false < true < numbers (numerically) < strings (bytewise). Entries whose
 //! payload is not JSON, lacks the field, or holds an array or object there
 //! are skipped. The version is derived from the pointer, so re-declaring an

@@ -245,8 +245,12 @@ struct Session {
     remote: HashMap<FeedId, (u64, EntryId)>,
     /// True once the peer sent heads with `more == false`.
     remote_complete: bool,
-    /// The peer's last `idle` flag.
+    /// The peer's `idle` flag from its newest heads message.
     remote_idle: bool,
+    /// `serial` of the newest heads message received.
+    recv_serial: u64,
+    /// `serial` of the last heads message sent.
+    sent_serial: u64,
     /// The seq of each feed as we last told the peer.
     told: HashMap<FeedId, u64>,
     told_forks: HashSet<FeedId>,
@@ -631,26 +635,70 @@ impl<P: PeerKey> Engine<P> {
         }
     }
 
-    fn apply_heads_message(&mut self, peer: P, heads: &Heads) {
+    /// Take in a heads message. Heads travel in requests only; a
+    /// response carries the responder's idle flag.
+    fn apply_heads_message(&mut self, peer: P, heads: &Heads, is_request: bool) {
         self.apply_heads(peer, &heads.heads, &heads.forks);
         tracing::trace!(
             ?peer,
             n_heads = heads.heads.len(),
             idle = heads.idle,
             more = heads.more,
+            serial = heads.serial,
             "heads received"
         );
         if let Some(s) = self.sessions.get_mut(&peer) {
-            if heads.more {
-                s.remote_idle = false;
-            } else {
+            if is_request && !heads.more {
                 s.remote_complete = true;
-                s.remote_idle = heads.idle;
+            }
+            // Only the newest message says whether the peer is idle.
+            if heads.serial > s.recv_serial {
+                s.recv_serial = heads.serial;
+                s.remote_idle = heads.idle && !heads.more;
             }
         }
     }
 
-    /// Our heads that changed since we last told `peer`, as a message.
+    /// The answer to a heads request: our idle flag, no heads. Heads we
+    /// have not told yet follow in a request of our own, so that every
+    /// heads message is answered and an idle flag is only trusted once
+    /// it is newer than the answer to our last heads.
+    fn idle_flag_for(&mut self, peer: P) -> Heads {
+        let untold = {
+            let Some(s) = self.sessions.get(&peer) else {
+                return Heads::default();
+            };
+            self.db.feeds().into_iter().any(|info| {
+                !self.blocked.contains(&info.feed)
+                    && (s.told.get(&info.feed) != Some(&info.head.seq)
+                        || (info.fork.is_some() && !s.told_forks.contains(&info.feed)))
+            })
+        };
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return Heads::default();
+        };
+        s.idle = s.is_idle();
+        s.sent_serial += 1;
+        s.told_idle = Some(s.idle);
+        if untold {
+            s.heads_pending = true;
+        }
+        tracing::trace!(
+            ?peer,
+            idle = s.idle,
+            serial = s.sent_serial,
+            "idle flag sent"
+        );
+        Heads {
+            heads: Vec::new(),
+            forks: Vec::new(),
+            idle: s.idle,
+            more: false,
+            serial: s.sent_serial,
+        }
+    }
+
+    /// Our heads that changed since we last told `peer`, as a request.
     fn heads_for(&mut self, peer: P) -> Heads {
         let feeds = self.db.feeds();
         let blocked = &self.blocked;
@@ -688,11 +736,14 @@ impl<P: PeerKey> Engine<P> {
         }
         s.idle = s.is_idle();
         msg.idle = s.idle && !msg.more;
+        s.sent_serial += 1;
+        msg.serial = s.sent_serial;
         tracing::trace!(
             ?peer,
             n_heads = msg.heads.len(),
             idle = msg.idle,
             more = msg.more,
+            serial = msg.serial,
             "heads sent"
         );
         s.told_idle = Some(msg.idle);
@@ -703,11 +754,11 @@ impl<P: PeerKey> Engine<P> {
     fn serve(&mut self, peer: P, id: u64, request: Request) -> Result<(), StoreError> {
         let response = match request {
             Request::Heads(heads) => {
-                self.apply_heads_message(peer, &heads);
+                self.apply_heads_message(peer, &heads, true);
                 // Answer with what we hold and whether we miss anything
                 // of theirs, which needs their heads considered first.
                 self.schedule(peer)?;
-                Response::Heads(self.heads_for(peer))
+                Response::Heads(self.idle_flag_for(peer))
             }
             Request::Want(want) => Response::Page(self.page_for(peer, want)),
             Request::ForkProofs(feeds) => {
@@ -789,7 +840,7 @@ impl<P: PeerKey> Engine<P> {
                 if let Some(s) = self.sessions.get_mut(&peer) {
                     s.heads_in_flight = false;
                 }
-                self.apply_heads_message(peer, &heads);
+                self.apply_heads_message(peer, &heads, false);
             }
             (Pending::Want(want), Response::Page(page)) => self.on_page(peer, want, page),
             (Pending::ForkProofs(feeds), Response::ForkProofs(proofs)) => {
@@ -1238,11 +1289,9 @@ impl<P: PeerKey> Engine<P> {
             });
         }
         let idle = s.is_idle();
-        if idle != s.idle {
-            s.idle = idle;
-            if s.told_idle != Some(idle) {
-                s.heads_pending = true;
-            }
+        s.idle = idle;
+        if s.told_idle != Some(idle) {
+            s.heads_pending = true;
         }
         self.sessions.insert(peer, s);
         if self
