@@ -7,7 +7,8 @@
 //!
 //! Blocking stops new entries of a feed from being fetched and stops this
 //! node from serving or announcing it; entries already stored stay (the
-//! log is append-only). Unlike the address book, a damaged block list is an
+//! log is append-only). A running node notices changes to the file within
+//! a few seconds, so `kappa block` works while `kappa serve` runs. Unlike the address book, a damaged block list is an
 //! error: silently serving a blocked feed would be worse than not starting.
 //!
 //! ```
@@ -65,6 +66,16 @@ impl BlockList {
             Err(e) => return Err(bad(e.to_string())),
         };
         Ok(Self { path, feeds })
+    }
+
+    /// The file the list lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When the file was last changed (`None` if it does not exist).
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(&self.path).and_then(|m| m.modified()).ok()
     }
 
     /// The blocked feeds, sorted.

@@ -35,6 +35,7 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
@@ -152,6 +153,17 @@ pub enum NodeEvent {
         peer: PeerId,
         /// Why.
         reason: String,
+    },
+    /// A feed was blocked (by [`NodeHandle::block`] or by another process
+    /// editing `blocked.json`).
+    FeedBlocked {
+        /// The feed.
+        feed: FeedId,
+    },
+    /// A feed was unblocked.
+    FeedUnblocked {
+        /// The feed.
+        feed: FeedId,
     },
     /// A feed was found forked (or a proof of it arrived).
     ForkFound {
@@ -564,6 +576,9 @@ struct Runner {
     book: Option<AddressBook>,
     redial: bool,
     blocklist: BlockList,
+    /// When `blocked.json` was last seen changed, and last checked.
+    blocklist_mtime: Option<std::time::SystemTime>,
+    blocklist_checked: Instant,
     banned: HashMap<PeerId, (Instant, String)>,
     inbound: HashMap<u64, (PeerId, ResponseChannel<Response>)>,
     next_inbound: u64,
@@ -663,6 +678,8 @@ async fn spawn(b: NodeBuilder) -> Result<NodeHandle, NetError> {
         config,
         book,
         redial: b.redial,
+        blocklist_mtime: blocklist.modified(),
+        blocklist_checked: Instant::now(),
         blocklist,
         banned: HashMap::new(),
         inbound: HashMap::new(),
@@ -1034,11 +1051,14 @@ impl Runner {
                     self.blocklist.unblock(&feed)
                 };
                 if let Ok(true) = res {
-                    self.to_engine(if block {
-                        Input::Block(feed)
+                    self.blocklist_mtime = self.blocklist.modified();
+                    if block {
+                        self.to_engine(Input::Block(feed));
+                        self.emit(NodeEvent::FeedBlocked { feed });
                     } else {
-                        Input::Unblock(feed)
-                    });
+                        self.to_engine(Input::Unblock(feed));
+                        self.emit(NodeEvent::FeedUnblocked { feed });
+                    }
                 }
                 let _ = reply.send(res);
             }
@@ -1085,6 +1105,10 @@ impl Runner {
             }
         }
         self.dial_due_targets();
+        if now.duration_since(self.blocklist_checked) >= Duration::from_secs(2) {
+            self.blocklist_checked = now;
+            self.reload_blocklist();
+        }
         if now.duration_since(self.last_save) >= Duration::from_secs(10) {
             self.last_save = now;
             if let Some(book) = self.book.as_mut().filter(|b| b.is_dirty())
@@ -1093,6 +1117,44 @@ impl Runner {
                 tracing::warn!(error = %e, "cannot save the address book");
             }
         }
+    }
+
+    /// Pick up changes another process (`kappa block`) made to
+    /// `blocked.json`.
+    fn reload_blocklist(&mut self) {
+        let mtime = self.blocklist.modified();
+        if mtime == self.blocklist_mtime {
+            return;
+        }
+        self.blocklist_mtime = mtime;
+        let dir = self
+            .blocklist
+            .path()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let fresh = match BlockList::load(&dir) {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "keeping the old block list");
+                return;
+            }
+        };
+        for feed in fresh.feeds() {
+            if !self.blocklist.contains(feed) {
+                tracing::info!(feed = %feed.fmt_short(), "feed blocked");
+                self.to_engine(Input::Block(*feed));
+                self.emit(NodeEvent::FeedBlocked { feed: *feed });
+            }
+        }
+        for feed in self.blocklist.feeds() {
+            if !fresh.contains(feed) {
+                tracing::info!(feed = %feed.fmt_short(), "feed unblocked");
+                self.to_engine(Input::Unblock(*feed));
+                self.emit(NodeEvent::FeedUnblocked { feed: *feed });
+            }
+        }
+        self.blocklist = fresh;
     }
 
     fn dial_discovered(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {

@@ -523,3 +523,195 @@ async fn node_bans_a_peer_that_sends_a_forged_page() {
     .await;
     na.shutdown().await;
 }
+
+/// Sends and answers raw bytes, framed by the caller.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        use futures::AsyncReadExt;
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let mut buf = vec![0; u32::from_be_bytes(len) as usize];
+        io.read_exact(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        self.read_request(p, io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        io.write_all(&req).await?;
+        io.flush().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        self.write_request(p, io, res).await
+    }
+}
+
+/// Garbage and oversized frames end the stream; answering with them gets
+/// the sender banned. The node carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_survives_garbage_and_oversized_frames() {
+    use futures::StreamExt;
+    let net = NetworkKey::from_bytes([11; 32]);
+    let a = peer(&net);
+    append_n(&a.db, 3, 10);
+    let na = node(&a.db).await;
+    let mut ea = na.events();
+    let garbage: Vec<u8> = [8u32.to_be_bytes().to_vec(), vec![0xff; 8]].concat();
+    let oversized: Vec<u8> = [(256u32 << 20).to_be_bytes().to_vec(), vec![0; 1024]].concat();
+    let cases = [
+        (0xa1u8, false, garbage),
+        (0xa2, false, oversized.clone()),
+        (0xa3, true, oversized),
+    ];
+    for (seed, as_request, bytes) in cases {
+        let kp = identity_keypair(&SigningKey::from_seed([seed; 32]));
+        let evil_id = kp.public().to_peer_id();
+        let mut evil = Swarm::new(
+            build_transport(&kp, &net).unwrap(),
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
+                request_response::Config::default(),
+            ),
+            evil_id,
+            libp2p::swarm::Config::with_tokio_executor()
+                .with_idle_connection_timeout(Duration::from_secs(60)),
+        );
+        evil.dial(addr(&na)).unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, evil.select_next_some())
+                .await
+                .expect("the node never reacted")
+            {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if as_request => {
+                    evil.behaviour_mut().send_request(&peer_id, bytes.clone());
+                }
+                // An oversized request: the node ends the stream unread.
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. })
+                    if as_request =>
+                {
+                    break;
+                }
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                }) if !as_request => {
+                    let _ = evil.behaviour_mut().send_response(channel, bytes.clone());
+                }
+                SwarmEvent::ConnectionClosed { .. } if !as_request => break,
+                _ => {}
+            }
+        }
+        if as_request {
+            continue;
+        }
+        // An oversized or garbage answer: the node bans the sender.
+        let deadline = Instant::now() + WAIT;
+        let mut reason = None;
+        while reason.is_none() && Instant::now() < deadline {
+            if let Ok(Ok(NodeEvent::PeerBanned { peer, reason: r })) =
+                tokio::time::timeout(Duration::from_secs(1), ea.recv()).await
+            {
+                assert_eq!(peer, evil_id);
+                reason = Some(r);
+            }
+        }
+        let reason = reason.expect("no PeerBanned event");
+        assert!(reason.contains("malformed"), "{reason}");
+    }
+    // The node still works for honest peers.
+    let b = peer(&net);
+    let summary = sync_once(b.db.clone(), addr(&na), WAIT).await.unwrap();
+    assert_eq!(summary.pulled, 3);
+    na.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_node_picks_up_blocks_made_by_another_process() {
+    let net = NetworkKey::from_bytes([12; 32]);
+    let (a, b) = (peer(&net), peer(&net));
+    append_n(&a.db, 2, 10);
+    let (na, nb) = (node(&a.db).await, node(&b.db).await);
+    let (mut ea, mut eb) = (na.events(), nb.events());
+    nb.dial(addr(&na)).await.unwrap();
+    wait_until(&mut [&mut eb], "the first sync", || {
+        b.db.head(&a.db.feed_id()).is_some_and(|h| h.seq == 2)
+    })
+    .await;
+    // What `kappa block` does while `kappa serve` runs: edit the file.
+    let mut list = kappadb_net::blocklist::BlockList::load(b.dir.path()).unwrap();
+    list.block(a.db.feed_id()).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the node never read blocked.json"
+        );
+        if let Ok(Ok(NodeEvent::FeedBlocked { feed })) =
+            tokio::time::timeout(Duration::from_secs(1), eb.recv()).await
+        {
+            assert_eq!(feed, a.db.feed_id());
+            break;
+        }
+    }
+    // A's feed grows, then a new feed appears on A. Once B is idle again
+    // with the new feed, it has seen both announcements: it took the new
+    // feed and left A's alone.
+    a.db.append(b"after the block".to_vec()).unwrap();
+    let mut probe = TestPeer::new(400);
+    a.db.ingest(vec![probe.make(1, "probe")]).unwrap();
+    wait_until(&mut [&mut ea, &mut eb], "the new feed on B", || {
+        b.db.head(&probe.key.feed_id()).is_some()
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "B never went idle");
+        if let Ok(Ok(NodeEvent::SyncIdle { .. })) =
+            tokio::time::timeout(Duration::from_secs(1), eb.recv()).await
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        b.db.head(&a.db.feed_id()).unwrap().seq,
+        2,
+        "a blocked feed is not pulled"
+    );
+    na.shutdown().await;
+    nb.shutdown().await;
+}

@@ -625,3 +625,30 @@ fn a_stale_idle_flag_arriving_late_is_ignored() {
     answer(&mut v, &mut serial, true);
     assert!(v.engine.is_synced(&EVIL));
 }
+
+#[test]
+fn sync_pages_heads_of_many_feeds() {
+    // More feeds than fit in one heads message.
+    let n_feeds = kappadb_net::protocol::MAX_HEADS_PER_MESSAGE + 700;
+    let (_da, a) = new_db();
+    let (_db, b) = new_db();
+    let entries: Vec<Entry> = (0..n_feeds as u64)
+        .map(|i| TestPeer::new(10_000 + i).make(1, "one"))
+        .collect();
+    for chunk in entries.chunks(2000) {
+        a.ingest(chunk.to_vec()).unwrap();
+    }
+    // Many one-entry pages: allow more in flight to keep the test short.
+    let config = SyncConfig {
+        max_in_flight: 2048,
+        max_buffered_bytes: usize::MAX / 2,
+        ..SyncConfig::default()
+    };
+    let mut pair = Pair::with_config(a.clone(), b.clone(), config);
+    pair.connect();
+    pair.run();
+    assert!(pair.bans.is_empty(), "{:?}", pair.bans);
+    assert_eq!(b.heads().len(), n_feeds);
+    assert_eq!(heads(&a), heads(&b));
+    assert!(pair.synced());
+}

@@ -5,24 +5,33 @@
 //! Flow with one peer:
 //!
 //! 1. On [`Input::Connected`] both sides send [`Request::Heads`] with
-//!    everything they hold; each answers with its own heads.
+//!    everything they hold. Heads travel in requests only; the answer to a
+//!    heads request is the responder's idle flag (an empty [`Heads`]).
 //! 2. Each side works out what it misses and pulls it with
 //!    [`Request::Want`], at most [`SyncConfig::max_in_flight`] pages in
 //!    flight and [`SyncConfig::max_buffered_bytes`] buffered per peer. A
 //!    feed is pulled from one peer at a time (a claim), so pages of a feed
 //!    arrive in order and nothing is fetched twice.
-//! 3. Each page is checked against its request (feed, consecutive seqs,
-//!    counts and bytes), then stored with [`Db::ingest_page`], all or
-//!    nothing. A page that breaks a rule gets the peer banned
-//!    ([`Output::Ban`]) and nothing of it is stored.
-//! 4. When a side misses nothing the other announced, it says so
-//!    ([`Heads::idle`]); once both sides are idle the engine reports
+//! 3. Each page is checked against its request ([`check_page`]: feed,
+//!    consecutive seqs, counts and bytes), then stored with
+//!    [`Db::ingest_page`], all or nothing. A page that breaks a rule gets
+//!    the peer banned ([`Output::Ban`]) and nothing of it is stored.
+//! 4. Whenever a side's idleness changes (it misses nothing the other
+//!    announced, or it does again) it sends its heads delta with the new
+//!    [`Heads::idle`]. Once both sides are idle the engine reports
 //!    [`SyncEvent::Idle`].
+//!
+//! Requests and responses use separate streams and can overtake each
+//! other, so every heads message carries a [`Heads::serial`] and only the
+//! newest idle flag counts; a side is in sync only when no heads request of
+//! its own is unanswered (the answer is newer than anything the peer sent
+//! before it saw those heads).
 //!
 //! A pull starts at the local head's seq, not after it: the one entry of
 //! overlap is a duplicate when both sides agree and a fork proof when they
-//! do not. Later heads messages carry only what changed since the sender
-//! last told that peer. Resuming after a dropped connection needs no state:
+//! do not. Heads requests after the first carry only what changed since
+//! the sender last told that peer; gossip ([`Input::Announce`]) carries new
+//! heads to everyone. Resuming after a dropped connection needs no state:
 //! it starts again from the stored heads.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -1246,7 +1255,8 @@ impl<P: PeerKey> Engine<P> {
         // Send wants, feed by feed, within the per-peer limits.
         let limits = self.config.limits.clone();
         'wants: while s.wants_in_flight < self.config.max_in_flight
-            && s.buffered_bytes + (s.wants_in_flight + 1) * limits.page_bytes
+            && s.buffered_bytes
+                .saturating_add((s.wants_in_flight + 1).saturating_mul(limits.page_bytes))
                 <= self.config.max_buffered_bytes.max(limits.page_bytes)
         {
             for (feed, pull) in s.pulls.iter_mut() {

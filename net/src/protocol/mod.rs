@@ -7,10 +7,11 @@
 //! ```text
 //! A                                   B
 //! Heads{all of A} ------------------> apply, work out what B misses
-//! apply <---------------------------- Heads{all of B, idle?}
+//! apply, work out what A misses <---- Heads{all of B}  (B's request)
 //! Want{feed, from, to} x4 ----------> read from the log
 //! check + ingest_page <-------------- Page{entries}
 //! Heads{changed, idle: true} -------> both idle: SyncEvent::Idle
+//!        (every heads request is answered with the responder's idle flag)
 //! ```
 
 pub mod engine;

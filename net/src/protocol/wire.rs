@@ -8,7 +8,7 @@
 //! from a peer: every failure is a [`WireError`].
 //!
 //! ```text
-//! Request::Heads(Heads)          -> Response::Heads(Heads)
+//! Request::Heads(Heads)          -> Response::Heads(Heads{idle flag only})
 //! Request::Want(Want)            -> Response::Page(Page)
 //! Request::ForkProofs(Vec<FeedId>) -> Response::ForkProofs(Vec<ForkProof>)
 //! gossip: Announce { heads, forks }
@@ -98,7 +98,9 @@ pub struct HeadInfo {
 }
 
 /// What the sender holds. After the first message of a connection, only
-/// the feeds that changed since the sender last told this peer.
+/// the feeds that changed since the sender last told this peer. As the
+/// answer to a heads request it carries no heads, only `idle` and
+/// `serial`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heads {
     /// Feed heads (at most [`MAX_HEADS_PER_MESSAGE`]).
