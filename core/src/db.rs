@@ -42,8 +42,8 @@ use crate::log::{
     LogIter, LogRecord, LogWriter, MAX_PAYLOAD_LIMIT, RecordBody, Recovery, Segments, encode_record,
 };
 use crate::validate::{
-    EntryError, validate_header, validate_link, validate_payload, validate_signature,
-    verify_signatures,
+    EntryError, validate_header, validate_header_shape, validate_link, validate_payload,
+    validate_signature, verify_signatures,
 };
 use crate::watch::Watch;
 
@@ -703,7 +703,14 @@ impl Db {
         if payloads.is_empty() {
             return Ok(Vec::new());
         }
-        let hashes: Vec<Hash> = payloads.par_iter().map(|p| Hash::of(p)).collect();
+        // Small batches stay on this thread: handing work to the pool costs
+        // more than it saves.
+        let parallel = payloads.len() >= 16;
+        let hashes: Vec<Hash> = if parallel {
+            payloads.par_iter().map(|p| Hash::of(p)).collect()
+        } else {
+            payloads.iter().map(|p| Hash::of(p)).collect()
+        };
         let mut writer = self.writer();
         if writer.poisoned {
             return Err(StoreError::Poisoned);
@@ -747,7 +754,11 @@ impl Db {
             ids.push(id);
         }
         let key = &self.inner.key;
-        let signatures: Vec<_> = ids.par_iter().map(|id| key.sign(&id.0)).collect();
+        let signatures: Vec<_> = if parallel {
+            ids.par_iter().map(|id| key.sign(&id.0)).collect()
+        } else {
+            ids.iter().map(|id| key.sign(&id.0)).collect()
+        };
         let entries: Vec<Entry> = headers
             .into_iter()
             .zip(signatures)
@@ -847,7 +858,7 @@ impl Db {
         let pre: Vec<Result<(), EntryError>> = entries
             .par_iter()
             .map(|e| {
-                validate_header(&e.header, limit)?;
+                validate_header_shape(&e.header, limit)?;
                 validate_payload(&e.header, e.payload.as_deref(), limit)
             })
             .collect();

@@ -106,6 +106,18 @@ pub enum EntryError {
 /// Check everything about a header that needs no other entry: rules 1–3
 /// and the size limit (rule 6).
 pub fn validate_header(header: &Header, max_payload: u32) -> Result<(), EntryError> {
+    validate_header_shape(header, max_payload)?;
+    header
+        .author
+        .verifying_key()
+        .map_err(|_| EntryError::BadAuthor(header.author))?;
+    Ok(())
+}
+
+/// Rules 1, 2 and 6: everything [`validate_header`] checks except the
+/// author's key, which [`verify_signatures`] checks (once per author per
+/// batch) on ingest paths.
+pub fn validate_header_shape(header: &Header, max_payload: u32) -> Result<(), EntryError> {
     if header.version != HEADER_VERSION {
         return Err(EntryError::UnsupportedVersion(header.version));
     }
@@ -118,10 +130,6 @@ pub fn validate_header(header: &Header, max_payload: u32) -> Result<(), EntryErr
             limit: max_payload,
         });
     }
-    header
-        .author
-        .verifying_key()
-        .map_err(|_| EntryError::BadAuthor(header.author))?;
     Ok(())
 }
 
@@ -207,14 +215,26 @@ pub fn verify_signatures(headers: &[&SignedHeader]) -> Vec<Result<(), EntryError
             let mut ids = Vec::with_capacity(chunk.len());
             let mut sigs = Vec::with_capacity(chunk.len());
             let mut batch_ok = true;
+            // Decompressing a key costs about as much as a verification;
+            // a chunk usually holds one feed, so decompress once per author.
+            let mut last: Option<(crate::keys::FeedId, Option<ed25519_dalek::VerifyingKey>)> = None;
             for signed in chunk {
-                match signed.header.author.verifying_key() {
-                    Ok(key) => {
+                let author = signed.header.author;
+                let key = match &last {
+                    Some((a, k)) if *a == author => *k,
+                    _ => {
+                        let k = author.verifying_key().ok();
+                        last = Some((author, k));
+                        k
+                    }
+                };
+                match key {
+                    Some(key) => {
                         keys.push(key);
                         ids.push(signed.header.id().0);
                         sigs.push(signed.signature);
                     }
-                    Err(_) => batch_ok = false,
+                    None => batch_ok = false,
                 }
             }
             if batch_ok {
