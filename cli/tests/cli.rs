@@ -416,6 +416,9 @@ fn cli_two_peers_sync_and_wrong_network_is_refused() {
     let err = fails(&c, &["sync", &addr], None);
     assert!(err.contains("not in this network"), "{err}");
     assert_eq!(ok(&c, &["--json", "feeds"]).trim(), "[]");
+    // Nobody listening: the OS's reason, not an empty one.
+    let err = fails(&c, &["sync", "/ip4/127.0.0.1/tcp/1"], None);
+    assert!(err.contains("refused"), "{err}");
 
     // SIGTERM stops the node cleanly; then A holds B's entry.
     let pid = node.id().to_string();

@@ -790,18 +790,38 @@ fn split_peer(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
     }
 }
 
+/// An error and its sources, skipping empty messages (libp2p's transport
+/// errors often display as nothing and keep the cause in `source()`).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !text.trim().is_empty() && !parts.iter().any(|p| p.contains(text.trim())) {
+            parts.push(text.trim().to_string());
+        }
+        cur = e.source();
+    }
+    if parts.is_empty() {
+        "the connection failed".to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
 fn dial_error(addr: &Multiaddr, err: &DialError) -> NetError {
     if is_not_in_network(err) {
         return NetError::NotInNetwork { addr: addr.clone() };
     }
     let reason = match err {
         DialError::LocalPeerId { .. } => "that address is this node's own".to_string(),
+        DialError::Transport(errs) if errs.len() == 1 => error_chain(&errs[0].1),
         DialError::Transport(errs) => errs
             .iter()
-            .map(|(a, e)| format!("{a}: {e}"))
+            .map(|(a, e)| format!("{a}: {}", error_chain(e)))
             .collect::<Vec<_>>()
             .join("; "),
-        other => other.to_string(),
+        other => error_chain(other),
     };
     NetError::Dial {
         addr: addr.clone(),
