@@ -146,6 +146,12 @@ pub struct IngestReport {
     pub dropped: bool,
 }
 
+/// A record `ingest` will write: an input entry (by index) or a fork proof.
+enum Pending {
+    Entry(usize),
+    Fork(Box<ForkProof>),
+}
+
 /// One feed as the index knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FeedInfo {
@@ -405,12 +411,8 @@ impl Db {
         };
         let known_durable =
             (state.checkpoint.next_offset > 0).then_some(state.checkpoint.next_offset);
-        let (log, recovery) = LogWriter::open(
-            &dir.join(files::LOG),
-            config.segment_bytes,
-            true,
-            known_durable,
-        )?;
+        let (log, recovery) =
+            LogWriter::open(&dir.join(files::LOG), config.segment_bytes, known_durable)?;
         let segments = log.segments().clone();
         let end = log.end();
         if state.checkpoint.next_offset > end {
@@ -775,12 +777,14 @@ impl Db {
             .iter()
             .zip(ids)
             .map(|(rec, id)| {
-                let h = &rec.entry().map(|e| e.header.clone());
+                let (seq, timestamp) = rec
+                    .entry()
+                    .map_or((0, 0), |e| (e.header.seq, e.header.timestamp));
                 Appended {
-                    seq: h.as_ref().map_or(0, |h| h.seq),
+                    seq,
                     id,
                     offset: rec.offset,
-                    timestamp: h.as_ref().map_or(0, |h| h.timestamp),
+                    timestamp,
                 }
             })
             .collect())
@@ -882,7 +886,7 @@ impl Db {
                 Err(e) => report.rejected.push((i, e)),
             }
         }
-        if strict && report.rejected.iter().any(|(_, e)| !is_policy(e)) {
+        if strict && report.rejected.iter().any(|(_, e)| !e.is_policy()) {
             report.dropped = true;
             return Ok(report);
         }
@@ -946,7 +950,7 @@ impl Db {
                         let proof = ForkProof::new(existing, entries[i].signed_header());
                         forks.insert(h.author, h.seq);
                         report.forks.push(proof.clone());
-                        records.push(RecordBody::Fork(proof));
+                        records.push(Pending::Fork(Box::new(proof)));
                     }
                     continue;
                 }
@@ -958,10 +962,10 @@ impl Db {
                 heads.insert(h.author, (h.seq, id));
                 pending.insert((h.author, h.seq), i);
                 accepted_idx.push(i);
-                records.push(RecordBody::Entry(entries[i].clone()));
+                records.push(Pending::Entry(i));
             }
         }
-        if strict && report.rejected.iter().any(|(_, e)| !is_policy(e)) {
+        if strict && report.rejected.iter().any(|(_, e)| !e.is_policy()) {
             report.dropped = true;
             report.forks.clear();
             return Ok(report);
@@ -970,6 +974,18 @@ impl Db {
             return Ok(report);
         }
         report.accepted = accepted_idx.len();
+        // Move the accepted entries (and their payloads) into the records.
+        let mut slots: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
+        let records: Vec<RecordBody> = records
+            .into_iter()
+            .filter_map(|p| match p {
+                Pending::Entry(i) => slots
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .map(RecordBody::Entry),
+                Pending::Fork(proof) => Some(RecordBody::Fork(*proof)),
+            })
+            .collect();
         let stored = self.write_records(&mut writer, records)?;
         let mut new_heads: HashMap<FeedId, u64> = HashMap::new();
         for rec in &stored {
@@ -1140,9 +1156,4 @@ impl Db {
         self.inner.sled.flush()?;
         Ok(())
     }
-}
-
-/// Rejections that are policy, not proof of a bad peer.
-fn is_policy(e: &EntryError) -> bool {
-    matches!(e, EntryError::FeedForked { .. } | EntryError::Blocked(_))
 }

@@ -411,7 +411,8 @@ pub struct LogIter {
     segments: Arc<Segments>,
     offset: u64,
     end: u64,
-    current: Option<(u64, u64, BufReader<File>)>,
+    /// The open segment: its end (or the iterator's) and a reader.
+    current: Option<(u64, BufReader<File>)>,
     failed: bool,
 }
 
@@ -437,7 +438,7 @@ impl Iterator for LogIter {
         let offset = self.offset;
         let res = (|| {
             loop {
-                if let Some((start, seg_end, reader)) = &mut self.current {
+                if let Some((seg_end, reader)) = &mut self.current {
                     if offset < *seg_end {
                         let available = *seg_end - offset;
                         return match read_frame(reader, available) {
@@ -453,7 +454,6 @@ impl Iterator for LogIter {
                             Err(reason) => Err(StoreError::Corrupt { offset, reason }),
                         };
                     }
-                    let _ = start;
                     self.current = None;
                 }
                 let start = self
@@ -484,7 +484,7 @@ impl Iterator for LogIter {
                 let mut file = File::open(&path).map_err(io_err(&path))?;
                 file.seek(SeekFrom::Start(offset - start))
                     .map_err(io_err(&path))?;
-                self.current = Some((start, seg_end, BufReader::with_capacity(1 << 18, file)));
+                self.current = Some((seg_end, BufReader::with_capacity(1 << 18, file)));
             }
         })();
         match res {
@@ -513,11 +513,6 @@ pub(crate) struct LogWriter {
     /// size change to journal.
     zeroed_to: u64,
     segment_size: u64,
-    sync: bool,
-    /// Set when a write or fsync failed: the file's state is unknown, so no
-    /// further write is attempted until the log is reopened (and its tail
-    /// checked).
-    poisoned: bool,
 }
 
 impl LogWriter {
@@ -527,7 +522,6 @@ impl LogWriter {
     pub(crate) fn open(
         dir: &Path,
         segment_size: u64,
-        sync: bool,
         known_durable: Option<u64>,
     ) -> Result<(Self, Option<Recovery>), StoreError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -670,8 +664,6 @@ impl LogWriter {
                 active_len: good,
                 zeroed_to: if recovery.is_some() { good } else { file_len },
                 segment_size,
-                sync,
-                poisoned: false,
             },
             recovery,
         ))
@@ -689,18 +681,9 @@ impl LogWriter {
     /// Append framed records (as produced by [`encode_record`], with their
     /// lengths in `lens`) and make them durable. Returns each record's
     /// offset.
+    /// A failed call leaves the file's state unknown: the caller must stop
+    /// writing until the log is reopened (and its tail checked).
     pub(crate) fn append(&mut self, buf: &[u8], lens: &[usize]) -> Result<Vec<u64>, StoreError> {
-        if self.poisoned {
-            return Err(StoreError::Poisoned);
-        }
-        let res = self.append_inner(buf, lens);
-        if res.is_err() {
-            self.poisoned = true;
-        }
-        res
-    }
-
-    fn append_inner(&mut self, buf: &[u8], lens: &[usize]) -> Result<Vec<u64>, StoreError> {
         let mut offsets = Vec::with_capacity(lens.len());
         let mut pending_from = 0usize;
         let mut pos = 0usize;
@@ -742,9 +725,7 @@ impl LogWriter {
                 .write_all_at(bytes, pos)
                 .map_err(io_err(&path))?;
         }
-        if self.sync {
-            self.active.sync_data().map_err(io_err(&path))?;
-        }
+        self.active.sync_data().map_err(io_err(&path))?;
         Ok(())
     }
 

@@ -103,6 +103,15 @@ pub enum EntryError {
     Blocked(FeedId),
 }
 
+impl EntryError {
+    /// True for rejections that are this database's policy (a forked or
+    /// blocked feed), not proof that whoever sent the entry broke a rule.
+    /// [`crate::Db::ingest_page`] drops a page only for the others.
+    pub fn is_policy(&self) -> bool {
+        matches!(self, EntryError::FeedForked { .. } | EntryError::Blocked(_))
+    }
+}
+
 /// Check everything about a header that needs no other entry: rules 1–3
 /// and the size limit (rule 6).
 pub fn validate_header(header: &Header, max_payload: u32) -> Result<(), EntryError> {

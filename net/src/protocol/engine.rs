@@ -287,6 +287,18 @@ struct Session {
 }
 
 impl Session {
+    /// A pull is finished when nothing of it is left to request, in flight,
+    /// or buffered waiting to be stored.
+    fn pull_finished(&self, feed: &FeedId, pull: &Pull) -> bool {
+        pull.ranges.is_empty()
+            && pull.in_flight == 0
+            && self
+                .buffered
+                .range((*feed, 0)..=(*feed, u64::MAX))
+                .next()
+                .is_none()
+    }
+
     fn is_idle(&self) -> bool {
         self.remote_complete
             && self.todo.is_empty()
@@ -1115,7 +1127,7 @@ impl<P: PeerKey> Engine<P> {
                     .rejected
                     .iter()
                     .map(|(_, e)| e)
-                    .find(|e| !matches!(e, EntryError::FeedForked { .. } | EntryError::Blocked(_)))
+                    .find(|e| !e.is_policy())
                     .map_or_else(|| "invalid entries".to_string(), ToString::to_string);
                 self.ban(peer, format!("sent a page that failed validation: {why}"));
                 return Ok(());
@@ -1166,14 +1178,7 @@ impl<P: PeerKey> Engine<P> {
         let done: Vec<FeedId> = s
             .pulls
             .iter()
-            .filter(|(feed, pull)| {
-                pull.ranges.is_empty()
-                    && pull.in_flight == 0
-                    && s.buffered
-                        .range((**feed, 0)..=(**feed, u64::MAX))
-                        .next()
-                        .is_none()
-            })
+            .filter(|(feed, pull)| s.pull_finished(feed, pull))
             .map(|(feed, _)| *feed)
             .collect();
         for feed in done {
@@ -1235,14 +1240,7 @@ impl<P: PeerKey> Engine<P> {
         let empty: Vec<FeedId> = s
             .pulls
             .iter()
-            .filter(|(f, p)| {
-                p.ranges.is_empty()
-                    && p.in_flight == 0
-                    && s.buffered
-                        .range((**f, 0)..=(**f, u64::MAX))
-                        .next()
-                        .is_none()
-            })
+            .filter(|(feed, pull)| s.pull_finished(feed, pull))
             .map(|(f, _)| *f)
             .collect();
         for feed in empty {
