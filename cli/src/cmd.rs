@@ -367,7 +367,7 @@ fn feeds(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
 fn verify(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
     let end = db.log_end();
     let bar = out::progress(end, "verifying");
-    let report = db.verify(&mut |pos, _| bar.set_position(pos))?;
+    let report = db.verify(&mut out::follow(&bar))?;
     bar.finish_and_clear();
     let ok = report.problems.is_empty();
     if out.json {
@@ -403,10 +403,7 @@ fn verify(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
 
 fn reindex(dir: &Path, out: &mut Out) -> anyhow::Result<ExitCode> {
     let bar = out::progress(0, "reindexing");
-    let db = Db::open_reindex(dir, &mut |pos, end| {
-        bar.set_length(end);
-        bar.set_position(pos);
-    })?;
+    let db = Db::open_reindex(dir, &mut out::follow(&bar))?;
     bar.finish_and_clear();
     let s = db.status();
     if out.json {

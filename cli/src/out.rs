@@ -82,6 +82,15 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// A `(offset, end)` progress callback, as the libraries take, that moves
+/// `bar`.
+pub fn follow(bar: &ProgressBar) -> impl FnMut(u64, u64) + '_ {
+    move |pos, end| {
+        bar.set_length(end);
+        bar.set_position(pos);
+    }
+}
+
 /// A counter spinner on stderr when it is a terminal (unknown length).
 pub fn counter(what: &str) -> ProgressBar {
     if !io::stderr().is_terminal() {

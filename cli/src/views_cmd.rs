@@ -345,10 +345,7 @@ pub fn view(db: &Db, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<ExitCode
         ViewCommand::Rebuild { name } => {
             let bar = out::progress(db.log_end(), "rebuilding");
             let status = indexer
-                .rebuild(&name, &mut |pos, end| {
-                    bar.set_length(end);
-                    bar.set_position(pos);
-                })
+                .rebuild(&name, &mut out::follow(&bar))
                 .with_context(|| format!("cannot rebuild view '{name}'"))?;
             bar.finish_and_clear();
             if out.json {

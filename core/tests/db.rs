@@ -10,6 +10,17 @@ fn new_db(dir: &Path) -> Db {
     Db::create(dir, CreateOptions::default()).unwrap()
 }
 
+fn new_db_with(dir: &Path, config: DbConfig) -> Db {
+    Db::create(
+        dir,
+        CreateOptions {
+            config,
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir.join("log"))
         .unwrap()
@@ -66,17 +77,13 @@ fn append_get_and_iterate() {
 #[test]
 fn payload_limit_is_enforced_at_append() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(
+    let db = new_db_with(
         dir.path(),
-        CreateOptions {
-            config: DbConfig {
-                max_payload_bytes: 100,
-                ..DbConfig::default()
-            },
-            ..CreateOptions::default()
+        DbConfig {
+            max_payload_bytes: 100,
+            ..DbConfig::default()
         },
-    )
-    .unwrap();
+    );
     let err = db.append(vec![0; 101]).unwrap_err();
     assert!(matches!(
         err,
@@ -120,17 +127,13 @@ fn create_refuses_existing_and_open_refuses_missing() {
 #[test]
 fn segments_roll_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(
+    let db = new_db_with(
         dir.path(),
-        CreateOptions {
-            config: DbConfig {
-                segment_bytes: 4096,
-                ..DbConfig::default()
-            },
-            ..CreateOptions::default()
+        DbConfig {
+            segment_bytes: 4096,
+            ..DbConfig::default()
         },
-    )
-    .unwrap();
+    );
     for chunk in 0..10 {
         db.append_batch((0..20).map(|i| vec![chunk as u8; 100 + i]).collect())
             .unwrap();
