@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
-use kappadb_core::{CreateOptions, Db, DbConfig, FeedId, RecordBody};
+use kappadb_core::{CreateOptions, Db, DbConfig, FeedId, StoreError};
 use serde_json::{Value, json};
 
+use crate::client::Remote;
+use crate::ops::{AppendBody, Backend, Local, LogParams};
 use crate::out::{self, Out, note};
 use crate::{Cli, Command};
 
@@ -25,6 +27,11 @@ pub fn resolve_dir(dir: Option<PathBuf>) -> PathBuf {
 
 pub fn open(dir: &Path) -> anyhow::Result<Db> {
     let db = Db::open(dir)?;
+    report_recovery(&db);
+    Ok(db)
+}
+
+fn report_recovery(db: &Db) {
     if let Some(r) = db.recovery() {
         note(format!(
             "warning: the log had a torn or corrupt tail ({}); cut {} bytes at offset {}, saved to {}",
@@ -34,7 +41,24 @@ pub fn open(dir: &Path) -> anyhow::Result<Db> {
             r.saved_to.display()
         ));
     }
-    Ok(db)
+}
+
+/// Run the shared operations on `dir`: directly when the database is free,
+/// through the node's API when `kappa serve` holds it.
+pub fn connect(dir: &Path) -> anyhow::Result<Box<dyn Backend>> {
+    match Db::open(dir) {
+        Ok(db) => {
+            report_recovery(&db);
+            Ok(Box::new(Local::new(db)))
+        }
+        Err(StoreError::Locked { dir: d, pid }) => match Remote::discover(dir)? {
+            Some(remote) => Ok(Box::new(remote)),
+            None => Err(StoreError::Locked { dir: d, pid }).context(
+                "the node holding it serves no API (started with --no-api?); stop it, or restart it without --no-api",
+            ),
+        },
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Run a parsed command.
@@ -44,34 +68,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init { max_payload, join } => init(&dir, max_payload, join, &mut out),
         Command::Id => {
-            let db = open(&dir)?;
-            out.line(db.feed_id().to_string())?;
+            let v = connect(&dir)?.id()?;
+            out.line(v["feed"].as_str().unwrap_or_default())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Append { value, file } => append(&open(&dir)?, value, file, &mut out),
-        Command::Log { feed, since, limit } => log(&open(&dir)?, feed, since, limit, &mut out),
-        Command::Get { feed, seq } => get(&open(&dir)?, &feed, seq, &mut out),
-        Command::Feeds => feeds(&open(&dir)?, &mut out),
+        Command::Append { value, file } => append(&*connect(&dir)?, value, file, &mut out),
+        Command::Log {
+            feed,
+            since,
+            limit,
+            follow,
+        } => log(&*connect(&dir)?, feed, since, limit, follow, &mut out),
+        Command::Get { feed, seq } => get(&*connect(&dir)?, &feed, seq, &mut out),
+        Command::Feeds => feeds(&*connect(&dir)?, &mut out),
         Command::Verify => verify(&open(&dir)?, &mut out),
         Command::Reindex => reindex(&dir, &mut out),
-        Command::Status => status(&open(&dir)?, &mut out),
-        Command::Kv(c) => crate::views_cmd::kv(&open(&dir)?, c, &mut out),
-        Command::Timeline(a) => crate::views_cmd::timeline(&open(&dir)?, a, &mut out),
-        Command::View(c) => crate::views_cmd::view(&open(&dir)?, c, &mut out),
+        Command::Status => status(&*connect(&dir)?, &mut out),
+        Command::Kv(c) => crate::views_cmd::kv(&*connect(&dir)?, c, &mut out),
+        Command::Timeline(a) => crate::views_cmd::timeline(&*connect(&dir)?, a, &mut out),
+        Command::View(c) => crate::views_cmd::view(&*connect(&dir)?, c, &mut out),
         Command::Serve(args) => crate::net_cmd::serve(&dir, args, &mut out),
         Command::Sync { addr, timeout } => {
             crate::net_cmd::sync(&open(&dir)?, &addr, timeout, &mut out)
         }
         Command::Invite => crate::net_cmd::invite(&open(&dir)?, &mut out),
-        Command::Peers => {
-            if !dir.join(kappadb_core::db::files::CONFIG).exists() {
-                bail!(
-                    "no kappadb database in {}; run `kappa init` to create one",
-                    dir.display()
-                );
-            }
-            crate::net_cmd::peers(&dir, &mut out)
-        }
+        Command::Peers => crate::net_cmd::peers(&*connect(&dir)?, &mut out),
         Command::Block { feed } => {
             let db = open(&dir)?;
             let feed = resolve_feed(&db, &feed)?;
@@ -126,10 +147,10 @@ fn init(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parse a user's JSON text into normalized payload bytes.
-fn parse_payload(text: &str) -> Result<Vec<u8>, String> {
+/// Parse a user's JSON text into a payload.
+fn parse_payload(text: &str) -> Result<Value, String> {
     match serde_json::from_str::<Value>(text) {
-        Ok(v) => Ok(v.to_string().into_bytes()),
+        Ok(v) => Ok(v),
         Err(e) => {
             let hint = if !text.trim_start().starts_with(['{', '[', '"']) {
                 " (strings need quotes, e.g. '\"hello\"')"
@@ -142,25 +163,29 @@ fn parse_payload(text: &str) -> Result<Vec<u8>, String> {
 }
 
 fn append(
-    db: &Db,
+    b: &dyn Backend,
     arg: Option<String>,
     file: Option<PathBuf>,
     out: &mut Out,
 ) -> anyhow::Result<ExitCode> {
     if let Some(text) = arg {
         let payload = parse_payload(&text).map_err(|e| anyhow!("{e}"))?;
-        let a = db.append(payload)?;
+        let v = b.append(AppendBody {
+            payload: Some(payload),
+            payloads: None,
+        })?;
+        let a = &v["appended"][0];
         if out.json {
             out.json_line(&json!({
-                "feed": db.feed_id().to_string(), "seq": a.seq, "offset": a.offset,
-                "id": a.id.to_string(), "timestamp": a.timestamp,
+                "feed": v["feed"], "seq": a["seq"], "offset": a["offset"],
+                "id": a["id"], "timestamp": a["timestamp"],
             }))?;
         } else {
             out.line(format!(
                 "appended seq {} at offset {} (id {})",
-                a.seq,
-                a.offset,
-                a.id.fmt_short()
+                out::num(a, "seq"),
+                out::num(a, "offset"),
+                out::short(&a["id"])
             ))?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -172,10 +197,24 @@ fn append(
         None => Box::new(BufReader::new(std::io::stdin().lock())),
     };
     let bar = out::counter("appended");
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(APPEND_BATCH);
+    let mut batch: Vec<Value> = Vec::with_capacity(APPEND_BATCH);
     let mut appended = 0u64;
     let mut first_seq = None;
-    let mut last = None;
+    let mut last_seq = None;
+    let mut feed = Value::Null;
+    let mut flush = |batch: Vec<Value>| -> anyhow::Result<()> {
+        let v = b.append(AppendBody {
+            payload: None,
+            payloads: Some(batch),
+        })?;
+        let list = v["appended"].as_array().cloned().unwrap_or_default();
+        appended += list.len() as u64;
+        first_seq = first_seq.or(list.first().map(|a| out::num(a, "seq")));
+        last_seq = list.last().map(|a| out::num(a, "seq")).or(last_seq);
+        feed = v["feed"].clone();
+        bar.set_position(appended);
+        Ok(())
+    };
     for (idx, line) in reader.lines().enumerate() {
         let line_no = idx + 1;
         let line = line.with_context(|| format!("cannot read line {line_no}"))?;
@@ -195,32 +234,26 @@ fn append(
             }
         }
         if batch.len() >= APPEND_BATCH {
-            let res = db.append_batch(std::mem::take(&mut batch))?;
-            appended += res.len() as u64;
-            first_seq = first_seq.or(res.first().map(|a| a.seq));
-            last = res.last().copied().or(last);
-            bar.set_position(appended);
+            flush(std::mem::take(&mut batch))?;
         }
     }
     if !batch.is_empty() {
-        let res = db.append_batch(batch)?;
-        appended += res.len() as u64;
-        first_seq = first_seq.or(res.first().map(|a| a.seq));
-        last = res.last().copied().or(last);
+        flush(batch)?;
     }
     bar.finish_and_clear();
+    if feed.is_null() {
+        feed = b.id()?["feed"].clone();
+    }
     if out.json {
         out.json_line(&json!({
-            "feed": db.feed_id().to_string(),
+            "feed": feed,
             "appended": appended,
             "first_seq": first_seq,
-            "last_seq": last.map(|a| a.seq),
+            "last_seq": last_seq,
         }))?;
     } else {
-        match (first_seq, last) {
-            (Some(f), Some(l)) => {
-                out.line(format!("appended {appended} entries (seq {f}..={})", l.seq))?
-            }
+        match (first_seq, last_seq) {
+            (Some(f), Some(l)) => out.line(format!("appended {appended} entries (seq {f}..={l})"))?,
             _ => out.line("appended 0 entries")?,
         }
     }
@@ -229,137 +262,101 @@ fn append(
 
 /// Resolve a feed argument: a full id, "self", or a unique prefix of a known feed.
 pub fn resolve_feed(db: &Db, text: &str) -> anyhow::Result<FeedId> {
-    let text = text.trim();
-    if text == "self" || text == "me" {
-        return Ok(db.feed_id());
-    }
-    if let Ok(id) = text.parse::<FeedId>() {
-        return Ok(id);
-    }
-    let lower = text.to_ascii_lowercase();
-    if lower.len() < 4 || !lower.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!(
-            "'{text}' is not a feed id: give the 64 hex digits from `kappa feeds`, a unique prefix of at least 4, or \"self\""
-        );
-    }
-    let matches: Vec<FeedId> = db
-        .feeds()
-        .into_iter()
-        .map(|f| f.feed)
-        .filter(|f| f.to_string().starts_with(&lower))
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(*one),
-        [] => bail!("no known feed starts with '{text}'; `kappa feeds` lists them"),
-        _ => bail!("'{text}' matches {} feeds; give more digits", matches.len()),
-    }
+    Ok(Local::new(db.clone()).resolve_feed(text)?)
 }
 
 fn log(
-    db: &Db,
+    b: &dyn Backend,
     feed: Option<String>,
     since: u64,
     limit: Option<usize>,
+    follow: bool,
     out: &mut Out,
 ) -> anyhow::Result<ExitCode> {
-    let feed = feed.map(|f| resolve_feed(db, &f)).transpose()?;
-    let start = db.record_boundary(since)?;
     let mut printed = 0usize;
-    for rec in db.log_iter(start) {
-        if limit.is_some_and(|l| printed >= l) {
+    let mut next = since;
+    loop {
+        let want = limit.map(|l| l - printed);
+        if want == Some(0) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let page = b.log(&LogParams {
+            since: next,
+            limit: want,
+            feed: feed.clone(),
+        })?;
+        for r in &page.records {
+            print_record(r, out)?;
+            printed += 1;
+        }
+        next = page.next;
+        if page.next >= page.end {
             break;
         }
-        let rec = rec?;
-        let author = match &rec.body {
-            RecordBody::Entry(e) => e.header.author,
-            RecordBody::Fork(p) => p.author(),
-        };
-        if feed.is_some_and(|f| f != author) {
-            continue;
-        }
-        if out.json {
-            out.json_line(&out::record_json(&rec))?;
-        } else {
-            out.line(out::record_text(&rec))?;
-        }
-        printed += 1;
+    }
+    if follow {
+        out.flush()?;
+        b.follow(next, feed.as_deref(), &mut |r| {
+            print_record(&r, out)?;
+            out.flush()?;
+            printed += 1;
+            Ok(limit.is_none_or(|l| printed < l))
+        })?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn get(db: &Db, feed: &str, seq: u64, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let feed = resolve_feed(db, feed)?;
-    let Some(entry) = db.get(&feed, seq)? else {
-        match db.head(&feed) {
-            None => bail!("no entries of feed {} are held here", feed.fmt_short()),
-            Some(h) => bail!(
-                "feed {} has no entry at seq {seq} (this database holds seq 1..={})",
-                feed.fmt_short(),
-                h.seq
-            ),
-        }
-    };
+fn print_record(r: &Value, out: &mut Out) -> anyhow::Result<()> {
     if out.json {
-        out.json_line(&out::entry_json(None, &entry))?;
+        out.json_line(r)
     } else {
-        let h = &entry.header;
-        out.line(format!("feed      {}", h.author))?;
-        out.line(format!("seq       {}", h.seq))?;
-        out.line(format!("id        {}", entry.id()))?;
-        out.line(format!(
-            "prev      {}",
-            h.prev.map_or("(none)".to_string(), |p| p.to_string())
-        ))?;
-        out.line(format!(
-            "timestamp {} ({})",
-            h.timestamp,
-            out::fmt_time(h.timestamp)
-        ))?;
-        out.line(format!("payload   {} bytes", h.payload_len))?;
-        out.line(out::payload_text(entry.payload.as_deref()))?;
+        out.line(out::record_text(r))
+    }
+}
+
+fn get(b: &dyn Backend, feed: &str, seq: u64, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let e = b.get(feed, seq)?;
+    if out.json {
+        out.json_line(&e)?;
+    } else {
+        let text = |f: &str| e[f].as_str().unwrap_or("(none)").to_string();
+        out.line(format!("feed      {}", text("feed")))?;
+        out.line(format!("seq       {}", out::num(&e, "seq")))?;
+        out.line(format!("id        {}", text("id")))?;
+        out.line(format!("prev      {}", text("prev")))?;
+        let ts = out::num(&e, "timestamp");
+        out.line(format!("timestamp {ts} ({})", out::fmt_time(ts)))?;
+        out.line(format!("payload   {} bytes", out::num(&e, "payload_len")))?;
+        out.line(out::payload_text(&e))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn feeds(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let feeds = db.feeds();
-    let me = db.feed_id();
+fn feeds(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let feeds = b.feeds()?;
     if out.json {
-        let arr: Vec<Value> = feeds
-            .iter()
-            .map(|f| {
-                json!({
-                    "feed": f.feed.to_string(),
-                    "seq": f.head.seq,
-                    "head": f.head.id.to_string(),
-                    "timestamp": f.head.timestamp,
-                    "forked": f.fork.is_some(),
-                    "fork_seq": f.fork.map(|x| x.seq),
-                    "local": f.feed == me,
-                })
-            })
-            .collect();
-        out.line(Value::Array(arr).to_string())?;
-    } else {
-        if feeds.is_empty() {
-            note("no feeds yet; `kappa append '{\"type\":\"note\"}'` starts yours");
+        out.line(feeds.to_string())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = feeds.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        note("no feeds yet; `kappa append '{\"type\":\"note\"}'` starts yours");
+    }
+    for f in &list {
+        let mut flags = String::new();
+        if f["local"] == true {
+            flags.push_str(" (self)");
         }
-        for f in &feeds {
-            let mut flags = String::new();
-            if f.feed == me {
-                flags.push_str(" (self)");
-            }
-            if let Some(fork) = f.fork {
-                flags.push_str(&format!(" FORKED at seq {}", fork.seq));
-            }
-            out.line(format!(
-                "{}  seq {:<8} head {}{}",
-                f.feed,
-                f.head.seq,
-                f.head.id.fmt_short(),
-                flags
-            ))?;
+        if f["forked"] == true {
+            flags.push_str(&format!(" FORKED at seq {}", out::num(f, "fork_seq")));
         }
+        out.line(format!(
+            "{}  seq {:<8} head {}{}",
+            f["feed"].as_str().unwrap_or_default(),
+            out::num(f, "seq"),
+            out::short(&f["head"]),
+            flags
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -417,37 +414,29 @@ fn reindex(dir: &Path, out: &mut Out) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let s = db.status();
+fn status(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let s = b.status()?;
     if out.json {
-        out.json_line(&json!({
-            "dir": s.dir.display().to_string(),
-            "feed": s.feed_id.to_string(),
-            "log_bytes": s.log_bytes,
-            "records": s.records,
-            "entries": s.entries,
-            "feeds": s.feeds,
-            "forked_feeds": s.forked_feeds,
-            "own_seq": db.head(&s.feed_id).map_or(0, |h| h.seq),
-        }))?;
-    } else {
-        out.line(format!("dir       {}", s.dir.display()))?;
-        out.line(format!("feed      {}", s.feed_id))?;
-        out.line(format!(
-            "own seq   {}",
-            db.head(&s.feed_id).map_or(0, |h| h.seq)
-        ))?;
-        out.line(format!(
-            "log       {} bytes, {} records",
-            s.log_bytes, s.records
-        ))?;
-        out.line(format!("entries   {} in {} feeds", s.entries, s.feeds))?;
-        if s.forked_feeds > 0 {
-            out.line(format!(
-                "forked    {} feeds (see `kappa feeds`)",
-                s.forked_feeds
-            ))?;
-        }
+        out.json_line(&s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |f: &str| s[f].as_str().unwrap_or_default().to_string();
+    out.line(format!("dir       {}", text("dir")))?;
+    out.line(format!("feed      {}", text("feed")))?;
+    out.line(format!("own seq   {}", out::num(&s, "own_seq")))?;
+    out.line(format!(
+        "log       {} bytes, {} records",
+        out::num(&s, "log_bytes"),
+        out::num(&s, "records")
+    ))?;
+    out.line(format!(
+        "entries   {} in {} feeds",
+        out::num(&s, "entries"),
+        out::num(&s, "feeds")
+    ))?;
+    let forked = out::num(&s, "forked_feeds");
+    if forked > 0 {
+        out.line(format!("forked    {forked} feeds (see `kappa feeds`)"))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,8 +5,11 @@
 //! on stderr saying what went wrong and what to do), 2 on a usage error.
 //! A closed stdout (`kappa log | head`) is a clean exit.
 
+mod api;
+mod client;
 mod cmd;
 mod net_cmd;
+mod ops;
 mod out;
 mod views_cmd;
 
@@ -69,6 +72,9 @@ pub enum Command {
         /// Print at most this many records.
         #[arg(long)]
         limit: Option<usize>,
+        /// Keep printing new records as they land, until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Print one entry.
     Get {

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -11,8 +12,9 @@ use kappadb_net::multiaddr::Protocol;
 use kappadb_net::peers::AddressBook;
 use kappadb_net::{DEFAULT_PORT, Multiaddr, Node, NodeEvent, PeerId, default_listen_addr};
 use kappadb_views::{Indexer, IndexerConfig};
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::ops::{Backend, Local};
 use crate::out::{self, Out, note};
 
 /// Text before an invite's fields.
@@ -30,6 +32,13 @@ pub struct ServeArgs {
     /// Do not discover peers on the LAN with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Serve the HTTP API on this address [default: 127.0.0.1:4740, or
+    /// another loopback port if that one is taken].
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<std::net::SocketAddr>,
+    /// Do not serve the HTTP API.
+    #[arg(long, conflicts_with = "api")]
+    pub no_api: bool,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -71,7 +80,8 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         .iter()
         .map(|a| parse_addr(a))
         .collect::<anyhow::Result<_>>()?;
-    let indexer = Indexer::open_with(db.clone(), IndexerConfig::default())?;
+    let indexer = Arc::new(Indexer::open_with(db.clone(), IndexerConfig::default())?);
+    let local = Arc::new(Local::with_indexer(db.clone(), indexer.clone()));
     let rt = runtime()?;
     let json = out.json;
     let res: anyhow::Result<()> = rt.block_on(async {
@@ -82,7 +92,7 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         for p in peers {
             builder = builder.peer(p);
         }
-        let node = builder.spawn().await?;
+        let node = Arc::new(builder.spawn().await?);
         let mut events = node.events();
         note(format!(
             "kappa node for feed {} in {}",
@@ -93,6 +103,17 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         for a in node.listen_addrs() {
             note(format!("listening on {a}"));
         }
+        let api = if args.no_api {
+            None
+        } else {
+            let api = crate::api::start(local.clone(), node.clone(), args.api).await?;
+            note(format!(
+                "API on http://{} (bearer token in {})",
+                api.addr,
+                db.dir().join(crate::api::TOKEN_FILE).display()
+            ));
+            Some(api)
+        };
         note("press Ctrl-C to stop");
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
@@ -116,10 +137,18 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
             }
         }
         note("stopping…");
-        node.shutdown().await;
+        if let Some(api) = api {
+            api.stop().await;
+        }
+        match Arc::try_unwrap(node) {
+            Ok(node) => node.shutdown().await,
+            Err(_) => tracing::warn!("the node handle is still shared; aborting it"),
+        }
         Ok(())
     });
+    drop(rt);
     res?;
+    drop(local);
     drop(indexer);
     db.flush_index()?;
     note("stopped; everything stored is on disk");
@@ -323,42 +352,36 @@ pub fn remember_invite_addrs(dir: &Path, addrs: &[Multiaddr]) -> anyhow::Result<
 }
 
 /// `kappa peers`: the address book.
-pub fn peers(dir: &Path, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let book = AddressBook::load(dir);
-    let peers = book.peers();
+pub fn peers(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let peers = b.peers()?;
     if out.json {
-        let arr: Vec<serde_json::Value> = peers
-            .iter()
-            .map(|p| {
-                json!({
-                    "peer": p.peer_id.to_string(),
-                    "feed": p.feed.map(|f| f.to_string()),
-                    "addrs": p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                    "last_seen": p.last_seen,
-                    "last_sync": p.last_sync,
-                })
-            })
-            .collect();
-        out.line(serde_json::Value::Array(arr).to_string())?;
+        out.line(peers.to_string())?;
         return Ok(ExitCode::SUCCESS);
     }
-    if peers.is_empty() {
+    let list = peers.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
         note(
             "no peers known yet; `kappa serve` finds them on the LAN, or `kappa sync ADDR` reaches one",
         );
     }
-    for p in &peers {
-        let seen = if p.last_seen > 0 {
-            out::fmt_time(p.last_seen)
-        } else {
-            "never".into()
+    for p in &list {
+        let seen = match out::num(p, "last_seen") {
+            0 => "never".to_string(),
+            t => out::fmt_time(t),
         };
-        let synced = p.last_sync.map_or("never".to_string(), out::fmt_time);
-        let addrs: Vec<String> = p.addrs.iter().map(|a| a.to_string()).collect();
+        let synced = p["last_sync"]
+            .as_u64()
+            .map_or("never".to_string(), out::fmt_time);
+        let addrs: Vec<&str> = p["addrs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         out.line(format!(
             "{}  feed {}  seen {}  synced {}  {}",
-            p.peer_id,
-            p.feed.map_or("-".to_string(), |f| f.fmt_short()),
+            p["peer"].as_str().unwrap_or_default(),
+            if p["feed"].is_string() { out::short(&p["feed"]) } else { "-".to_string() },
             seen,
             synced,
             addrs.join(" ")

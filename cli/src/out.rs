@@ -110,26 +110,43 @@ pub fn fmt_time(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// A payload as JSON when it parses, otherwise as a string (lossy UTF-8).
-pub fn payload_json(payload: Option<&[u8]>) -> Value {
-    match payload {
-        None => Value::Null,
-        Some(p) => serde_json::from_slice(p)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(p).into_owned())),
-    }
+/// Lower-case hex of bytes.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A payload for humans: compact JSON, or text, or a note.
-pub fn payload_text(payload: Option<&[u8]>) -> String {
-    match payload {
-        None => "(payload not held)".to_string(),
+/// Add a payload to a JSON object as two fields: `payload_format` is
+/// `json` (then `payload` is the value), `text` (a string that is not
+/// JSON), `binary` (`payload` is hex) or `absent` (not held; `null`).
+pub fn with_payload(mut v: Value, payload: Option<&[u8]>) -> Value {
+    let (format, value) = match payload {
+        None => ("absent", Value::Null),
         Some(p) => match serde_json::from_slice::<Value>(p) {
-            Ok(v) => v.to_string(),
+            Ok(j) => ("json", j),
             Err(_) => match std::str::from_utf8(p) {
-                Ok(s) => format!("{s:?}"),
-                Err(_) => format!("({} bytes of binary)", p.len()),
+                Ok(s) => ("text", Value::String(s.to_string())),
+                Err(_) => ("binary", Value::String(hex(p))),
             },
         },
+    };
+    if let Some(map) = v.as_object_mut() {
+        map.insert("payload".into(), value);
+        map.insert("payload_format".into(), json!(format));
+    }
+    v
+}
+
+/// A payload for humans, from an object [`with_payload`] made: compact
+/// JSON, or quoted text, or a note.
+pub fn payload_text(v: &Value) -> String {
+    match v["payload_format"].as_str() {
+        Some("json") => v["payload"].to_string(),
+        Some("text") => format!("{:?}", v["payload"].as_str().unwrap_or_default()),
+        Some("binary") => format!(
+            "({} bytes of binary)",
+            v["payload"].as_str().map_or(0, |s| s.len() / 2)
+        ),
+        _ => "(payload not held)".to_string(),
     }
 }
 
@@ -144,12 +161,11 @@ pub fn entry_json(offset: Option<u64>, e: &Entry) -> Value {
         "prev": h.prev.map(|p| p.to_string()),
         "timestamp": h.timestamp,
         "payload_len": h.payload_len,
-        "payload": payload_json(e.payload.as_deref()),
     });
     if let (Some(o), Some(map)) = (offset, v.as_object_mut()) {
         map.insert("offset".into(), json!(o));
     }
-    v
+    with_payload(v, e.payload.as_deref())
 }
 
 /// A log record as a JSON object.
@@ -166,22 +182,56 @@ pub fn record_json(rec: &LogRecord) -> Value {
     }
 }
 
-/// A log record as one human line.
-pub fn record_text(rec: &LogRecord) -> String {
-    match &rec.body {
-        RecordBody::Entry(e) => format!(
-            "{:>10}  {}  #{:<6} {}  {}",
-            rec.offset,
-            e.header.author.fmt_short(),
-            e.header.seq,
-            fmt_time(e.header.timestamp),
-            payload_text(e.payload.as_deref())
-        ),
-        RecordBody::Fork(p) => format!(
+/// The first 8 hex digits of an id in a JSON field, for log lines.
+pub fn short(v: &Value) -> String {
+    v.as_str().unwrap_or_default().chars().take(8).collect()
+}
+
+/// A u64 field of a JSON object (0 when absent).
+pub fn num(v: &Value, field: &str) -> u64 {
+    v[field].as_u64().unwrap_or_default()
+}
+
+/// A log record (from [`record_json`]) as one human line.
+pub fn record_text(v: &Value) -> String {
+    if v["kind"] == "fork" {
+        return format!(
             "{:>10}  {}  #{:<6} fork proof: two entries at this seq",
-            rec.offset,
-            p.author().fmt_short(),
-            p.seq()
-        ),
+            num(v, "offset"),
+            short(&v["feed"]),
+            num(v, "seq")
+        );
     }
+    format!(
+        "{:>10}  {}  #{:<6} {}  {}",
+        num(v, "offset"),
+        short(&v["feed"]),
+        num(v, "seq"),
+        fmt_time(num(v, "timestamp")),
+        payload_text(v)
+    )
+}
+
+/// A timeline item as one human line. Log records render the same way.
+pub fn timeline_text(v: &Value) -> String {
+    format!(
+        "{}  {} #{:<6} {}",
+        fmt_time(num(v, "timestamp")),
+        short(&v["feed"]),
+        num(v, "seq"),
+        payload_text(v)
+    )
+}
+
+/// A log record (from [`record_json`]) as a timeline item.
+pub fn record_as_timeline(v: &Value) -> Value {
+    let kind = if v["payload_format"] == "json" {
+        v["payload"]["type"].as_str().map(str::to_string)
+    } else {
+        None
+    };
+    json!({
+        "timestamp": v["timestamp"], "feed": v["feed"], "seq": v["seq"], "id": v["id"],
+        "type": kind, "payload": v["payload"], "payload_format": v["payload_format"],
+    })
 }

@@ -4,13 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use kappadb_core::{Db, EntryId};
-use kappadb_views::field::{FieldQuery, parse_query_value};
-use kappadb_views::timeline::{Order, TimelineQuery};
+use kappadb_core::Db;
 use kappadb_views::{Indexer, IndexerConfig};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::cmd::resolve_feed;
+use crate::ops::{Backend, FieldParams, KvListParams, KvWrite, TimelineParams, ViewAddBody};
 use crate::out::{self, Out, note};
 
 /// `kappa kv ...`
@@ -121,6 +119,10 @@ pub struct TimelineArgs {
     /// Oldest first (default: newest first).
     #[arg(long)]
     pub oldest_first: bool,
+    /// Print the newest entries oldest first, then new ones as they land,
+    /// until Ctrl-C.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 /// Open the views of `db` and fold them up to the log's end.
@@ -155,226 +157,210 @@ fn parse_value(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
-fn parse_links(links: &[String]) -> anyhow::Result<Vec<EntryId>> {
-    links
-        .iter()
-        .map(|l| {
-            l.parse::<EntryId>().map_err(|_| {
-                anyhow::anyhow!(
-                    "'{l}' is not an entry id (64 hex digits, from `kappa kv get KEY --heads`)"
-                )
-            })
-        })
-        .collect()
-}
-
-pub fn kv(db: &Db, cmd: KvCommand, out: &mut Out) -> anyhow::Result<ExitCode> {
+pub fn kv(b: &dyn Backend, cmd: KvCommand, out: &mut Out) -> anyhow::Result<ExitCode> {
     match cmd {
         KvCommand::Put { key, value, links } => {
-            let links = parse_links(&links)?;
-            let value = parse_value(&value);
-            let a = db.append(kappadb_views::kv::put_payload(&key, &value, &links))?;
+            let v = b.kv_write(KvWrite {
+                key: key.clone(),
+                value: Some(parse_value(&value)),
+                links,
+            })?;
             if out.json {
-                out.json_line(&json!({"key": key, "seq": a.seq, "id": a.id.to_string()}))?;
+                out.json_line(&v)?;
             } else {
                 note(format!(
                     "put {key} (seq {}, id {})",
-                    a.seq,
-                    a.id.fmt_short()
+                    out::num(&v, "seq"),
+                    out::short(&v["id"])
                 ));
             }
-            Ok(ExitCode::SUCCESS)
         }
         KvCommand::Del { key, links } => {
-            let links = parse_links(&links)?;
-            let a = db.append(kappadb_views::kv::del_payload(&key, &links))?;
+            let v = b.kv_write(KvWrite {
+                key: key.clone(),
+                value: None,
+                links,
+            })?;
             if out.json {
-                out.json_line(&json!({"key": key, "seq": a.seq, "id": a.id.to_string()}))?;
+                out.json_line(&v)?;
             } else {
                 note(format!(
                     "deleted {key} (seq {}, id {})",
-                    a.seq,
-                    a.id.fmt_short()
+                    out::num(&v, "seq"),
+                    out::short(&v["id"])
                 ));
             }
-            Ok(ExitCode::SUCCESS)
         }
-        KvCommand::Get { key, heads } => {
-            let indexer = open_indexer(db)?;
-            let kv = indexer.kv()?;
-            if heads {
-                let heads = kv.heads(&key)?;
-                if heads.is_empty() {
-                    note(format!("error: key '{key}' is not set"));
-                    return Ok(ExitCode::FAILURE);
-                }
-                if out.json {
-                    let arr: Vec<Value> = heads
-                        .iter()
-                        .map(|h| {
-                            json!({
-                                "id": h.id.to_string(), "feed": h.author.to_string(), "seq": h.seq,
-                                "timestamp": h.timestamp, "deleted": h.is_deleted(), "value": h.value,
-                            })
-                        })
-                        .collect();
-                    out.line(Value::Array(arr).to_string())?;
-                } else {
-                    for h in &heads {
-                        let value = h
-                            .value
-                            .as_ref()
-                            .map_or("(deleted)".to_string(), Value::to_string);
-                        out.line(format!(
-                            "{}  {} #{}  {}  {}",
-                            h.id,
-                            h.author.fmt_short(),
-                            h.seq,
-                            out::fmt_time(h.timestamp),
-                            value
-                        ))?;
-                    }
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            match kv.get(&key)? {
-                Some(v) => {
-                    out.line(v.to_string())?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    note(format!("error: key '{key}' is not set"));
-                    Ok(ExitCode::FAILURE)
+        KvCommand::Get { key, heads: false } => {
+            out.line(b.kv_get(&key)?.to_string())?;
+        }
+        KvCommand::Get { key, heads: true } => {
+            let heads = b.kv_heads(&key)?;
+            if out.json {
+                out.line(heads.to_string())?;
+            } else {
+                for h in heads.as_array().into_iter().flatten() {
+                    let value = if h["deleted"] == true {
+                        "(deleted)".to_string()
+                    } else {
+                        h["value"].to_string()
+                    };
+                    out.line(format!(
+                        "{}  {} #{}  {}  {}",
+                        h["id"].as_str().unwrap_or_default(),
+                        out::short(&h["feed"]),
+                        out::num(h, "seq"),
+                        out::fmt_time(out::num(h, "timestamp")),
+                        value
+                    ))?;
                 }
             }
         }
         KvCommand::List { prefix, limit } => {
-            let indexer = open_indexer(db)?;
-            let kv = indexer.kv()?;
-            let mut arr = Vec::new();
-            for (n, item) in kv.list(&prefix).enumerate() {
-                if limit.is_some_and(|l| n >= l) {
-                    break;
-                }
-                let item = item?;
-                if out.json {
-                    arr.push(json!({"key": item.key, "value": item.value, "heads": item.heads}));
-                } else {
-                    let conflict = if item.heads > 1 {
-                        format!("  ({} concurrent heads)", item.heads)
+            let items = b.kv_list(&KvListParams { prefix, limit })?;
+            if out.json {
+                out.line(items.to_string())?;
+            } else {
+                for item in items.as_array().into_iter().flatten() {
+                    let n = out::num(item, "heads");
+                    let conflict = if n > 1 {
+                        format!("  ({n} concurrent heads)")
                     } else {
                         String::new()
                     };
-                    out.line(format!("{}\t{}{}", item.key, item.value, conflict))?;
+                    out.line(format!(
+                        "{}\t{}{}",
+                        item["key"].as_str().unwrap_or_default(),
+                        item["value"],
+                        conflict
+                    ))?;
                 }
             }
-            if out.json {
-                out.line(Value::Array(arr).to_string())?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-pub fn timeline(db: &Db, args: TimelineArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let author = args.author.map(|a| resolve_feed(db, &a)).transpose()?;
-    let indexer = open_indexer(db)?;
-    let items = indexer.timeline()?.query(&TimelineQuery {
-        kind: args.kind,
-        author,
-        from: args.from,
-        to: args.to,
-        limit: args.limit,
-        order: if args.oldest_first {
-            Order::Ascending
-        } else {
-            Order::Descending
-        },
-    })?;
-    for it in items {
-        if out.json {
-            out.json_line(&json!({
-                "timestamp": it.timestamp, "feed": it.author.to_string(), "seq": it.seq,
-                "id": it.id.to_string(), "type": it.kind,
-                "payload": out::payload_json(it.payload.as_deref()),
-            }))?;
-        } else {
-            out.line(format!(
-                "{}  {} #{:<6} {}",
-                out::fmt_time(it.timestamp),
-                it.author.fmt_short(),
-                it.seq,
-                out::payload_text(it.payload.as_deref())
-            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn view(db: &Db, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let indexer = open_indexer(db)?;
+fn print_timeline_item(item: &Value, out: &mut Out) -> anyhow::Result<()> {
+    if out.json {
+        out.json_line(item)
+    } else {
+        out.line(out::timeline_text(item))
+    }
+}
+
+pub fn timeline(b: &dyn Backend, args: TimelineArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    // With --follow, new entries are printed as they land, after the newest
+    // `limit` ones, oldest first (like `tail -f`).
+    let start = if args.follow {
+        Some(out::num(&b.status()?, "log_bytes"))
+    } else {
+        None
+    };
+    let params = TimelineParams {
+        kind: args.kind.clone(),
+        author: args.author.clone(),
+        from: args.from,
+        to: args.to,
+        limit: args.limit,
+        order: if args.oldest_first { "asc" } else { "desc" }.into(),
+    };
+    let mut items = b.timeline(&params)?.as_array().cloned().unwrap_or_default();
+    if args.follow && !args.oldest_first {
+        items.reverse();
+    }
+    for it in &items {
+        print_timeline_item(it, out)?;
+    }
+    let Some(start) = start else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    out.flush()?;
+    // Entries that landed between reading the log's end and the query are
+    // in both; print them once.
+    let shown: std::collections::HashSet<String> = items
+        .iter()
+        .filter_map(|it| it["id"].as_str().map(str::to_string))
+        .collect();
+    b.follow(start, args.author.as_deref(), &mut |rec| {
+        if rec["kind"] != "entry" || rec["id"].as_str().is_some_and(|id| shown.contains(id)) {
+            return Ok(true);
+        }
+        let item = out::record_as_timeline(&rec);
+        if args.kind.as_ref().is_some_and(|k| item["type"] != k.as_str()) {
+            return Ok(true);
+        }
+        let ts = out::num(&item, "timestamp");
+        if args.from.is_some_and(|f| ts < f) || args.to.is_some_and(|t| ts > t) {
+            return Ok(true);
+        }
+        print_timeline_item(&item, out)?;
+        out.flush()?;
+        Ok(true)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<ExitCode> {
     match cmd {
         ViewCommand::List => {
-            let mut list = indexer.status();
-            list.sort_by(|a, b| a.name.cmp(&b.name));
+            let list = b.views()?;
             if out.json {
-                let arr: Vec<Value> = list
-                    .iter()
-                    .map(|s| {
-                        json!({
-                            "name": s.name, "description": s.description, "version": s.version,
-                            "checkpoint": s.checkpoint, "lag": s.lag, "entries": s.folded,
-                            "skipped": s.skipped, "rebuilding": s.rebuild.is_some(),
-                        })
-                    })
-                    .collect();
-                out.line(Value::Array(arr).to_string())?;
+                out.line(list.to_string())?;
             } else {
                 out.line(format!(
                     "{:<16} {:>7} {:>12} {:>10} {:>10} {:>9}  {}",
                     "NAME", "VERSION", "CHECKPOINT", "LAG", "ENTRIES", "SKIPPED", "WHAT"
                 ))?;
-                for s in &list {
+                for s in list.as_array().into_iter().flatten() {
                     out.line(format!(
                         "{:<16} {:>7} {:>12} {:>10} {:>10} {:>9}  {}",
-                        s.name, s.version, s.checkpoint, s.lag, s.folded, s.skipped, s.description
+                        s["name"].as_str().unwrap_or_default(),
+                        out::num(s, "version"),
+                        out::num(s, "checkpoint"),
+                        out::num(s, "lag"),
+                        out::num(s, "entries"),
+                        out::num(s, "skipped"),
+                        s["description"].as_str().unwrap_or_default()
                     ))?;
                 }
             }
         }
         ViewCommand::Rebuild { name } => {
-            let bar = out::progress(db.log_end(), "rebuilding");
-            let status = indexer
-                .rebuild(&name, &mut out::follow(&bar))
-                .with_context(|| format!("cannot rebuild view '{name}'"))?;
+            let bar = out::progress(0, "rebuilding");
+            let res = b.view_rebuild(&name, &mut out::follow(&bar));
             bar.finish_and_clear();
+            let v = res.with_context(|| format!("cannot rebuild view '{name}'"))?;
             if out.json {
-                out.json_line(&json!({"name": status.name, "entries": status.folded, "skipped": status.skipped}))?;
+                out.json_line(&v)?;
             } else {
                 out.line(format!(
                     "rebuilt {}: {} entries folded, {} skipped",
-                    status.name, status.folded, status.skipped
+                    v["name"].as_str().unwrap_or_default(),
+                    out::num(&v, "entries"),
+                    out::num(&v, "skipped")
                 ))?;
             }
         }
         ViewCommand::Digest { name } => {
-            out.line(indexer.digest(&name)?.to_string())?;
+            let v = b.view_digest(&name)?;
+            out.line(v["digest"].as_str().unwrap_or_default())?;
         }
         ViewCommand::Add { name, field } => {
-            indexer.declare_field_index(&name, &field)?;
-            indexer.catch_up()?;
-            let s = indexer.view_status(&name)?;
+            let v = b.view_add(ViewAddBody { name, field })?;
             if out.json {
-                out.json_line(&json!({"name": name, "field": field, "entries": s.folded}))?;
+                out.json_line(&v)?;
             } else {
                 out.line(format!(
-                    "added view {name} on {field}: {} entries indexed",
-                    s.folded
+                    "added view {} on {}: {} entries indexed",
+                    v["name"].as_str().unwrap_or_default(),
+                    v["field"].as_str().unwrap_or_default(),
+                    out::num(&v, "entries")
                 ))?;
             }
         }
         ViewCommand::Remove { name } => {
-            indexer.remove_field_index(&name)?;
+            b.view_remove(&name)?;
             if !out.json {
                 note(format!("removed view {name}"));
             }
@@ -386,34 +372,21 @@ pub fn view(db: &Db, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<ExitCode
             to,
             limit,
         } => {
-            let q = match eq {
-                Some(v) => FieldQuery::eq(parse_query_value(&v)),
-                None => {
-                    if from.is_none() && to.is_none() {
-                        bail!("give --eq VALUE, or --from and/or --to");
-                    }
-                    FieldQuery::range(
-                        from.as_deref().map(parse_query_value),
-                        to.as_deref().map(parse_query_value),
-                    )
-                }
+            if eq.is_none() && from.is_none() && to.is_none() {
+                bail!("give --eq VALUE, or --from and/or --to");
             }
-            .limit(limit);
-            for hit in indexer.field_index(&name)?.query(&q)? {
+            let hits = b.field_query(&name, &FieldParams { eq, from, to, limit })?;
+            for hit in hits.as_array().into_iter().flatten() {
                 if out.json {
-                    out.json_line(&json!({
-                        "value": hit.value, "timestamp": hit.timestamp, "feed": hit.author.to_string(),
-                        "seq": hit.seq, "id": hit.id.to_string(),
-                        "payload": out::payload_json(hit.payload.as_deref()),
-                    }))?;
+                    out.json_line(hit)?;
                 } else {
                     out.line(format!(
                         "{}  {}  {} #{:<6} {}",
-                        hit.value,
-                        out::fmt_time(hit.timestamp),
-                        hit.author.fmt_short(),
-                        hit.seq,
-                        out::payload_text(hit.payload.as_deref())
+                        hit["value"],
+                        out::fmt_time(out::num(hit, "timestamp")),
+                        out::short(&hit["feed"]),
+                        out::num(hit, "seq"),
+                        out::payload_text(hit)
                     ))?;
                 }
             }
