@@ -103,7 +103,7 @@ pub struct EventParams {
 
 struct AppState {
     local: Arc<Local>,
-    node: Arc<NodeHandle>,
+    node: Option<Arc<NodeHandle>>,
     token: String,
     end: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
@@ -161,7 +161,7 @@ fn new_token() -> anyhow::Result<String> {
 /// default loopback port is tried, then any free loopback port.
 pub async fn start(
     local: Arc<Local>,
-    node: Arc<NodeHandle>,
+    node: Option<Arc<NodeHandle>>,
     requested: Option<SocketAddr>,
 ) -> anyhow::Result<ApiServer> {
     let listener = match requested {
@@ -262,7 +262,7 @@ fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
 
@@ -382,13 +382,22 @@ async fn status(State(st): St) -> Response {
     blocking(&st, |l| l.status()).await
 }
 
+fn no_node() -> OpError {
+    OpError::not_found(
+        "no_node",
+        "this process serves the API without a node (`kappa log --follow`); `kappa serve` runs one",
+    )
+}
+
 async fn node_info(State(st): St) -> Response {
-    let me = st.node.peer_id();
+    let Some(node) = &st.node else {
+        return reply::<Value>(Err(no_node()));
+    };
     reply::<Value>(Ok(json!({
-        "peer_id": me.to_string(),
-        "feed": st.node.feed_id().to_string(),
-        "listen": st.node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "connected": st.node.connected_peers().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "peer_id": node.peer_id().to_string(),
+        "feed": node.feed_id().to_string(),
+        "listen": node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "connected": node.connected_peers().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
     })))
 }
 
@@ -424,7 +433,10 @@ async fn entry(State(st): St, UrlPath((feed, seq)): UrlPath<(String, String)>) -
 }
 
 async fn peers(State(st): St) -> Response {
-    match st.node.known_peers().await {
+    let Some(node) = st.node.clone() else {
+        return blocking(&st, |l| l.peers()).await;
+    };
+    match node.known_peers().await {
         Ok(p) => reply::<Value>(Ok(peers_json(&p))),
         Err(e) => reply::<Value>(Err(OpError::new(503, "node_stopped", e.to_string()))),
     }
@@ -602,6 +614,49 @@ async fn stream_records(
             r = end.changed() => if r.is_err() { return },
             _ = stop.changed() => return,
             _ = tx.closed() => return,
+        }
+    }
+}
+
+/// A process that follows the log without a node serves the API meanwhile,
+/// so other `kappa` commands can still write to the database it holds.
+pub struct FollowHost {
+    rt: tokio::runtime::Runtime,
+    server: Option<ApiServer>,
+}
+
+impl FollowHost {
+    /// Serve `local` on a free loopback port; Ctrl-C interrupts `local`'s
+    /// follow.
+    pub fn start(local: &Local) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let shared = Arc::new(local.clone());
+        let server = rt.block_on(start(
+            shared,
+            None,
+            Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ))?;
+        let on_stop = local.clone();
+        rt.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                on_stop.interrupt();
+            }
+        });
+        Ok(Self {
+            rt,
+            server: Some(server),
+        })
+    }
+}
+
+impl Drop for FollowHost {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.rt.block_on(server.stop());
         }
     }
 }

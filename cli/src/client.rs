@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::api::{self, ApiFile};
 use crate::ops::{
-    AppendBody, Backend, FieldParams, KvListParams, KvWrite, LogPage, LogParams, OpError,
-    OpResult, TimelineParams, ViewAddBody,
+    AppendBody, Backend, FieldParams, KvListParams, KvWrite, LogPage, LogParams, OpError, OpResult,
+    TimelineParams, ViewAddBody,
 };
 
 /// A node's API, found through the files it writes in its database
@@ -229,11 +229,7 @@ impl Backend for Remote {
     }
 
     fn view_rebuild(&self, name: &str, _progress: &mut dyn FnMut(u64, u64)) -> OpResult {
-        self.send(
-            "POST",
-            &format!("/v1/views/{}/rebuild", segment(name)),
-            &(),
-        )
+        self.send("POST", &format!("/v1/views/{}/rebuild", segment(name)), &())
     }
 
     fn field_query(&self, name: &str, p: &FieldParams) -> OpResult {

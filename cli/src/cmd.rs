@@ -61,6 +61,24 @@ pub fn connect(dir: &Path) -> anyhow::Result<Box<dyn Backend>> {
     }
 }
 
+/// [`connect`] for a command that follows the log until Ctrl-C. Without a
+/// node, this process opens the database with live views and serves the
+/// API while it follows, so other commands can still write.
+pub fn connect_following(
+    dir: &Path,
+) -> anyhow::Result<(Box<dyn Backend>, Option<crate::api::FollowHost>)> {
+    let db = match Db::open(dir) {
+        Ok(db) => db,
+        Err(StoreError::Locked { .. }) => return Ok((connect(dir)?, None)),
+        Err(e) => return Err(e.into()),
+    };
+    report_recovery(&db);
+    let indexer = kappadb_views::Indexer::open(db.clone())?;
+    let local = Local::with_indexer(db, std::sync::Arc::new(indexer));
+    let host = crate::api::FollowHost::start(&local)?;
+    Ok((Box::new(local), Some(host)))
+}
+
 /// Run a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = resolve_dir(cli.dir);
@@ -78,14 +96,28 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             since,
             limit,
             follow,
-        } => log(&*connect(&dir)?, feed, since, limit, follow, &mut out),
+        } => {
+            let (b, _host) = if follow {
+                connect_following(&dir)?
+            } else {
+                (connect(&dir)?, None)
+            };
+            log(&*b, feed, since, limit, follow, &mut out)
+        }
         Command::Get { feed, seq } => get(&*connect(&dir)?, &feed, seq, &mut out),
         Command::Feeds => feeds(&*connect(&dir)?, &mut out),
         Command::Verify => verify(&open(&dir)?, &mut out),
         Command::Reindex => reindex(&dir, &mut out),
         Command::Status => status(&*connect(&dir)?, &mut out),
         Command::Kv(c) => crate::views_cmd::kv(&*connect(&dir)?, c, &mut out),
-        Command::Timeline(a) => crate::views_cmd::timeline(&*connect(&dir)?, a, &mut out),
+        Command::Timeline(a) => {
+            let (b, _host) = if a.follow {
+                connect_following(&dir)?
+            } else {
+                (connect(&dir)?, None)
+            };
+            crate::views_cmd::timeline(&*b, a, &mut out)
+        }
         Command::View(c) => crate::views_cmd::view(&*connect(&dir)?, c, &mut out),
         Command::Serve(args) => crate::net_cmd::serve(&dir, args, &mut out),
         Command::Sync { addr, timeout } => {
@@ -253,7 +285,9 @@ fn append(
         }))?;
     } else {
         match (first_seq, last_seq) {
-            (Some(f), Some(l)) => out.line(format!("appended {appended} entries (seq {f}..={l})"))?,
+            (Some(f), Some(l)) => {
+                out.line(format!("appended {appended} entries (seq {f}..={l})"))?
+            }
             _ => out.line("appended 0 entries")?,
         }
     }

@@ -106,7 +106,7 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         let api = if args.no_api {
             None
         } else {
-            let api = crate::api::start(local.clone(), node.clone(), args.api).await?;
+            let api = crate::api::start(local.clone(), Some(node.clone()), args.api).await?;
             note(format!(
                 "API on http://{} (bearer token in {})",
                 api.addr,
@@ -381,7 +381,11 @@ pub fn peers(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
         out.line(format!(
             "{}  feed {}  seen {}  synced {}  {}",
             p["peer"].as_str().unwrap_or_default(),
-            if p["feed"].is_string() { out::short(&p["feed"]) } else { "-".to_string() },
+            if p["feed"].is_string() {
+                out::short(&p["feed"])
+            } else {
+                "-".to_string()
+            },
             seen,
             synced,
             addrs.join(" ")

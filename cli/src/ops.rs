@@ -9,6 +9,7 @@
 //! a node is running.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kappadb_core::{Db, EntryError, EntryId, FeedId, RecordBody, StoreError};
@@ -80,9 +81,7 @@ impl From<StoreError> for OpError {
             StoreError::Entry(EntryError::PayloadTooLarge { .. }) => {
                 Self::new(413, "payload_too_large", msg)
             }
-            StoreError::Entry(EntryError::FeedForked { .. }) => {
-                Self::new(409, "feed_forked", msg)
-            }
+            StoreError::Entry(EntryError::FeedForked { .. }) => Self::new(409, "feed_forked", msg),
             StoreError::Entry(_) => Self::bad("bad_entry", msg),
             StoreError::Locked { .. } => Self::new(409, "locked", msg),
             _ => Self::new(500, "store", msg),
@@ -312,10 +311,13 @@ pub trait Backend {
     ) -> anyhow::Result<()>;
 }
 
-/// Runs operations on a database opened in this process.
+/// Runs operations on a database opened in this process. Clones share
+/// the database, the views and the interrupt flag.
+#[derive(Clone)]
 pub struct Local {
     db: Db,
-    indexer: std::sync::OnceLock<Arc<Indexer>>,
+    indexer: Arc<std::sync::OnceLock<Arc<Indexer>>>,
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Local {
@@ -324,15 +326,21 @@ impl Local {
     pub fn new(db: Db) -> Self {
         Self {
             db,
-            indexer: std::sync::OnceLock::new(),
+            indexer: Arc::default(),
+            interrupted: Arc::default(),
         }
     }
 
     /// Operations on `db` with a live indexer (a node's).
     pub fn with_indexer(db: Db, indexer: Arc<Indexer>) -> Self {
-        let cell = std::sync::OnceLock::new();
-        let _ = cell.set(indexer);
-        Self { db, indexer: cell }
+        let local = Self::new(db);
+        let _ = local.indexer.set(indexer);
+        local
+    }
+
+    /// Make [`Backend::follow`] return (on Ctrl-C).
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
     }
 
     /// The database.
@@ -488,10 +496,7 @@ impl Backend for Local {
                 ));
             }
         };
-        let payloads: Vec<Vec<u8>> = values
-            .iter()
-            .map(|v| v.to_string().into_bytes())
-            .collect();
+        let payloads: Vec<Vec<u8>> = values.iter().map(|v| v.to_string().into_bytes()).collect();
         let res = self.db.append_batch(payloads)?;
         let appended: Vec<Value> = res
             .iter()
@@ -658,14 +663,17 @@ impl Backend for Local {
                 ));
             }
         };
-        let items = self.caught_up("timeline")?.timeline()?.query(&TimelineQuery {
-            kind: p.kind.clone(),
-            author,
-            from: p.from,
-            to: p.to,
-            limit: p.limit,
-            order,
-        })?;
+        let items = self
+            .caught_up("timeline")?
+            .timeline()?
+            .query(&TimelineQuery {
+                kind: p.kind.clone(),
+                author,
+                from: p.from,
+                to: p.to,
+                limit: p.limit,
+                order,
+            })?;
         Ok(Value::Array(
             items
                 .iter()
@@ -785,9 +793,12 @@ impl Backend for Local {
                     return Ok(());
                 }
             }
-            // Wake up now and then even without writes, so a closed stdout
-            // is noticed by the next write attempt soon enough.
-            self.db.wait_past(next, Duration::from_secs(1));
+            if self.interrupted.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            // Wake up now and then even without writes, to notice an
+            // interrupt.
+            self.db.wait_past(next, Duration::from_millis(500));
         }
     }
 }

@@ -287,7 +287,11 @@ pub fn timeline(b: &dyn Backend, args: TimelineArgs, out: &mut Out) -> anyhow::R
             return Ok(true);
         }
         let item = out::record_as_timeline(&rec);
-        if args.kind.as_ref().is_some_and(|k| item["type"] != k.as_str()) {
+        if args
+            .kind
+            .as_ref()
+            .is_some_and(|k| item["type"] != k.as_str())
+        {
             return Ok(true);
         }
         let ts = out::num(&item, "timestamp");
@@ -375,7 +379,15 @@ pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<
             if eq.is_none() && from.is_none() && to.is_none() {
                 bail!("give --eq VALUE, or --from and/or --to");
             }
-            let hits = b.field_query(&name, &FieldParams { eq, from, to, limit })?;
+            let hits = b.field_query(
+                &name,
+                &FieldParams {
+                    eq,
+                    from,
+                    to,
+                    limit,
+                },
+            )?;
             for hit in hits.as_array().into_iter().flatten() {
                 if out.json {
                     out.json_line(hit)?;

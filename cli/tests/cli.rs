@@ -1,61 +1,12 @@
 //! `kappa` end to end on temporary directories: every command, its JSON
 //! contract, and bad input.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+mod common;
 
+use std::process::{Command, Stdio};
+
+use common::{fails, kappa, kappa_stdin, ok, serve};
 use serde_json::Value;
-
-fn kappa(dir: &Path, args: &[&str]) -> Output {
-    kappa_stdin(dir, args, None)
-}
-
-fn kappa_stdin(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kappa"))
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("KAPPA_DIR")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kappa");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = kappa(dir, args);
-    assert!(
-        out.status.success(),
-        "kappa {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kappa_stdin(dir, args, stdin);
-    assert!(!out.status.success(), "kappa {args:?} should fail");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    err
-}
 
 #[test]
 fn cli_init_append_log_feeds_get_verify() {
@@ -349,37 +300,6 @@ fn cli_kv_timeline_and_views() {
     assert!(err.contains("not an entry id"), "{err}");
 }
 
-/// Start `kappa serve` on an ephemeral loopback port; returns the child and
-/// the full multiaddr it printed.
-fn serve(dir: &Path) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kappa"))
-        .arg("--dir")
-        .arg(dir)
-        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-        .env_remove("KAPPA_DIR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if !sent && let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.trim().to_string());
-                sent = true;
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("serve printed its address");
-    (child, addr)
-}
-
 #[test]
 fn cli_two_peers_sync_and_wrong_network_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -394,7 +314,8 @@ fn cli_two_peers_sync_and_wrong_network_is_refused() {
     ok(&b, &["append", r#"{"type":"note","from":"b"}"#]);
     ok(&c, &["init"]);
 
-    let (mut node, addr) = serve(&a);
+    let node = serve(&a);
+    let addr = node.addr.clone();
     assert!(addr.contains("/p2p/"), "{addr}");
     let out = ok(&b, &["--json", "sync", &addr]);
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -421,16 +342,7 @@ fn cli_two_peers_sync_and_wrong_network_is_refused() {
     assert!(err.contains("refused"), "{err}");
 
     // SIGTERM stops the node cleanly; then A holds B's entry.
-    let pid = node.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = node.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    assert!(node.stop(), "a clean exit on SIGTERM");
     let feeds: Value = serde_json::from_str(&ok(&a, &["--json", "feeds"])).unwrap();
     assert_eq!(feeds.as_array().unwrap().len(), 2);
     assert!(ok(&a, &["verify"]).starts_with("ok"));

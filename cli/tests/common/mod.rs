@@ -1,0 +1,140 @@
+//! Helpers shared by the CLI's end-to-end tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn kappa(dir: &Path, args: &[&str]) -> Output {
+    kappa_stdin(dir, args, None)
+}
+
+pub fn kappa_stdin(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kappa"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("KAPPA_DIR")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kappa");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = kappa(dir, args);
+    assert!(
+        out.status.success(),
+        "kappa {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn fails(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kappa_stdin(dir, args, stdin);
+    assert!(!out.status.success(), "kappa {args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+/// A `kappa serve` child, killed when dropped.
+pub struct Node {
+    pub child: Child,
+    /// The full multiaddr it listens on.
+    pub addr: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// Stop with SIGTERM and wait; true if it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+/// Start `kappa serve` on an ephemeral loopback port with `extra` options;
+/// returns once it printed its address (and its API's, unless --no-api).
+pub fn serve_with(dir: &Path, extra: &[&str]) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kappa"))
+        .arg("--dir")
+        .arg(dir)
+        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .args(extra)
+        .env_remove("KAPPA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let want_api = !extra.contains(&"--no-api");
+    std::thread::spawn(move || {
+        let mut addr = None;
+        let mut api = !want_api;
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = line.strip_prefix("listening on ") {
+                addr.get_or_insert(a.trim().to_string());
+            }
+            if line.starts_with("API on ") {
+                api = true;
+            }
+            if !sent
+                && api
+                && let Some(a) = &addr
+            {
+                let _ = tx.send(a.clone());
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("serve printed its address");
+    Node { child, addr }
+}
+
+/// [`serve_with`] with the API on a free loopback port.
+pub fn serve(dir: &Path) -> Node {
+    serve_with(dir, &["--api", "127.0.0.1:0"])
+}
+
+/// Poll `f` until it returns Some, for up to 30 s.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
