@@ -41,6 +41,7 @@ use crate::keys::{FeedId, NetworkKey, SigningKey};
 use crate::log::{
     LogIter, LogRecord, LogWriter, MAX_PAYLOAD_LIMIT, RecordBody, Recovery, Segments, encode_record,
 };
+use crate::tail::Tail;
 use crate::validate::{
     EntryError, validate_header, validate_header_shape, validate_link, validate_payload,
     validate_signature, verify_signatures,
@@ -210,6 +211,17 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
 }
 
+/// How `Db::open_locked` came to the directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// Just created by this handle.
+    Created,
+    /// An existing database.
+    Existing,
+    /// An existing database, rebuilding the index from the log.
+    Reindex,
+}
+
 struct Writer {
     log: LogWriter,
     poisoned: bool,
@@ -228,6 +240,8 @@ struct Inner {
     state: RwLock<IndexState>,
     watch: Watch,
     recovery: Option<Recovery>,
+    /// True when this handle created the database.
+    created: bool,
     /// Held for the life of the handle: the directory lock.
     _lock: File,
 }
@@ -315,6 +329,41 @@ impl Db {
     pub fn create(dir: &Path, opts: CreateOptions) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock = lock_dir(dir)?;
+        Self::create_locked(dir, lock, opts)
+    }
+
+    /// Open the database in `dir` if there is one, else create it there
+    /// with `opts` (which are ignored when opening: the stored settings and
+    /// keys win). [`Db::created`] tells which happened. The directory is
+    /// locked before looking, so two processes racing on a new directory
+    /// cannot both create it.
+    ///
+    /// ```
+    /// use kappadb_core::{CreateOptions, Db};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let db = Db::open_or_create(dir.path(), CreateOptions::default()).unwrap();
+    /// assert!(db.created());
+    /// let feed = db.feed_id();
+    /// drop(db);
+    /// let db = Db::open_or_create(dir.path(), CreateOptions::default()).unwrap();
+    /// assert!(!db.created());
+    /// assert_eq!(db.feed_id(), feed);
+    /// ```
+    pub fn open_or_create(dir: &Path, opts: CreateOptions) -> Result<Self, StoreError> {
+        if dir.join(files::CONFIG).exists() {
+            return Self::open(dir);
+        }
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = lock_dir(dir)?;
+        if dir.join(files::CONFIG).exists() {
+            // Created by another process between the look and the lock.
+            return Self::open_locked(dir, lock, Open::Existing, &mut |_, _| {});
+        }
+        Self::create_locked(dir, lock, opts)
+    }
+
+    fn create_locked(dir: &Path, lock: File, opts: CreateOptions) -> Result<Self, StoreError> {
         for name in [
             files::CONFIG,
             files::SECRET_KEY,
@@ -351,7 +400,7 @@ impl Db {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(dir))?;
-        Self::open_locked(dir, lock, false, &mut |_, _| {})
+        Self::open_locked(dir, lock, Open::Created, &mut |_, _| {})
     }
 
     /// Open the database in `dir`, repairing a torn log tail and bringing
@@ -363,7 +412,7 @@ impl Db {
             });
         }
         let lock = lock_dir(dir)?;
-        Self::open_locked(dir, lock, false, &mut |_, _| {})
+        Self::open_locked(dir, lock, Open::Existing, &mut |_, _| {})
     }
 
     /// Open the database and rebuild the feed index from the log, reporting
@@ -384,15 +433,16 @@ impl Db {
             tracing::warn!(error = %e, "deleting the unreadable sled directory");
             fs::remove_dir_all(&sled_path).map_err(io_err(&sled_path))?;
         }
-        Self::open_locked(dir, lock, true, progress)
+        Self::open_locked(dir, lock, Open::Reindex, progress)
     }
 
     fn open_locked(
         dir: &Path,
         lock: File,
-        reindex: bool,
+        how: Open,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self, StoreError> {
+        let reindex = how == Open::Reindex;
         let config_path = dir.join(files::CONFIG);
         let text = fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
         let config: DbConfig = serde_json::from_str(&text).map_err(|e| StoreError::Config {
@@ -436,7 +486,7 @@ impl Db {
                     // The checkpoint may not sit on a record boundary any
                     // more: start over from 0 once.
                     tracing::warn!(error = %e, "index checkpoint unusable; rebuilding");
-                    return Self::open_locked(dir, lock, true, progress);
+                    return Self::open_locked(dir, lock, Open::Reindex, progress);
                 }
             };
             state.apply(&rec, &mut batch);
@@ -465,6 +515,7 @@ impl Db {
                 state: RwLock::new(state),
                 watch,
                 recovery,
+                created: how == Open::Created,
                 _lock: lock,
             }),
         })
@@ -504,6 +555,12 @@ impl Db {
     /// What opening the log had to repair, if anything.
     pub fn recovery(&self) -> Option<&Recovery> {
         self.inner.recovery.as_ref()
+    }
+
+    /// True when this handle created the database ([`Db::create`], or
+    /// [`Db::open_or_create`] finding none), false when it opened one.
+    pub fn created(&self) -> bool {
+        self.inner.created
     }
 
     /// The committed end of the log and a way to wait for it to move.
@@ -680,6 +737,18 @@ impl Db {
         self.inner
             .segments
             .boundary_at_or_after(offset, self.log_end())
+    }
+
+    /// Follow the log from `offset`: every record from the first record
+    /// boundary at or after it, then each new record as it becomes
+    /// durable (local appends and entries synced from peers alike). The
+    /// iterator blocks at the end of the log; see [`Tail`] for a timed
+    /// wait and for resuming from [`Tail::offset`].
+    ///
+    /// The tail holds a clone of this handle, so the database stays open
+    /// while it lives.
+    pub fn tail(&self, offset: u64) -> Tail {
+        Tail::new(self.clone(), offset)
     }
 
     /// Append one payload to this peer's feed. Durable on return.

@@ -8,18 +8,30 @@
 //! ([`index`]). It has no async runtime and no networking; `kappadb-views`
 //! folds the log into queryable views and `kappadb-net` syncs it with peers.
 //!
+//! Embedding it takes a few lines: open (or create) a database, append,
+//! and follow the log with [`Db::tail`], which yields what is there and
+//! then blocks for each new record (`kappadb_net::Subscription` is the
+//! async counterpart):
+//!
 //! ```
-//! use kappadb_core::{Db, CreateOptions};
+//! use kappadb_core::{CreateOptions, Db};
 //!
 //! let dir = tempfile::tempdir().unwrap();
-//! let db = Db::create(dir.path(), CreateOptions::default()).unwrap();
+//! let db = Db::open_or_create(dir.path(), CreateOptions::default()).unwrap();
 //! db.append(br#"{"type":"kv.put","key":"a","value":1}"#.to_vec()).unwrap();
 //! db.append_batch(vec![b"two".to_vec(), b"three".to_vec()]).unwrap();
+//! assert_eq!(db.head(&db.feed_id()).unwrap().seq, 3);
 //!
-//! let head = db.head(&db.feed_id()).unwrap();
-//! assert_eq!(head.seq, 3);
-//! let records: Vec<_> = db.log_iter(0).collect::<Result<_, _>>().unwrap();
-//! assert_eq!(records.len(), 3);
+//! // Another thread appends later; the tail waits for it.
+//! let writer = db.clone();
+//! let later = std::thread::spawn(move || writer.append(b"four".to_vec()));
+//! for rec in db.tail(0).take(4) {
+//!     let rec = rec.unwrap();
+//!     if let Some(entry) = rec.entry() {
+//!         println!("seq {} at offset {}", entry.header.seq, rec.offset);
+//!     }
+//! }
+//! later.join().unwrap().unwrap();
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
@@ -30,6 +42,7 @@ pub mod error;
 pub mod index;
 pub mod keys;
 pub mod log;
+pub mod tail;
 pub mod validate;
 pub mod watch;
 
@@ -45,5 +58,6 @@ pub use error::StoreError;
 pub use index::{ForkInfo, Head};
 pub use keys::{FeedId, KeyError, NetworkKey, SigningKey};
 pub use log::{LogIter, LogRecord, RecordBody, Recovery};
+pub use tail::Tail;
 pub use validate::EntryError;
 pub use watch::{ListenerId, Watch};

@@ -450,3 +450,211 @@ fn watchers_see_new_records() {
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), db.log_end());
     db.watch().unsubscribe(id);
 }
+
+/// How long a test waits for something that should happen at once.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn payload(rec: &kappadb_core::LogRecord) -> &[u8] {
+    rec.entry().unwrap().payload.as_deref().unwrap()
+}
+
+#[test]
+fn tail_yields_existing_records_then_live_ones() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    db.append_batch(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        .unwrap();
+
+    // The blocking iterator, on its own thread, as an app would use it.
+    let mut tail = db.tail(0);
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for rec in tail.by_ref().take(4) {
+            tx.send(rec.unwrap()).unwrap();
+        }
+        tail.offset()
+    });
+    for expected in [&b"a"[..], b"b", b"c"] {
+        let rec = rx.recv_timeout(WAIT).unwrap();
+        assert_eq!(payload(&rec), expected);
+    }
+    // The reader is blocked at the end of the log until someone writes.
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    let writer = db.clone();
+    let appended = std::thread::spawn(move || writer.append(b"live".to_vec()))
+        .join()
+        .unwrap()
+        .unwrap();
+    let rec = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(payload(&rec), b"live");
+    assert_eq!(rec.offset, appended.offset);
+    assert_eq!(reader.join().unwrap(), db.log_end());
+}
+
+#[test]
+fn tail_times_out_and_resumes_from_its_offset() {
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    db.append_batch(vec![b"a".to_vec(), b"b".to_vec()]).unwrap();
+
+    let mut tail = db.tail(0);
+    let a = tail.next_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(payload(&a), b"a");
+    let saved = tail.offset();
+    assert_eq!(saved, a.next_offset);
+    drop(tail);
+
+    // Resuming from the saved offset gives the next record, no repeat.
+    let mut tail = db.tail(saved);
+    assert_eq!(payload(&tail.next_timeout(WAIT).unwrap().unwrap()), b"b");
+    // Nothing new: None after the timeout, and None at once without one.
+    let t0 = Instant::now();
+    assert!(tail.next_timeout(Duration::from_millis(100)).is_none());
+    assert!(t0.elapsed() >= Duration::from_millis(100));
+    assert!(tail.try_next().is_none());
+    assert!(tail.next_timeout(Duration::ZERO).is_none());
+    assert_eq!(tail.offset(), db.log_end());
+    // A record already durable comes back even with a zero timeout.
+    db.append(b"c".to_vec()).unwrap();
+    assert_eq!(
+        payload(&tail.next_timeout(Duration::ZERO).unwrap().unwrap()),
+        b"c"
+    );
+    let saved = tail.offset();
+    drop(tail);
+
+    // Across a reopen too.
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert!(db.tail(saved).try_next().is_none());
+    db.append(b"d".to_vec()).unwrap();
+    let rest: Vec<_> = db
+        .tail(saved)
+        .take(1)
+        .map(|r| payload(&r.unwrap()).to_vec())
+        .collect();
+    assert_eq!(rest, [b"d".to_vec()]);
+}
+
+#[test]
+fn tail_from_inside_a_record_starts_at_the_next_one() {
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let [a, b, c] = db
+        .append_batch(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut tail = db.tail(a.offset + 1);
+    let rec = tail.next_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(rec.offset, b.offset);
+    assert_eq!(payload(&rec), b"b");
+    // A boundary is its own start.
+    let rec = db.tail(c.offset).next_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(payload(&rec), b"c");
+
+    // Inside the last record: nothing until the next record lands.
+    let mut inside_last = db.tail(c.offset + 3);
+    assert!(
+        inside_last
+            .next_timeout(Duration::from_millis(50))
+            .is_none()
+    );
+    assert_eq!(inside_last.offset(), db.log_end());
+    // Past the end: the first record starting at or after the offset.
+    let past = db.log_end() + 5;
+    let mut beyond = db.tail(past);
+    assert!(beyond.try_next().is_none());
+    assert_eq!(beyond.offset(), past);
+
+    let d = db.append(b"d".to_vec()).unwrap();
+    let rec = inside_last.next_timeout(WAIT).unwrap().unwrap();
+    assert_eq!((rec.offset, payload(&rec)), (d.offset, &b"d"[..]));
+    // `d` starts before `past`, so `beyond` skips it.
+    assert!(beyond.next_timeout(Duration::from_millis(50)).is_none());
+    let e = db.append(b"e".to_vec()).unwrap();
+    let rec = beyond.next_timeout(WAIT).unwrap().unwrap();
+    assert_eq!((rec.offset, payload(&rec)), (e.offset, &b"e"[..]));
+}
+
+#[test]
+fn tail_yields_a_read_error_then_ends() {
+    use std::os::unix::fs::FileExt;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db(dir.path());
+    let [_, b] = db
+        .append_batch(vec![b"a".to_vec(), b"b".to_vec()])
+        .unwrap()
+        .try_into()
+        .unwrap();
+    // Damage the second record's body behind the database's back.
+    let seg = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment_files(dir.path())[0])
+        .unwrap();
+    let mut byte = [0u8];
+    seg.read_exact_at(&mut byte, b.offset + 12).unwrap();
+    seg.write_all_at(&[byte[0] ^ 0xff], b.offset + 12).unwrap();
+
+    let mut tail = db.tail(0);
+    assert_eq!(payload(&tail.next().unwrap().unwrap()), b"a");
+    let err = tail.next().unwrap().unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { offset, .. } if offset == b.offset),
+        "{err}"
+    );
+    assert!(tail.next().is_none());
+    assert!(tail.next_timeout(Duration::from_millis(10)).is_none());
+    assert_eq!(tail.offset(), b.offset);
+}
+
+#[test]
+fn open_or_create_creates_once_then_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("nested").join("db");
+    let network = kappadb_core::NetworkKey::from_bytes([3; 32]);
+    let db = Db::open_or_create(
+        &dir,
+        CreateOptions {
+            network_key: Some(network.clone()),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(db.created());
+    assert_eq!(db.network_key().unwrap(), network);
+    let feed = db.feed_id();
+    db.append(b"kept".to_vec()).unwrap();
+
+    // While it is open, a second opener is refused, not handed a new
+    // database.
+    let err = Db::open_or_create(&dir, CreateOptions::default()).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    drop(db);
+
+    // Opening ignores the options: the stored keys and settings win.
+    let db = Db::open_or_create(
+        &dir,
+        CreateOptions {
+            network_key: Some(kappadb_core::NetworkKey::from_bytes([4; 32])),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(!db.created());
+    assert_eq!(db.feed_id(), feed);
+    assert_eq!(db.network_key().unwrap(), network);
+    assert_eq!(db.head(&feed).unwrap().seq, 1);
+    drop(db);
+    assert!(!Db::open(&dir).unwrap().created());
+}

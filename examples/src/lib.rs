@@ -112,7 +112,8 @@ pub fn advertised_addrs(listen: &[Multiaddr]) -> Vec<Multiaddr> {
     }
 }
 
-/// Open the database in `dir`, or create it there if there is none.
+/// Open the database in `dir`, or create it there if there is none
+/// ([`Db::open_or_create`]), joining an invite's network.
 ///
 /// Creating with an invite joins the invite's network (its key becomes the
 /// database's network key) and stores the inviter's addresses in the
@@ -120,29 +121,22 @@ pub fn advertised_addrs(listen: &[Multiaddr]) -> Vec<Multiaddr> {
 /// database with an invite of another network is an error. Returns the
 /// database and whether it was created now.
 pub fn open_or_create(dir: &Path, join: Option<&Invite>) -> anyhow::Result<(Db, bool)> {
-    if dir.join(kappadb_core::db::files::CONFIG).exists() {
-        let db = Db::open(dir)
-            .with_context(|| format!("cannot open the database in {}", dir.display()))?;
-        if let Some(invite) = join
-            && db.network_key()? != invite.key
-        {
-            bail!(
-                "the database in {} belongs to another network than the invite; use a new --dir to join",
-                dir.display()
-            );
-        }
-        return Ok((db, false));
-    }
     let opts = CreateOptions {
         network_key: join.map(|i| i.key.clone()),
         ..CreateOptions::default()
     };
-    let db = Db::create(dir, opts)
-        .with_context(|| format!("cannot create a database in {}", dir.display()))?;
-    if let Some(invite) = join {
-        remember_addrs(dir, &invite.addrs)?;
+    let db = Db::open_or_create(dir, opts)
+        .with_context(|| format!("cannot open or create a database in {}", dir.display()))?;
+    let created = db.created();
+    match join {
+        Some(invite) if created => remember_addrs(dir, &invite.addrs)?,
+        Some(invite) if db.network_key()? != invite.key => bail!(
+            "the database in {} belongs to another network than the invite; use a new --dir to join",
+            dir.display()
+        ),
+        _ => {}
     }
-    Ok((db, true))
+    Ok((db, created))
 }
 
 /// Store addresses ending in `/p2p/PEER` in the database's address book

@@ -14,8 +14,39 @@
 //! - [`node`]: the tokio node ([`Node::builder`]) and [`sync_once`].
 //! - [`peers`], [`blocklist`]: the address book (`peers.json`) and the
 //!   block list (`blocked.json`) in the database directory.
+//! - [`subscription`]: [`Subscription`] (and [`tail_stream`]), the async
+//!   counterpart of `Db::tail`: the log's records, then each new one as it
+//!   becomes durable, without blocking the runtime.
 //!
 //! `kappadb-net` depends on `kappadb-core` only, never on `kappadb-views`.
+//!
+//! Following the log from a tokio app (entries appended here or pulled
+//! from peers alike):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use kappadb_core::{CreateOptions, Db};
+//! use kappadb_net::Subscription;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let db = Db::open_or_create(dir.path(), CreateOptions::default()).unwrap();
+//! db.append(b"before".to_vec()).unwrap();
+//!
+//! let mut sub = Subscription::new(db.clone(), 0);
+//! let rec = sub.next().await.unwrap().unwrap();
+//! assert_eq!(rec.entry().unwrap().payload.as_deref(), Some(&b"before"[..]));
+//!
+//! // An append fsyncs: keep it off the async threads too.
+//! tokio::task::spawn_blocking(move || db.append(b"after".to_vec()));
+//! let rec = sub.next().await.unwrap().unwrap();
+//! assert_eq!(rec.entry().unwrap().payload.as_deref(), Some(&b"after"[..]));
+//! // Where to resume after a restart: `Subscription::new(db, offset)`.
+//! println!("next offset {}", sub.offset());
+//! # }
+//! ```
+//!
+//! Syncing (needs peers, so not run here):
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,6 +74,7 @@ pub mod error;
 pub mod node;
 pub mod peers;
 pub mod protocol;
+pub mod subscription;
 
 #[cfg(any(test, feature = "test_utils"))]
 pub mod test_utils;
@@ -54,3 +86,4 @@ pub use node::{
     default_listen_addr, sync_once,
 };
 pub use protocol::{SyncConfig, SyncStats};
+pub use subscription::{Subscription, tail_stream};

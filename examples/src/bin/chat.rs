@@ -15,7 +15,7 @@
 //!   first), then this chat's addresses and invite.
 //! - Then: every new chat entry of any feed, as it lands in the local log
 //!   (typed here or pulled from a peer), by following the log from where
-//!   the history stopped.
+//!   the history stopped (a `kappadb_net::Subscription`).
 //! - Each line read on stdin is sent. End of input (Ctrl-D), Ctrl-C or
 //!   SIGTERM stops the node cleanly.
 //!
@@ -27,16 +27,15 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use kappadb_core::Db;
+use kappadb_core::{Db, LogRecord};
 use kappadb_examples::{ChatMessage, Invite, advertised_addrs, open_or_create, parse_addr};
-use kappadb_net::{Node, NodeEvent, NodeHandle};
+use kappadb_net::{Node, NodeEvent, NodeHandle, Subscription};
 use kappadb_views::{Indexer, Order, TimelineQuery};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 /// A LAN chat on kappadb: type a line to send it, Ctrl-D to quit.
 #[derive(Parser, Debug)]
@@ -153,12 +152,10 @@ async fn chat_loop(db: &Db, args: &Args, node: &NodeHandle, from: u64) -> anyhow
     say(format_args!("* invite: {invite}"))?;
     say("* type a message and press Enter; Ctrl-D quits")?;
 
-    // Wake this task whenever the log grows: own appends and pages pulled
-    // from peers alike. The callback runs on the writing thread, so it only
-    // pokes a Notify (which keeps one wake-up if nobody is waiting yet).
-    let grew = Arc::new(Notify::new());
-    let poke = grew.clone();
-    let listener = db.watch().subscribe(move |_end| poke.notify_one());
+    // The log from where the history stopped, then each record as it
+    // lands: own appends and pages pulled from peers alike, in the order
+    // this peer stored them (so a peer's backlog shows up as it is pulled).
+    let mut log = Subscription::new(db.clone(), from);
 
     // Stdin on a plain thread: a blocked read must not keep the runtime
     // from shutting down. Dropping the sender (end of input) ends the chat.
@@ -174,14 +171,16 @@ async fn chat_loop(db: &Db, args: &Args, node: &NodeHandle, from: u64) -> anyhow
 
     let stop = kappadb_examples::shutdown_signal();
     tokio::pin!(stop);
-    // Anything that landed between the history and the subscription.
-    let mut next = print_new_messages(db, from)?;
     // Who is connected, by peer id, to name them when they leave.
     let mut peers = HashMap::new();
     let res = loop {
         tokio::select! {
             res = &mut stop => break res,
-            _ = grew.notified() => next = print_new_messages(db, next)?,
+            // `next` is cancel-safe: losing the race loses no record.
+            record = log.next() => match record {
+                Some(record) => print_message(&record?)?,
+                None => break Ok(()),
+            },
             line = lines.recv() => {
                 let Some(line) = line else { break Ok(()) };
                 let text = line.trim_end();
@@ -217,27 +216,25 @@ async fn chat_loop(db: &Db, args: &Args, node: &NodeHandle, from: u64) -> anyhow
             },
         }
     };
-    db.watch().unsubscribe(listener);
-    // What landed since the last wake-up (say, the line typed just before
+    // What landed but was not shown yet (say, the line typed just before
     // the end of input).
-    print_new_messages(db, next)?;
+    let end = db.log_end();
+    while log.offset() < end {
+        match log.next().await {
+            Some(record) => print_message(&record?)?,
+            None => break,
+        }
+    }
     res
 }
 
-/// Print the chat messages of the log records from `offset` to the log's
-/// end; returns the offset to continue from. Records arrive in the order
-/// this peer stored them, so a peer's backlog shows up as it is pulled.
-fn print_new_messages(db: &Db, offset: u64) -> anyhow::Result<u64> {
-    let mut next = offset;
-    for record in db.log_iter(offset) {
-        let record = record?;
-        next = record.next_offset;
-        let Some(entry) = record.entry() else {
-            continue; // a fork proof
-        };
-        if let Some(msg) = entry.payload.as_deref().and_then(ChatMessage::from_payload) {
-            say(msg.format(entry.header.timestamp))?;
-        }
+/// Print a log record if it is a chat message.
+fn print_message(record: &LogRecord) -> anyhow::Result<()> {
+    let Some(entry) = record.entry() else {
+        return Ok(()); // a fork proof
+    };
+    if let Some(msg) = entry.payload.as_deref().and_then(ChatMessage::from_payload) {
+        say(msg.format(entry.header.timestamp))?;
     }
-    Ok(next)
+    Ok(())
 }

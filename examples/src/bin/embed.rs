@@ -6,13 +6,12 @@
 //! ```
 //!
 //! It opens (or creates) a database, folds it into the built-in views plus
-//! a custom one, subscribes to the log, appends two entries, queries the
-//! views and, with `--listen`, runs a node that syncs with the network
-//! until Ctrl-C.
+//! a custom one, follows the log, appends two entries, queries the views
+//! and, with `--listen`, runs a node that syncs with the network until
+//! Ctrl-C.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -79,12 +78,10 @@ fn main() -> anyhow::Result<()> {
 
     // 1. Open the database, or create it (keys, network key, log) on the
     //    first run. One process per directory: the handle holds a lock.
-    let db = if args.dir.join(kappadb_core::db::files::CONFIG).exists() {
-        Db::open(&args.dir)?
-    } else {
+    let db = Db::open_or_create(&args.dir, CreateOptions::default())?;
+    if db.created() {
         println!("created a new database in {}", args.dir.display());
-        Db::create(&args.dir, CreateOptions::default())?
-    };
+    }
     println!("feed {}", db.feed_id().fmt_short());
 
     // 2. Views: the built-in `kv` and `timeline`, plus ours, folded from the
@@ -92,14 +89,11 @@ fn main() -> anyhow::Result<()> {
     let views = Indexer::open(db.clone())?;
     views.register(TypeCount)?;
 
-    // 3. Subscribe to the log: the callback gets the new log end after
-    //    every durable write (ours, or pages synced from peers). It runs on
-    //    the writing thread, so it only passes the news on.
+    // 3. Follow the log from its end: a tail yields each record once it is
+    //    durable (ours, or pages synced from peers) and waits at the end of
+    //    the log. `tail.offset()` is where to resume after a restart.
     let start = db.log_end();
-    let (tx, news) = mpsc::channel();
-    let listener = db.watch().subscribe(move |end| {
-        let _ = tx.send(end);
-    });
+    let mut tail = db.tail(start);
 
     // 4. Append. Payloads are bytes; the views understand JSON objects with
     //    a "type". A kv put names the heads it replaces (`links`).
@@ -115,11 +109,13 @@ fn main() -> anyhow::Result<()> {
     ])?; // durable when this returns: one fsync for the batch
     println!("appended {} entries", appended.len());
 
-    // 5. The subscription saw the log grow; read what is new from the log.
-    let end = news.recv_timeout(wait).context("no news from the log")?;
+    // 5. The tail sees the new records. (`for record in tail` would print
+    //    them and then block for more; here we take ours, with a timeout.)
+    let end = db.log_end();
     println!("the log grew from offset {start} to {end}; new records:");
-    for record in db.log_iter(start) {
-        if let Some(entry) = record?.entry() {
+    for _ in &appended {
+        let record = tail.next_timeout(wait).context("no news from the log")??;
+        if let Some(entry) = record.entry() {
             let payload = entry.payload.as_deref().unwrap_or_default();
             println!(
                 "  seq {}: {}",
@@ -128,7 +124,6 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    db.watch().unsubscribe(listener);
 
     // 6. Query the views once they have folded everything.
     for view in ["kv", "timeline", "type-count"] {
