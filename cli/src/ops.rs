@@ -781,24 +781,21 @@ impl Backend for Local {
         f: &mut dyn FnMut(Value) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
         let feed = feed.map(|x| self.resolve_feed(x)).transpose()?;
-        let mut next = self.db.record_boundary(since.min(self.db.log_end()))?;
-        loop {
-            for rec in self.db.log_iter(next) {
-                let rec = rec?;
-                next = rec.next_offset;
-                if feed.is_some_and(|x| x != record_author(&rec.body)) {
-                    continue;
-                }
-                if !f(out::record_json(&rec))? {
-                    return Ok(());
-                }
-            }
-            if self.interrupted.load(Ordering::SeqCst) {
-                return Ok(());
-            }
+        let mut tail = self.db.tail(since.min(self.db.log_end()));
+        while !self.interrupted.load(Ordering::SeqCst) {
             // Wake up now and then even without writes, to notice an
             // interrupt.
-            self.db.wait_past(next, Duration::from_millis(500));
+            let Some(rec) = tail.next_timeout(Duration::from_millis(500)) else {
+                continue;
+            };
+            let rec = rec?;
+            if feed.is_some_and(|x| x != record_author(&rec.body)) {
+                continue;
+            }
+            if !f(out::record_json(&rec))? {
+                break;
+            }
         }
+        Ok(())
     }
 }
