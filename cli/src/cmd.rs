@@ -162,7 +162,7 @@ fn init(
     )
     .with_context(|| format!("cannot create a database in {}", dir.display()))?;
     if let Some(invite) = &invite {
-        crate::net_cmd::remember_invite_addrs(dir, &invite.addrs)?;
+        invite.remember(dir)?;
         note(format!(
             "joined the invite's network; `kappa serve` will connect to {} known address(es)",
             invite.addrs.len()

@@ -6,19 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use kappadb_core::{CreateOptions, Db, FeedId, NetworkKey};
+use kappadb_core::{CreateOptions, Db, FeedId};
 use kappadb_net::blocklist::BlockList;
-use kappadb_net::multiaddr::Protocol;
-use kappadb_net::peers::AddressBook;
-use kappadb_net::{DEFAULT_PORT, Multiaddr, Node, NodeEvent, PeerId, default_listen_addr};
+use kappadb_net::{DEFAULT_PORT, Invite, Multiaddr, Node, NodeEvent, PeerId, default_listen_addr};
 use kappadb_views::{Indexer, IndexerConfig};
 use serde_json::{Value, json};
 
 use crate::ops::{Backend, Local};
 use crate::out::{self, Out, note};
-
-/// Text before an invite's fields.
-const INVITE_PREFIX: &str = "kappa-invite-v1";
 
 /// Options of `kappa serve`.
 #[derive(clap::Args, Debug)]
@@ -285,11 +280,12 @@ fn reachable_addrs(peer: PeerId) -> Vec<Multiaddr> {
 pub fn invite(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
     let key = db.network_key()?;
     let peer = peer_id_of(db)?;
-    let addrs: Vec<String> = reachable_addrs(peer)
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    let text = format!("{INVITE_PREFIX}:{}:{}", key.to_hex(), addrs.join(","));
+    let invite = Invite {
+        key,
+        addrs: reachable_addrs(peer),
+    };
+    let text = invite.to_string();
+    let addrs: Vec<String> = invite.addrs.iter().map(|a| a.to_string()).collect();
     if out.json {
         out.json_line(&json!({"invite": text, "addrs": addrs}))?;
     } else {
@@ -305,50 +301,9 @@ fn peer_id_of(db: &Db) -> anyhow::Result<PeerId> {
         .ok_or_else(|| anyhow!("this database's feed id is not a usable libp2p identity"))
 }
 
-/// A parsed invite: the network key and where to find the inviter.
-pub struct Invite {
-    pub key: NetworkKey,
-    pub addrs: Vec<Multiaddr>,
-}
-
+/// Parse an invite given on the command line.
 pub fn parse_invite(text: &str) -> anyhow::Result<Invite> {
-    let bad = || anyhow!("this is not a kappadb invite; ask for a new one with `kappa invite`");
-    let mut parts = text.trim().splitn(3, ':');
-    if parts.next() != Some(INVITE_PREFIX) {
-        return Err(bad());
-    }
-    let key = parts
-        .next()
-        .and_then(NetworkKey::from_hex)
-        .ok_or_else(bad)?;
-    let addrs = parts
-        .next()
-        .unwrap_or("")
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(parse_addr)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Invite { key, addrs })
-}
-
-/// Remember the inviter's addresses in the new database's address book.
-pub fn remember_invite_addrs(dir: &Path, addrs: &[Multiaddr]) -> anyhow::Result<()> {
-    let mut book = AddressBook::load(dir);
-    for a in addrs {
-        let peer = a.iter().find_map(|p| match p {
-            Protocol::P2p(id) => Some(id),
-            _ => None,
-        });
-        if let Some(peer) = peer {
-            let bare: Multiaddr = a
-                .iter()
-                .filter(|p| !matches!(p, Protocol::P2p(_)))
-                .collect();
-            book.add_addrs(peer, [bare]);
-        }
-    }
-    book.save()?;
-    Ok(())
+    Ok(text.parse::<Invite>()?)
 }
 
 /// `kappa peers`: the address book.

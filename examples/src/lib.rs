@@ -18,72 +18,27 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use kappadb_core::{CreateOptions, Db, NetworkKey};
+use kappadb_core::{CreateOptions, Db};
 use kappadb_net::Multiaddr;
 use kappadb_net::multiaddr::Protocol;
-use kappadb_net::peers::AddressBook;
 use serde_json::{Value, json};
-
-/// The text an invite starts with (the same as `kappa invite`'s).
-pub const INVITE_PREFIX: &str = "kappa-invite-v1";
 
 /// How long a one-shot sync may take before it is given up.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// An invite: the network key and where the inviter can be reached.
+/// Invites (the `kappa invite` format) come from `kappadb-net`.
+pub use kappadb_net::invite::{INVITE_PREFIX, Invite};
+
+/// Parse an invite typed by a user.
 ///
-/// Text form (the format of `kappa invite`):
-/// `kappa-invite-v1:<network key, 64 hex digits>:<multiaddr>,<multiaddr>,…`
-/// (the address list may be empty). Anyone holding an invite can join the
-/// network, so it is shared privately.
-#[derive(Clone, Debug)]
-pub struct Invite {
-    /// The network's key.
-    pub key: NetworkKey,
-    /// Addresses of the inviter, usually ending in `/p2p/PEER`.
-    pub addrs: Vec<Multiaddr>,
-}
-
-impl Invite {
-    /// Parse the text form (surrounding whitespace is ignored).
-    ///
-    /// ```
-    /// let text = format!("kappa-invite-v1:{}:/ip4/127.0.0.1/tcp/4747", "ab".repeat(32));
-    /// let invite = kappadb_examples::Invite::parse(&text).unwrap();
-    /// assert_eq!(invite.addrs.len(), 1);
-    /// assert_eq!(invite.to_string(), text);
-    /// ```
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let bad = || anyhow!("this is not a kappadb invite (it starts with {INVITE_PREFIX}:)");
-        let mut parts = text.trim().splitn(3, ':');
-        if parts.next() != Some(INVITE_PREFIX) {
-            return Err(bad());
-        }
-        let key = parts
-            .next()
-            .and_then(NetworkKey::from_hex)
-            .ok_or_else(bad)?;
-        let addrs = parts
-            .next()
-            .unwrap_or("")
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(parse_addr)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self { key, addrs })
-    }
-}
-
-impl std::fmt::Display for Invite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let addrs: Vec<String> = self.addrs.iter().map(|a| a.to_string()).collect();
-        write!(
-            f,
-            "{INVITE_PREFIX}:{}:{}",
-            self.key.to_hex(),
-            addrs.join(",")
-        )
-    }
+/// ```
+/// let text = format!("kappa-invite-v1:{}:/ip4/127.0.0.1/tcp/4747", "ab".repeat(32));
+/// let invite = kappadb_examples::parse_invite(&text).unwrap();
+/// assert_eq!(invite.addrs.len(), 1);
+/// assert_eq!(invite.to_string(), text);
+/// ```
+pub fn parse_invite(text: &str) -> anyhow::Result<Invite> {
+    Ok(text.parse::<Invite>()?)
 }
 
 /// Parse a multiaddr typed by a user, with an error that shows the shape.
@@ -129,7 +84,7 @@ pub fn open_or_create(dir: &Path, join: Option<&Invite>) -> anyhow::Result<(Db, 
         .with_context(|| format!("cannot open or create a database in {}", dir.display()))?;
     let created = db.created();
     match join {
-        Some(invite) if created => remember_addrs(dir, &invite.addrs)?,
+        Some(invite) if created => invite.remember(dir)?,
         Some(invite) if db.network_key()? != invite.key => bail!(
             "the database in {} belongs to another network than the invite; use a new --dir to join",
             dir.display()
@@ -137,28 +92,6 @@ pub fn open_or_create(dir: &Path, join: Option<&Invite>) -> anyhow::Result<(Db, 
         _ => {}
     }
     Ok((db, created))
-}
-
-/// Store addresses ending in `/p2p/PEER` in the database's address book
-/// (`peers.json`); a node started later dials them. Addresses without a
-/// peer id are skipped (the book is keyed by peer).
-pub fn remember_addrs(dir: &Path, addrs: &[Multiaddr]) -> anyhow::Result<()> {
-    let mut book = AddressBook::load(dir);
-    for addr in addrs {
-        let peer = addr.iter().find_map(|p| match p {
-            Protocol::P2p(id) => Some(id),
-            _ => None,
-        });
-        if let Some(peer) = peer {
-            let bare: Multiaddr = addr
-                .iter()
-                .filter(|p| !matches!(p, Protocol::P2p(_)))
-                .collect();
-            book.add_addrs(peer, [bare]);
-        }
-    }
-    book.save()?;
-    Ok(())
 }
 
 /// A multi-threaded tokio runtime (the node runs on it).
@@ -250,37 +183,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn invite_round_trip_and_errors() {
-        let key = NetworkKey::from_bytes([7; 32]);
-        let feed = kappadb_core::SigningKey::from_seed([1; 32]).feed_id();
-        let peer = kappadb_net::behaviour::peer_of_feed(&feed).unwrap();
-        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4747/p2p/{peer}")
-            .parse()
-            .unwrap();
-        let invite = Invite {
-            key: key.clone(),
-            addrs: vec![addr.clone(), "/ip4/10.0.0.2/tcp/1".parse().unwrap()],
-        };
-        let text = invite.to_string();
-        let back = Invite::parse(&format!("  {text}\n")).unwrap();
-        assert_eq!(back.key, key);
-        assert_eq!(back.addrs, invite.addrs);
-
-        let empty = Invite::parse(&format!("{INVITE_PREFIX}:{}:", key.to_hex())).unwrap();
-        assert!(empty.addrs.is_empty());
-        let no_addrs = Invite::parse(&format!("{INVITE_PREFIX}:{}", key.to_hex())).unwrap();
-        assert!(no_addrs.addrs.is_empty());
-
-        assert!(Invite::parse("hello").is_err());
-        assert!(Invite::parse(&format!("{INVITE_PREFIX}:abcd:")).is_err());
-        assert!(Invite::parse(&format!("kappa-invite-v2:{}:", key.to_hex())).is_err());
-        let err = Invite::parse(&format!("{INVITE_PREFIX}:{}:not-an-addr", key.to_hex()))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not a multiaddr"), "{err}");
-    }
-
-    #[test]
     fn advertised_addrs_prefer_reachable_ones() {
         let lo: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
         let lan: Multiaddr = "/ip4/192.168.1.2/tcp/1".parse().unwrap();
@@ -315,7 +217,7 @@ mod tests {
     fn open_or_create_joins_and_refuses_another_network() {
         let tmp = tempfile::tempdir().unwrap();
         let invite = Invite {
-            key: NetworkKey::from_bytes([9; 32]),
+            key: kappadb_core::NetworkKey::from_bytes([9; 32]),
             addrs: vec![],
         };
         let (db, created) = open_or_create(tmp.path(), Some(&invite)).unwrap();
@@ -326,7 +228,7 @@ mod tests {
         assert!(!created);
         drop(_db);
         let other = Invite {
-            key: NetworkKey::from_bytes([1; 32]),
+            key: kappadb_core::NetworkKey::from_bytes([1; 32]),
             addrs: vec![],
         };
         let err = open_or_create(tmp.path(), Some(&other)).unwrap_err();

@@ -71,6 +71,7 @@
 pub mod behaviour;
 pub mod blocklist;
 pub mod error;
+pub mod invite;
 pub mod node;
 pub mod peers;
 pub mod protocol;
@@ -80,6 +81,7 @@ pub mod subscription;
 pub mod test_utils;
 
 pub use error::NetError;
+pub use invite::Invite;
 pub use libp2p::{Multiaddr, PeerId, multiaddr};
 pub use node::{
     DEFAULT_PORT, Node, NodeBuilder, NodeConfig, NodeEvent, NodeHandle, SyncSummary,

@@ -32,7 +32,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use kappadb_core::{Db, LogRecord};
-use kappadb_examples::{ChatMessage, Invite, advertised_addrs, open_or_create, parse_addr};
+use kappadb_examples::{
+    ChatMessage, Invite, advertised_addrs, open_or_create, parse_addr, parse_invite,
+};
 use kappadb_net::{Node, NodeEvent, NodeHandle, Subscription};
 use kappadb_views::{Indexer, Order, TimelineQuery};
 use tokio::sync::mpsc;
@@ -72,7 +74,7 @@ fn say(line: impl Display) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let invite = args.join.as_deref().map(Invite::parse).transpose()?;
+    let invite = args.join.as_deref().map(parse_invite).transpose()?;
     let (db, created) = open_or_create(&args.dir, invite.as_ref())?;
     if created {
         say(format_args!(

@@ -42,7 +42,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kappadb_core::{Db, EntryId, now_ms};
-use kappadb_examples::{Invite, open_or_create, parse_addr};
+use kappadb_examples::{Invite, open_or_create, parse_addr, parse_invite};
 use kappadb_net::{Node, NodeEvent};
 use kappadb_views::kv::{del_payload, put_payload};
 use kappadb_views::{Indexer, IndexerConfig, KvReader};
@@ -140,7 +140,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         if dir.join(kappadb_core::db::files::CONFIG).exists() {
             bail!("{} already holds a database", dir.display());
         }
-        let invite = join.as_deref().map(Invite::parse).transpose()?;
+        let invite = join.as_deref().map(parse_invite).transpose()?;
         let (db, _) = open_or_create(&dir, invite.as_ref())?;
         println!("{}", db.feed_id());
         return Ok(());
