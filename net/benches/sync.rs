@@ -1,20 +1,39 @@
-//! Sync throughput between two nodes on loopback.
+//! Sync throughput between two nodes on loopback, in two processes.
 //!
-//! Node A holds the entries, node B starts empty and dials A; the clock
-//! runs from the dial until B holds every entry. Two scenarios:
+//! The bench re-executes itself (`KAPPA_BENCH_ROLE`): first a child that
+//! creates and fills the source database and exits, then the serving node,
+//! a child that opens it, listens on `/ip4/127.0.0.1/tcp/0` and prints its
+//! address on stdout. The parent runs the receiving node, starts empty and
+//! dials the serving node; the clock runs from the dial until the parent
+//! holds every entry. Two scenarios:
 //!
 //! - one feed of `KAPPA_BENCH_ENTRIES` entries (default 1,000,000) of
 //!   `KAPPA_BENCH_PAYLOAD` bytes (default 100);
 //! - `KAPPA_BENCH_FEEDS` feeds (default 1,000) of `KAPPA_BENCH_FEED_ENTRIES`
 //!   entries (default 1,000).
 //!
-//! `KAPPA_BENCH_ONLY=one|many` runs one of them. Run with
-//! `cargo bench -p kappadb-net --bench sync`.
+//! Reported per scenario: entries/s, MB/s of payload, and for each node's
+//! process its peak RSS (`VmHWM`; the parent resets its own before each
+//! scenario) and the CPU time it spent during the sync.
+//!
+//! `KAPPA_BENCH_ONLY=one|many` runs one of them. `KAPPA_BENCH_IN_FLIGHT`,
+//! `KAPPA_BENCH_INGEST_ENTRIES` and `KAPPA_BENCH_BUFFERED` override the
+//! receiving node's [`kappadb_net::SyncConfig`] `max_in_flight`,
+//! `max_ingest_entries` and `max_buffered_bytes`. Run with
+//! `cargo bench -p kappadb-net --bench sync`. Linux only (`/proc`).
 
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kappadb_core::{CreateOptions, Db, Entry, NetworkKey, SigningKey};
-use kappadb_net::{Multiaddr, Node};
+use kappadb_net::{Multiaddr, Node, NodeConfig};
+
+/// Set in a child's environment: `fill-one`, `fill-many` or `serve`.
+const ROLE: &str = "KAPPA_BENCH_ROLE";
+/// Set in a child's environment: the source database's directory.
+const DIR: &str = "KAPPA_BENCH_DIR";
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -23,17 +42,54 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn create(network: &NetworkKey) -> (tempfile::TempDir, Db) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(
-        dir.path(),
+fn network() -> NetworkKey {
+    NetworkKey::from_bytes([0xbe; 32])
+}
+
+fn create(dir: &Path) -> Db {
+    Db::create(
+        dir,
         CreateOptions {
-            network_key: Some(network.clone()),
+            network_key: Some(network()),
             ..CreateOptions::default()
         },
     )
-    .unwrap();
-    (dir, db)
+    .unwrap()
+}
+
+/// A field of `/proc/<pid>/status` in kB (`VmHWM`, `VmRSS`).
+fn proc_status_kb(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reset this process's peak RSS to its current RSS.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// User + system CPU time of this process (all threads), in seconds.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime the 12th and stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // USER_HZ is 100 on Linux.
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
+fn mib(kb: u64) -> f64 {
+    kb as f64 / 1024.0
 }
 
 fn fill_one_feed(db: &Db, n: usize, size: usize) {
@@ -101,23 +157,166 @@ fn fill_many_feeds(db: &Db, feeds: usize, per: usize, size: usize) {
     }
 }
 
-async fn run(name: &str, a: &Db, b: &Db, payload: usize) {
-    let total = a.status().entries;
-    let loopback: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
-    let na = Node::builder(a.clone())
-        .listen(loopback.clone())
-        .mdns(false)
-        .spawn()
-        .await
+/// The filling child: create the source database in `KAPPA_BENCH_DIR`,
+/// fill it, print its peak RSS and exit.
+fn fill(scenario: &str, dir: &Path) {
+    let payload = env("KAPPA_BENCH_PAYLOAD", 100);
+    let db = create(dir);
+    let t = Instant::now();
+    match scenario {
+        "one" => {
+            let n = env("KAPPA_BENCH_ENTRIES", 1_000_000);
+            fill_one_feed(&db, n, payload);
+            eprintln!("setup: {n} entries in one feed in {:.1?}", t.elapsed());
+        }
+        "many" => {
+            let feeds = env("KAPPA_BENCH_FEEDS", 1_000);
+            let per = env("KAPPA_BENCH_FEED_ENTRIES", 1_000);
+            fill_many_feeds(&db, feeds, per, payload);
+            eprintln!(
+                "setup: {feeds} feeds of {per} entries in {:.1?}",
+                t.elapsed()
+            );
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    db.flush_index().unwrap();
+    drop(db);
+    println!("filled {}", proc_status_kb("self", "VmHWM"));
+}
+
+/// The serving child: open the database in `KAPPA_BENCH_DIR`, serve it
+/// until told to stop on stdin, then print its peak RSS and CPU time.
+fn serve(dir: &Path) {
+    let db = Db::open(dir).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = rt
+        .block_on(
+            Node::builder(db.clone())
+                .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+                .mdns(false)
+                .address_book(false)
+                .spawn(),
+        )
         .unwrap();
-    let nb = Node::builder(b.clone())
-        .listen(loopback)
-        .mdns(false)
-        .spawn()
-        .await
+    let cpu0 = cpu_secs();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ready {} {}",
+        node.listen_addrs()[0],
+        db.status().entries
+    )
+    .unwrap();
+    out.flush().unwrap();
+    // The node runs on the runtime's worker threads; wait for the parent.
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    let cpu = cpu_secs() - cpu0;
+    let peak = proc_status_kb("self", "VmHWM");
+    writeln!(out, "done {peak} {cpu:.2}").unwrap();
+    out.flush().unwrap();
+    rt.block_on(node.shutdown());
+}
+
+/// Kills the serving child if the parent panics.
+struct Server {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Server {
+    fn spawn(role: &str, dir: &Path) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(ROLE, role)
+            .env(DIR, dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn line(&mut self, tag: &str) -> Vec<String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let mut words = line.split_whitespace().map(str::to_string);
+        assert_eq!(words.next().as_deref(), Some(tag), "child said {line:?}");
+        words.collect()
+    }
+
+    /// Ask the serving child to stop; returns its peak RSS (kB) and its CPU
+    /// seconds while serving.
+    fn stop(&mut self) -> (u64, f64) {
+        let mut stdin = self.stdin.take().unwrap();
+        stdin.write_all(b"stop\n").unwrap();
+        drop(stdin);
+        let w = self.line("done");
+        self.child.wait().unwrap();
+        (w[0].parse().unwrap(), w[1].parse().unwrap())
+    }
+
+    /// Wait for the filling child; returns its peak RSS (kB).
+    fn filled(mut self) -> u64 {
+        let w = self.line("filled");
+        drop(self.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+        w[0].parse().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The receiving node's settings: the defaults, but for the overrides.
+fn receiver_config() -> NodeConfig {
+    let mut config = NodeConfig::default();
+    config.sync.max_in_flight = env("KAPPA_BENCH_IN_FLIGHT", config.sync.max_in_flight);
+    config.sync.max_ingest_entries =
+        env("KAPPA_BENCH_INGEST_ENTRIES", config.sync.max_ingest_entries);
+    config.sync.max_buffered_bytes = env("KAPPA_BENCH_BUFFERED", config.sync.max_buffered_bytes);
+    config
+}
+
+fn run(name: &str, scenario: &str, payload: usize) {
+    let src = tempfile::tempdir().unwrap();
+    let fill_peak = Server::spawn(&format!("fill-{scenario}"), src.path()).filled();
+    let mut server = Server::spawn("serve", src.path());
+    let ready = server.line("ready");
+    let addr: Multiaddr = ready[0].parse().unwrap();
+    let total: u64 = ready[1].parse().unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let b = create(dst.path());
+    let nb = rt
+        .block_on(
+            Node::builder(b.clone())
+                .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+                .mdns(false)
+                .address_book(false)
+                .config(receiver_config())
+                .spawn(),
+        )
         .unwrap();
+    reset_peak_rss();
+    let cpu0 = cpu_secs();
     let t0 = Instant::now();
-    nb.dial(na.listen_addrs()[0].clone()).await.unwrap();
+    rt.block_on(nb.dial(addr)).unwrap();
     let mut last_report = Instant::now();
     while b.status().entries < total {
         b.watch().wait_past(b.log_end(), Duration::from_millis(50));
@@ -133,6 +332,11 @@ async fn run(name: &str, a: &Db, b: &Db, payload: usize) {
         assert!(t0.elapsed() < Duration::from_secs(3600), "gave up");
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    let peak = proc_status_kb("self", "VmHWM");
+    let (server_peak, server_cpu) = server.stop();
+    rt.block_on(nb.shutdown());
+
     let payload_mb = (total as f64 * payload as f64) / 1e6;
     let wire_mb = (total as f64 * (payload as f64 + 180.0)) / 1e6;
     println!(
@@ -141,36 +345,36 @@ async fn run(name: &str, a: &Db, b: &Db, payload: usize) {
         payload_mb / secs,
         wire_mb / secs
     );
-    na.shutdown().await;
-    nb.shutdown().await;
+    println!(
+        "  receiving process: peak RSS {:.0} MiB, CPU {cpu:.1} s ({:.0}% of one core)",
+        mib(peak),
+        100.0 * cpu / secs
+    );
+    println!(
+        "  serving process:   peak RSS {:.0} MiB, CPU {server_cpu:.1} s ({:.0}% of one core) (filling process: peak RSS {:.0} MiB)",
+        mib(server_peak),
+        100.0 * server_cpu / secs,
+        mib(fill_peak),
+    );
 }
 
 fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        let dir = PathBuf::from(std::env::var_os(DIR).unwrap());
+        match role.strip_prefix("fill-") {
+            Some(scenario) => fill(scenario, &dir),
+            None => serve(&dir),
+        }
+        return;
+    }
     let only = std::env::var("KAPPA_BENCH_ONLY").unwrap_or_default();
     let payload = env("KAPPA_BENCH_PAYLOAD", 100);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let network = NetworkKey::from_bytes([0xbe; 32]);
-
     if only.is_empty() || only == "one" {
-        let n = env("KAPPA_BENCH_ENTRIES", 1_000_000);
-        let (_da, a) = create(&network);
-        let (_db, b) = create(&network);
-        let t = Instant::now();
-        fill_one_feed(&a, n, payload);
-        eprintln!("setup: {n} entries in one feed in {:.1?}", t.elapsed());
-        rt.block_on(run("one feed", &a, &b, payload));
+        run("one feed", "one", payload);
     }
     if only.is_empty() || only == "many" {
         let feeds = env("KAPPA_BENCH_FEEDS", 1_000);
         let per = env("KAPPA_BENCH_FEED_ENTRIES", 1_000);
-        let (_da, a) = create(&network);
-        let (_db, b) = create(&network);
-        let t = Instant::now();
-        fill_many_feeds(&a, feeds, per, payload);
-        eprintln!(
-            "setup: {feeds} feeds of {per} entries in {:.1?}",
-            t.elapsed()
-        );
-        rt.block_on(run(&format!("{feeds} feeds of {per}"), &a, &b, payload));
+        run(&format!("{feeds} feeds of {per}"), "many", payload);
     }
 }
