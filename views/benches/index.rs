@@ -1,16 +1,22 @@
 //! Indexing benchmark: builds a database of N kv puts (~100 bytes each,
 //! over N/10 keys, appended in batches of 10,000), then measures folding
-//! the `kv` view, the `timeline` view, both at once, full rebuilds, and the
-//! bytes each view takes.
+//! the `kv` view, the `timeline` view and a field index on `/key`, each
+//! alone, their full rebuilds, all of them rebuilt at once, and the bytes
+//! each view takes.
 //!
-//! `KAPPADB_BENCH_N` sets N (default 1,000,000); `KAPPADB_BENCH_ONLY=kv`
-//! stops after the kv figures (for profiling). Run with
-//! `cargo bench -p kappadb-views --bench index`.
+//! `KAPPADB_BENCH_N` sets N (default 1,000,000); `KAPPADB_BENCH_ONLY` a
+//! comma-separated subset of `kv`, `timeline` and `field` (for profiling);
+//! `KAPPADB_BENCH_BATCH` the indexer's `batch_records`;
+//! `KAPPADB_BENCH_AUTHORS=A` makes the entries those of A other feeds,
+//! round robin, one millisecond apart (ingested, not appended): the case
+//! where no two entries share an author and a millisecond.
+//! Run with `cargo bench -p kappadb-views --bench index`.
 
 use std::path::Path;
 use std::time::Instant;
 
-use kappadb_core::{CreateOptions, Db};
+use kappadb_core::test_utils::TestPeer;
+use kappadb_core::{CreateOptions, Db, Entry};
 use kappadb_views::{Indexer, IndexerConfig, KvView, TimelineView};
 
 // sled allocates on every operation; glibc's malloc halves its speed under
@@ -65,15 +71,36 @@ fn payload(i: usize, keys: usize) -> Vec<u8> {
 }
 
 fn config() -> IndexerConfig {
-    IndexerConfig {
+    let mut config = IndexerConfig {
         live: false,
         builtins: false,
         ..Default::default()
+    };
+    if let Some(n) = std::env::var("KAPPADB_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.batch_records = n;
     }
+    config
 }
 
 fn open(db: &Db) -> Indexer {
     Indexer::open_with(db.clone(), config()).unwrap_or_else(|e| panic!("open indexer: {e}"))
+}
+
+/// The field index the bench declares: on the kv key (a string on every
+/// entry, 1/10 as many distinct values as entries).
+const FIELD: &str = "by-key";
+
+fn register(ix: &Indexer, name: &str) {
+    let res = match name {
+        "kv" => ix.register(KvView),
+        "timeline" => ix.register(TimelineView),
+        FIELD => ix.declare_field_index(FIELD, "/key"),
+        other => panic!("unknown view {other} (kv, timeline, {FIELD})"),
+    };
+    res.unwrap_or_else(|e| panic!("register {name}: {e}"));
 }
 
 fn main() {
@@ -81,10 +108,22 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let only = std::env::var("KAPPADB_BENCH_ONLY").unwrap_or_default();
+    let views: Vec<&str> = if only.is_empty() {
+        vec!["kv", "timeline", FIELD]
+    } else {
+        only.split(',')
+            .map(|v| if v == "field" { FIELD } else { v })
+            .collect()
+    };
+    let authors: usize = std::env::var("KAPPADB_BENCH_AUTHORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let keys = (n / 10).max(1);
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let db = Db::create(tmp.path(), CreateOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-    println!("kappadb-views index bench: {n} entries, {keys} keys");
+    println!("kappadb-views index bench: {n} entries, {keys} keys, views {views:?}");
     println!(
         "payload example: {}",
         String::from_utf8_lossy(&payload(0, keys))
@@ -92,96 +131,103 @@ fn main() {
 
     let t = Instant::now();
     let mut i = 0;
-    while i < n {
-        let m = 10_000.min(n - i);
-        let batch: Vec<Vec<u8>> = (i..i + m).map(|j| payload(j, keys)).collect();
-        db.append_batch(batch)
-            .unwrap_or_else(|e| panic!("append: {e}"));
-        i += m;
+    if authors <= 1 {
+        while i < n {
+            let m = 10_000.min(n - i);
+            let batch: Vec<Vec<u8>> = (i..i + m).map(|j| payload(j, keys)).collect();
+            db.append_batch(batch)
+                .unwrap_or_else(|e| panic!("append: {e}"));
+            i += m;
+        }
+    } else {
+        // Round robin over the feeds, one millisecond apart: no two
+        // entries share a timestamp.
+        let mut peers: Vec<TestPeer> = (0..authors).map(|a| TestPeer::new(a as u64)).collect();
+        while i < n {
+            let m = 10_000.min(n - i);
+            let batch: Vec<Entry> = (i..i + m)
+                .map(|j| {
+                    let peer = &mut peers[j % authors];
+                    let entry = peer.make(1_700_000_000_000 + j as u64, payload(j, keys));
+                    // Only the last entry is needed, to sign the next.
+                    peer.entries.drain(..peer.entries.len() - 1);
+                    entry
+                })
+                .collect();
+            db.ingest(batch).unwrap_or_else(|e| panic!("ingest: {e}"));
+            i += m;
+        }
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "append:            {n} entries in {secs:.2} s ({:.0} entries/s), log {:.1} MiB",
+        "append:            {n} entries of {authors} feed(s) in {secs:.2} s ({:.0} entries/s), log {:.1} MiB",
         n as f64 / secs,
         mib(db.log_end())
     );
     let sled_dir = tmp.path().join("sled");
     db.flush_index().unwrap_or_else(|e| panic!("{e}"));
-    let base = dir_size(&sled_dir);
-    println!("sled dir (feed index only): {:.1} MiB", mib(base));
+    let mut size = dir_size(&sled_dir);
+    println!("sled dir (feed index only): {:.1} MiB", mib(size));
 
-    // kv alone.
+    // Each view alone, from an empty tree.
     let ix = open(&db);
-    ix.register(KvView).unwrap_or_else(|e| panic!("{e}"));
-    let t = Instant::now();
-    let cpu = cpu_secs();
-    ix.catch_up().unwrap_or_else(|e| panic!("{e}"));
-    let secs = t.elapsed().as_secs_f64();
-    let cpu = cpu_secs() - cpu;
-    println!(
-        "kv index:          {secs:.2} s, {:.0} entries/s ({cpu:.2} CPU s, {:.0} entries per CPU s)",
-        n as f64 / secs,
-        n as f64 / cpu
-    );
-    db.flush_index().unwrap_or_else(|e| panic!("{e}"));
-    let after_kv = dir_size(&sled_dir);
-    println!(
-        "sled dir growth:   kv {:.1} MiB",
-        mib(after_kv.saturating_sub(base))
-    );
-    if std::env::var("KAPPADB_BENCH_ONLY").as_deref() == Ok("kv") {
-        return;
+    for &name in &views {
+        register(&ix, name);
+        let t = Instant::now();
+        let cpu = cpu_secs();
+        ix.catch_up().unwrap_or_else(|e| panic!("{e}"));
+        let secs = t.elapsed().as_secs_f64();
+        let cpu = cpu_secs() - cpu;
+        db.flush_index().unwrap_or_else(|e| panic!("{e}"));
+        let after = dir_size(&sled_dir);
+        println!(
+            "{name} index:{}{secs:.2} s, {:.0} entries/s ({cpu:.2} CPU s); sled dir +{:.1} MiB",
+            " ".repeat(10 - name.len()),
+            n as f64 / secs,
+            mib(after.saturating_sub(size))
+        );
+        size = after;
     }
 
-    // timeline alone.
-    ix.register(TimelineView).unwrap_or_else(|e| panic!("{e}"));
-    let t = Instant::now();
-    ix.catch_up().unwrap_or_else(|e| panic!("{e}"));
-    let secs = t.elapsed().as_secs_f64();
-    println!(
-        "timeline index:    {secs:.2} s, {:.0} entries/s",
-        n as f64 / secs
-    );
-    db.flush_index().unwrap_or_else(|e| panic!("{e}"));
-    let after_timeline = dir_size(&sled_dir);
-
-    for name in ["kv", "timeline"] {
+    // Full rebuilds, one view at a time, while the old data stays.
+    for &name in &views {
         let t = Instant::now();
         ix.rebuild(name, &mut |_, _| {})
             .unwrap_or_else(|e| panic!("{e}"));
         let secs = t.elapsed().as_secs_f64();
         println!(
             "{name} rebuild:{}{secs:.2} s, {:.0} entries/s",
-            " ".repeat(10 - name.len()),
+            " ".repeat(8 - name.len().min(8)),
             n as f64 / secs
         );
     }
 
-    // Both views from scratch at once: one log read per batch, the two
-    // folds in parallel.
-    ix.start_rebuild("kv").unwrap_or_else(|e| panic!("{e}"));
-    ix.start_rebuild("timeline")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let t = Instant::now();
-    ix.catch_up().unwrap_or_else(|e| panic!("{e}"));
-    let secs = t.elapsed().as_secs_f64();
-    println!(
-        "kv+timeline rebuild together: {secs:.2} s, {:.0} entries/s",
-        n as f64 / secs
-    );
+    // Every view from scratch at once: one log read per batch, the folds
+    // in parallel.
+    if views.len() > 1 {
+        for &name in &views {
+            ix.start_rebuild(name).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let t = Instant::now();
+        ix.catch_up().unwrap_or_else(|e| panic!("{e}"));
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "{} rebuild together: {secs:.2} s, {:.0} entries/s",
+            views.join("+"),
+            n as f64 / secs
+        );
+    }
 
-    for name in ["kv", "timeline"] {
+    for &name in &views {
         let d = ix.digest(name).unwrap_or_else(|e| panic!("{e}"));
         println!(
             "{name} data:{}{} keys, {:.1} MiB of keys+values, digest {}",
-            " ".repeat(13 - name.len()),
+            " ".repeat(13 - name.len().min(13)),
             d.keys,
             mib(d.bytes),
             &d.to_hex()[..16]
         );
     }
-    println!(
-        "sled dir growth:   timeline {:.1} MiB (sled's own overhead included)",
-        mib(after_timeline.saturating_sub(after_kv))
-    );
+    db.flush_index().unwrap_or_else(|e| panic!("{e}"));
+    println!("sled dir at the end: {:.1} MiB", mib(dir_size(&sled_dir)));
 }

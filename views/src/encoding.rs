@@ -9,7 +9,9 @@
 //! scalar(false)  = 0x20            scalar(true) = 0x21
 //! scalar(number) = 0x30 | f64 bits, sign-flipped, big endian
 //! scalar(string) = 0x40 | escaped(utf-8)
-//! entry key      = timestamp BE (8) | author (32) | seq BE (8)
+//! entry key      = timestamp BE (8) | author (32) | u64 BE (8)
+//!                  (the u64 is the seq in a field index list, seq / 64 in
+//!                  a bucket key: module `bucket`)
 //! ```
 //!
 //! So null < false < true < numbers (numerically) < strings (bytewise), and

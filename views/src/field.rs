@@ -2,8 +2,18 @@
 //! JSON scalar found at a JSON pointer in their payload.
 //!
 //! ```text
-//! scalar(value at pointer) | timestamp BE | author | seq BE -> ""
+//! scalar(value at pointer)                               -> up to 16 entries, or ""
+//! scalar(value at pointer) | timestamp BE | author | seq / 64 BE -> bitmap
 //! ```
+//!
+//! A value held by at most 16 entries keeps them all in one key, as a list
+//! of `timestamp BE | author | seq BE` in that order; a value held by more
+//! keeps an empty list and its entries in buckets (module `bucket`: an
+//! author's entries of one millisecond with that value, up to 64 per key).
+//! Which form a value takes depends only on how many entries hold it, so
+//! two peers with the same entries store the same bytes. The list form
+//! makes a field that takes many values (an id, a key) cost one sled key
+//! per value rather than one per entry.
 //!
 //! Scalars use an order-preserving encoding (module `encoding`): null <
 //! false < true < numbers (numerically) < strings (bytewise). Entries whose
@@ -22,10 +32,13 @@
 //! assert!(FieldIndex::new("kv", "/user").is_err());
 //! ```
 
+use std::collections::BTreeMap;
+
 use kappadb_core::{Db, EntryId, FeedId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::bucket::{self, BUCKET_KEY_LEN, BucketWriter};
 use crate::encoding::{
     ENTRY_KEY_LEN, prefix_end, put_entry_key, put_scalar, read_entry_key, take_scalar,
 };
@@ -36,8 +49,32 @@ use crate::{BUILTIN_NAMES, validate_view_name};
 
 /// Name of the tree holding field index declarations.
 pub const DECLARED_TREE: &str = "views/declared";
-/// Domain prefix of the version hash.
-const VERSION_DOMAIN: &[u8] = b"kappadb/field-index/v1\0";
+/// Domain prefix of the version hash (v1 stored one key per entry, v2
+/// stores lists and buckets).
+const VERSION_DOMAIN: &[u8] = b"kappadb/field-index/v2\0";
+
+/// Most entries a value keeps in its list form.
+const LIST_MAX: usize = 16;
+
+/// An entry as the list form stores it.
+type EntryKey = (u64, FeedId, u64);
+
+/// Decode a list-form value: `None` if it does not decode (an empty list
+/// decodes: it is the mark of a value kept in buckets).
+fn decode_list(bytes: &[u8]) -> Option<Vec<EntryKey>> {
+    if !bytes.len().is_multiple_of(ENTRY_KEY_LEN) {
+        return None;
+    }
+    bytes.chunks(ENTRY_KEY_LEN).map(read_entry_key).collect()
+}
+
+fn encode_list(entries: &[EntryKey]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * ENTRY_KEY_LEN);
+    for (timestamp, author, seq) in entries {
+        put_entry_key(&mut out, *timestamp, author, *seq);
+    }
+    out
+}
 
 /// A field index: entries ordered by the value at a JSON pointer, then by
 /// `(timestamp, author, seq)`.
@@ -111,21 +148,54 @@ impl View for FieldIndex {
     }
 
     fn apply(&self, batch: &[ViewRecord], tx: &mut ViewTx<'_>) -> Result<(), ViewError> {
-        let mut key = Vec::new();
+        // Encoded value -> the batch's entries holding it.
+        let mut by_value: BTreeMap<Vec<u8>, Vec<EntryKey>> = BTreeMap::new();
+        let mut scalar = Vec::new();
         for r in batch {
             let Some(value) = r.json().and_then(|j| j.pointer(&self.pointer)) else {
                 tx.skip();
                 continue;
             };
-            key.clear();
-            if !put_scalar(&mut key, value) {
+            scalar.clear();
+            if !put_scalar(&mut scalar, value) {
                 tx.skip();
                 continue;
             }
-            put_entry_key(&mut key, r.timestamp, &r.author, r.seq);
-            tx.insert(&key, Vec::new());
+            let entry = (r.timestamp, r.author, r.seq);
+            match by_value.get_mut(scalar.as_slice()) {
+                Some(entries) => entries.push(entry),
+                None => {
+                    by_value.insert(scalar.clone(), vec![entry]);
+                }
+            }
         }
-        Ok(())
+        let damaged = || ViewError::damaged(&self.name, "a field index list does not decode");
+        let mut buckets = BucketWriter::default();
+        for (scalar, new) in by_value {
+            let mut all = match tx.get(&scalar)? {
+                Some(bytes) if bytes.is_empty() => {
+                    // Kept in buckets already.
+                    for (timestamp, author, seq) in new {
+                        buckets.add(&scalar, timestamp, &author, seq);
+                    }
+                    continue;
+                }
+                Some(bytes) => decode_list(&bytes).ok_or_else(damaged)?,
+                None => Vec::new(),
+            };
+            all.extend(new);
+            all.sort_unstable();
+            all.dedup();
+            if all.len() <= LIST_MAX {
+                tx.insert(&scalar, encode_list(&all));
+            } else {
+                // The value outgrows its list: move it to buckets (none
+                // exists yet for it).
+                tx.insert(&scalar, Vec::new());
+                bucket::put_new(tx, &scalar, all);
+            }
+        }
+        buckets.write(tx, &self.name)
     }
 }
 
@@ -272,30 +342,42 @@ impl FieldReader {
             Order::Ascending => Box::new(scan),
             Order::Descending => Box::new(scan.rev()),
         };
+        let damaged =
+            || ViewError::damaged(self.reader.name(), "a field index key does not decode");
         let mut out = Vec::new();
-        for item in scan {
-            let (k, _) = item?;
-            let damaged =
-                || ViewError::damaged(self.reader.name(), "a field index key does not decode");
+        'scan: for item in scan {
+            let (k, v) = item?;
             let (value, rest) = take_scalar(&k).ok_or_else(damaged)?;
-            if rest.len() != ENTRY_KEY_LEN {
+            let descending = q.order == Order::Descending;
+            let entries: Vec<EntryKey> = if rest.is_empty() {
+                let mut list = decode_list(&v).ok_or_else(damaged)?;
+                if descending {
+                    list.reverse();
+                }
+                list
+            } else if rest.len() == BUCKET_KEY_LEN {
+                bucket::entries(rest, &v, descending)
+                    .ok_or_else(damaged)?
+                    .collect()
+            } else {
                 return Err(damaged());
-            }
-            let (timestamp, author, seq) = read_entry_key(rest).ok_or_else(damaged)?;
-            let Some(entry) = self.db.get(&author, seq)? else {
-                tracing::warn!(author = %author.fmt_short(), seq, "field index names an entry the feed index does not hold");
-                continue;
             };
-            out.push(FieldHit {
-                value,
-                timestamp,
-                author,
-                seq,
-                id: entry.id(),
-                payload: entry.payload,
-            });
-            if out.len() >= q.limit {
-                break;
+            for (timestamp, author, seq) in entries {
+                let Some(entry) = self.db.get(&author, seq)? else {
+                    tracing::warn!(author = %author.fmt_short(), seq, "field index names an entry the feed index does not hold");
+                    continue;
+                };
+                out.push(FieldHit {
+                    value: value.clone(),
+                    timestamp,
+                    author,
+                    seq,
+                    id: entry.id(),
+                    payload: entry.payload,
+                });
+                if out.len() >= q.limit {
+                    break 'scan;
+                }
             }
         }
         Ok(out)

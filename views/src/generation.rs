@@ -11,17 +11,26 @@
 //! tree is dropped once no reader holds it. A crash between the swap and
 //! the drop leaves an orphan tree that the next registration drops.
 //!
+//! Each generation keeps its recently folded keys' committed values in
+//! memory (`ReadCache`), so that a fold reads the keys it just wrote (a kv
+//! record updated again, say) without going to sled. The cache only ever
+//! holds what the tree holds: it learns values from reads and from
+//! successful commits, both under the fold lock, and is dropped if a
+//! commit fails.
+//!
 //! Digest: `blake3("kappadb/view-digest/v1\0" | len name | name | version
 //! u32 LE | for each pair in key order: len key | key | len value | value)`,
 //! lengths as u64 LE, over the view's own keys only (no checkpoint).
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ViewError;
-use crate::view::{CHECKPOINT_KEY, Checkpoint, DATA_PREFIX};
+use crate::view::{CHECKPOINT_KEY, Checkpoint, DATA_PREFIX, Writes};
 
 /// Name of the tree holding every view's meta record.
 pub const META_TREE: &str = "views/meta";
@@ -102,6 +111,10 @@ pub(crate) struct Generation {
     /// The committed checkpoint (a copy for readers; changed only by the
     /// holder of `fold`, after its commit).
     checkpoint: Mutex<Checkpoint>,
+    /// Committed values of recently folded keys (see the module docs).
+    cache: Mutex<ReadCache>,
+    /// Records per fold batch the indexer settled on (0: not yet).
+    batch_size: AtomicUsize,
 }
 
 impl fmt::Debug for Generation {
@@ -139,6 +152,8 @@ impl Generation {
             tree,
             fold: Mutex::new(()),
             checkpoint: Mutex::new(checkpoint),
+            cache: Mutex::new(ReadCache::new(fresh)),
+            batch_size: AtomicUsize::new(0),
         })
     }
 
@@ -159,20 +174,63 @@ impl Generation {
         self.fold.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Commit a batch's writes and its checkpoint in one sled batch. The
-    /// caller holds the fold lock.
-    pub(crate) fn commit(
-        &self,
+    /// Records per fold batch the indexer last used here (0: none yet).
+    pub(crate) fn batch_size(&self) -> usize {
+        self.batch_size.load(Ordering::Relaxed)
+    }
+
+    /// Remember the records per fold batch to start with next time.
+    pub(crate) fn set_batch_size(&self, size: usize) {
+        self.batch_size.store(size, Ordering::Relaxed);
+    }
+
+    /// The cache of committed values.
+    pub(crate) fn cache(&self) -> MutexGuard<'_, ReadCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sled batch that commits a fold batch's writes and its
+    /// checkpoint together ([`Generation::apply`] applies it).
+    pub(crate) fn batch(
         view: &str,
-        mut batch: sled::Batch,
+        writes: &Writes,
         checkpoint: Checkpoint,
-    ) -> Result<(), ViewError> {
+    ) -> Result<sled::Batch, ViewError> {
         let bytes = postcard::to_stdvec(&checkpoint)
             .map_err(|e| ViewError::damaged(view, e.to_string()))?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.insert(k.as_slice(), v.clone()),
+                None => batch.remove(k.as_slice()),
+            }
+        }
         batch.insert(CHECKPOINT_KEY, bytes);
-        self.tree.apply_batch(batch)?;
-        *self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()) = checkpoint;
+        Ok(batch)
+    }
+
+    /// Apply a batch made by [`Generation::batch`]: all of it or, across a
+    /// crash, none. Called while the folding thread holds the fold lock,
+    /// which then calls [`Generation::committed`] if this succeeded.
+    pub(crate) fn apply(&self, batch: sled::Batch) -> Result<(), ViewError> {
+        if let Err(e) = self.tree.apply_batch(batch) {
+            // Part of the batch may be in the tree's memory: forget what
+            // the cache knows rather than trust it.
+            *self.cache() = ReadCache::new(false);
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// Record a batch applied: its writes for the cache, its checkpoint
+    /// for readers.
+    pub(crate) fn committed(&self, writes: &Writes, checkpoint: Checkpoint) {
+        let mut cache = self.cache();
+        for (k, v) in writes {
+            cache.put(k.clone(), v.clone());
+        }
+        drop(cache);
+        *self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()) = checkpoint;
     }
 
     /// Hash the generation's data (see the module docs). Holds the fold
@@ -203,6 +261,73 @@ impl Generation {
             bytes,
             hash: *hasher.finalize().as_bytes(),
         })
+    }
+}
+
+/// Bytes of keys and values a generation's cache holds before it drops its
+/// least recently used half (it holds at most twice this).
+const CACHE_BYTES: usize = 32 << 20;
+/// What a cached key costs besides its bytes (map slot, allocations).
+const CACHE_ENTRY_OVERHEAD: usize = 96;
+
+/// Committed values of a generation's keys (full keys, prefix included;
+/// `None` = absent), in two halves: new and used keys go to `hot`; when
+/// `hot` is full it becomes `cold` and the old `cold` is dropped, so keys
+/// not used for a while leave.
+pub(crate) struct ReadCache {
+    hot: HashMap<Vec<u8>, Option<sled::IVec>>,
+    cold: HashMap<Vec<u8>, Option<sled::IVec>>,
+    hot_bytes: usize,
+    /// Every key of the tree is in the cache: the tree was empty when the
+    /// cache started and nothing has been dropped since, so a key the
+    /// cache does not hold is absent.
+    complete: bool,
+}
+
+fn cached_size(key: &[u8], value: &Option<sled::IVec>) -> usize {
+    key.len() + value.as_ref().map_or(0, |v| v.len()) + CACHE_ENTRY_OVERHEAD
+}
+
+impl ReadCache {
+    /// An empty cache; `complete` if the tree is empty.
+    pub(crate) fn new(complete: bool) -> Self {
+        Self {
+            hot: HashMap::new(),
+            cold: HashMap::new(),
+            hot_bytes: 0,
+            complete,
+        }
+    }
+
+    /// The committed value of `key` if the cache knows it.
+    pub(crate) fn get(&mut self, key: &[u8]) -> Option<Option<sled::IVec>> {
+        if let Some(v) = self.hot.get(key) {
+            return Some(v.clone());
+        }
+        if let Some((k, v)) = self.cold.remove_entry(key) {
+            self.put(k, v.clone());
+            return Some(v);
+        }
+        self.complete.then_some(None)
+    }
+
+    /// Record the committed value of `key`.
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Option<sled::IVec>) {
+        self.cold.remove(&key);
+        let key_len = key.len();
+        self.hot_bytes += cached_size(&key, &value);
+        if let Some(old) = self.hot.insert(key, value) {
+            self.hot_bytes = self
+                .hot_bytes
+                .saturating_sub(key_len + old.map_or(0, |v| v.len()) + CACHE_ENTRY_OVERHEAD);
+        }
+        if self.hot_bytes > CACHE_BYTES {
+            if !self.cold.is_empty() {
+                self.complete = false;
+            }
+            self.cold = std::mem::take(&mut self.hot);
+            self.hot_bytes = 0;
+        }
     }
 }
 

@@ -4,11 +4,15 @@
 //! Flow of one fold *round*: the views that are behind are grouped by
 //! checkpoint; for each group, batches of log records (up to
 //! [`IndexerConfig::batch_records`] each) are read once and handed to every
-//! view of the group (in parallel when there are several), the next batch
-//! being read and parsed on another thread while the current one folds. Each view's writes
-//! and its new checkpoint commit in one sled batch on its generation tree,
-//! under that generation's fold lock: a batch is folded exactly once, even
-//! with several threads folding and across crashes.
+//! view of the group (in parallel when there are several). A round is a
+//! pipeline: while batch N folds, batch N+1 is read and parsed on one
+//! thread and batch N-1 commits on another, N folding through N-1's
+//! writes. Each view's writes and its new checkpoint commit in one sled
+//! batch on its generation tree, and the round holds each generation's
+//! fold lock throughout: a batch is folded exactly once, even with several
+//! threads folding and across crashes. A batch that writes more than about
+//! a thousand keys makes the next ones shorter (sled applies big batches
+//! slowly); one that writes few makes them longer.
 //!
 //! A background thread (std only; no async runtime) runs rounds whenever
 //! the log end moves ([`kappadb_core::Watch::subscribe`]). Callers can also
@@ -34,10 +38,19 @@ use crate::generation::{GenMeta, Generation, META_TREE, ViewDigest, ViewMeta, pa
 use crate::kv::{KvReader, KvView};
 use crate::timeline::{TimelineReader, TimelineView};
 use crate::validate_view_name;
-use crate::view::{Checkpoint, View, ViewReader, ViewRecord, ViewTx};
+use crate::view::{Checkpoint, View, ViewReader, ViewRecord, ViewTx, Writes};
 
 /// Batches a group of views folds in one round before others get a turn.
 const BATCHES_PER_ROUND: usize = 8;
+/// Keys a fold batch should write, about. Measured on the 1M-entry bench
+/// (views/benches/index.rs), kv folds a fifth faster in batches of about a
+/// thousand writes than of five thousand (less in flight per batch:
+/// records, parsed payloads, writes, sled's own batch), and no faster in
+/// smaller ones. Batches that write few keys (a timeline's buckets, hot kv
+/// keys) grow instead, up to [`IndexerConfig::batch_records`].
+const TARGET_WRITES: usize = 1_000;
+/// Fewest records a batch is cut to.
+const MIN_BATCH: usize = 256;
 
 /// Settings of an [`Indexer`].
 #[derive(Clone, Debug)]
@@ -46,7 +59,8 @@ pub struct IndexerConfig {
     pub live: bool,
     /// Register the built-in `kv` and `timeline` views on open.
     pub builtins: bool,
-    /// Most log records per fold batch.
+    /// Most log records per fold batch (batches that write many keys are
+    /// cut shorter, to about a thousand keys).
     pub batch_records: usize,
     /// A batch also ends once its payloads reach this many bytes.
     pub batch_bytes: usize,
@@ -256,6 +270,28 @@ struct Target {
     generation: Arc<Generation>,
     view: Arc<dyn View>,
 }
+
+/// A generation being folded by [`Shared::fold_group`], under its fold
+/// lock.
+struct Lane<'t> {
+    target: &'t Target,
+    _fold: MutexGuard<'t, ()>,
+    /// The checkpoint after the last batch folded (maybe not committed).
+    checkpoint: Checkpoint,
+    /// The writes of the batch being committed, which the next batch reads
+    /// through.
+    base: Arc<Writes>,
+    /// No error so far.
+    ok: bool,
+}
+
+/// A batch folded into one generation: its writes, checkpoint and the sled
+/// batch committing both.
+type Staged = Result<(Writes, Checkpoint, sled::Batch), ViewError>;
+
+/// The commits of one batch, on their own thread: per lane index, the
+/// result.
+type Committing<'s> = std::thread::ScopedJoinHandle<'s, Vec<(usize, Result<(), ViewError>)>>;
 
 /// One batch read from the log.
 struct Batch {
@@ -926,9 +962,12 @@ impl Shared {
     }
 
     /// Fold up to `max_batches` batches from `offset` into every
-    /// target of a group (all at `offset`), reading and parsing the next
-    /// batch on another thread while the current one folds. Returns whether
-    /// anything folded, and the first error.
+    /// target of a group (all at `offset`), in a pipeline: the next batch
+    /// is read and parsed on one thread, the current one folded (on one
+    /// thread per target), and the previous one committed on another; the
+    /// fold reads through the writes being committed. Each target's fold
+    /// lock is held throughout. Returns whether anything folded, and the
+    /// first error.
     fn fold_group(
         &self,
         group: &[Target],
@@ -936,13 +975,47 @@ impl Shared {
         end: u64,
         max_batches: usize,
     ) -> (bool, Option<ViewError>) {
+        // Lock in one global order (view, then generation), so that two
+        // threads folding overlapping groups cannot deadlock.
+        let mut order: Vec<&Target> = group.iter().collect();
+        order.sort_by(|a, b| {
+            (&*a.slot.name, a.generation.number).cmp(&(&*b.slot.name, b.generation.number))
+        });
+        let mut lanes: Vec<Lane<'_>> = Vec::new();
+        for t in order {
+            let fold = t.generation.lock_fold();
+            let checkpoint = t.generation.checkpoint();
+            // Another thread may have folded it meanwhile.
+            if checkpoint.next_offset == offset {
+                lanes.push(Lane {
+                    target: t,
+                    _fold: fold,
+                    checkpoint,
+                    base: Arc::default(),
+                    ok: true,
+                });
+            }
+        }
+        if lanes.is_empty() {
+            return (false, None);
+        }
         let mut worked = false;
         let mut first_error = None;
         std::thread::scope(|s| {
             let mut offset = offset;
-            let mut pending = Some(s.spawn(move || self.read_batch(offset)));
+            // Batches start small and grow while they write few keys.
+            let mut size = lanes
+                .iter()
+                .map(|l| l.target.generation.batch_size())
+                .min()
+                .unwrap_or(0);
+            if size == 0 {
+                size = self.config.batch_records.min(TARGET_WRITES);
+            }
+            let mut reading = Some(s.spawn(move || self.read_batch(offset, size)));
+            let mut committing: Option<Committing<'_>> = None;
             let mut n_batches = 0;
-            while let Some(reader) = pending.take() {
+            while let Some(reader) = reading.take() {
                 let batch = match reader.join() {
                     Ok(Ok(b)) => b,
                     Ok(Err(e)) => {
@@ -961,59 +1034,186 @@ impl Shared {
                 n_batches += 1;
                 if n_batches < max_batches && batch.next_offset < end {
                     let next = batch.next_offset;
-                    pending = Some(s.spawn(move || self.read_batch(next)));
+                    reading = Some(s.spawn(move || self.read_batch(next, size)));
                 }
-                let results: Vec<(usize, Result<bool, ViewError>)> = if group.len() == 1 {
-                    vec![(0, self.fold_one(&group[0], offset, &batch))]
-                } else {
-                    std::thread::scope(|inner| {
-                        let handles: Vec<_> = group
-                            .iter()
-                            .enumerate()
-                            .map(|(i, t)| {
-                                let batch = &batch;
-                                (i, inner.spawn(move || self.fold_one(t, offset, batch)))
-                            })
-                            .collect();
-                        handles
-                            .into_iter()
-                            .map(|(i, h)| {
-                                let res = h.join().unwrap_or_else(|_| {
-                                    Err(ViewError::fold(&group[i].slot.name, "the fold panicked"))
-                                });
-                                (i, res)
-                            })
-                            .collect()
-                    })
-                };
-                let mut all_folded = true;
-                for (i, res) in results {
-                    let slot = &group[i].slot;
+                let staged = self.apply_lanes(&lanes, &batch);
+                let writes = staged
+                    .iter()
+                    .filter_map(|r| r.as_ref()?.as_ref().ok())
+                    .map(|(w, _, _)| w.len())
+                    .max()
+                    .unwrap_or(0);
+                size = self.next_batch_size(size, batch.records.len(), writes);
+                // The previous batch must be committed before this one is.
+                if let Some(c) = committing.take() {
+                    worked |= self.finish_commit(c, &mut lanes, &mut first_error);
+                }
+                let mut batches = Vec::new();
+                for (i, (lane, res)) in lanes.iter_mut().zip(staged).enumerate() {
                     match res {
-                        Ok(did) => {
-                            worked |= did;
-                            all_folded &= did;
-                            if did {
-                                slot.set_error(None);
-                            }
+                        None => {}
+                        Some(Err(e)) => {
+                            lane.ok = false;
+                            self.fold_failed(lane.target, e, &mut first_error);
                         }
-                        Err(e) => {
-                            all_folded = false;
-                            tracing::warn!(view = %slot.name, error = %e, "fold failed");
-                            slot.set_error(Some(e.to_string()));
-                            first_error.get_or_insert(e);
+                        // Read through a commit that failed: dropped.
+                        Some(Ok(_)) if !lane.ok => {}
+                        Some(Ok((writes, checkpoint, sled_batch))) => {
+                            lane.base = Arc::new(writes);
+                            lane.checkpoint = checkpoint;
+                            batches.push((i, lane.target, sled_batch));
                         }
                     }
                 }
-                if !all_folded {
+                if !batches.is_empty() {
+                    // Only sled's work on this thread: it holds sled's
+                    // global write lock, so it is what the pipeline waits
+                    // on.
+                    committing = Some(s.spawn(move || {
+                        batches
+                            .into_iter()
+                            .map(|(i, t, b)| {
+                                let res =
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        t.generation.apply(b)
+                                    }))
+                                    .unwrap_or_else(|_| {
+                                        Err(ViewError::fold(&t.slot.name, "the commit panicked"))
+                                    });
+                                (i, res)
+                            })
+                            .collect()
+                    }));
+                }
+                if lanes.iter().any(|l| !l.ok) {
                     // The group split up: regroup in the next round. A
                     // batch read ahead is dropped.
                     break;
                 }
                 offset = batch.next_offset;
             }
+            if let Some(c) = committing.take() {
+                worked |= self.finish_commit(c, &mut lanes, &mut first_error);
+            }
+            for lane in &lanes {
+                lane.target.generation.set_batch_size(size);
+            }
         });
         (worked, first_error)
+    }
+
+    /// The size of the batch after next: about [`TARGET_WRITES`] keys
+    /// written, going by the last batch (`records` folded, at most
+    /// `writes` keys written by a view); at most double the last size and
+    /// never more than the configured size.
+    fn next_batch_size(&self, size: usize, records: usize, writes: usize) -> usize {
+        let fit = records
+            .max(1)
+            .saturating_mul(TARGET_WRITES)
+            .checked_div(writes)
+            .unwrap_or(usize::MAX);
+        fit.min(size.saturating_mul(2)).clamp(
+            MIN_BATCH.min(self.config.batch_records),
+            self.config.batch_records,
+        )
+    }
+
+    /// Fold `batch` into every lane still folding (in parallel when there
+    /// are several): the writes and the checkpoint to commit, per lane.
+    fn apply_lanes(&self, lanes: &[Lane<'_>], batch: &Batch) -> Vec<Option<Staged>> {
+        let live = lanes.iter().filter(|l| l.ok).count();
+        if live <= 1 {
+            return lanes
+                .iter()
+                .map(|l| l.ok.then(|| self.apply_one(l, batch)))
+                .collect();
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = lanes
+                .iter()
+                .map(|l| l.ok.then(|| s.spawn(move || self.apply_one(l, batch))))
+                .collect();
+            handles
+                .into_iter()
+                .zip(lanes)
+                .map(|(h, l)| {
+                    h.map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(ViewError::fold(&l.target.slot.name, "the fold panicked"))
+                        })
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Fold `batch` into one lane's generation, reading through the writes
+    /// still being committed.
+    fn apply_one(&self, lane: &Lane<'_>, batch: &Batch) -> Staged {
+        let t = lane.target;
+        let mut tx = ViewTx::with_base(&t.generation, lane.base.clone());
+        // A panicking view must not take the indexer down with it.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            t.view.apply(&batch.records, &mut tx)
+        }))
+        .unwrap_or_else(|_| Err(ViewError::fold(&t.slot.name, "the fold panicked")))?;
+        let (writes, skipped) = tx.into_writes();
+        let cp = lane.checkpoint;
+        let n = batch.records.len() as u64;
+        let skipped = skipped.min(n);
+        let next = Checkpoint {
+            next_offset: batch.next_offset,
+            folded: cp.folded + (n - skipped),
+            skipped: cp.skipped + skipped + batch.no_payload,
+        };
+        let sled_batch = Generation::batch(&t.slot.name, &writes, next)?;
+        Ok((writes, next, sled_batch))
+    }
+
+    /// Wait for a batch's commits. Returns whether any succeeded; a lane
+    /// whose commit failed stops.
+    fn finish_commit(
+        &self,
+        committing: Committing<'_>,
+        lanes: &mut [Lane<'_>],
+        first_error: &mut Option<ViewError>,
+    ) -> bool {
+        // Each commit's panic is caught on its thread, so this join fails
+        // only if the thread itself did: stop every lane.
+        let Ok(results) = committing.join() else {
+            for lane in lanes.iter_mut().filter(|l| l.ok) {
+                lane.ok = false;
+                let e = ViewError::fold(&lane.target.slot.name, "the commit thread panicked");
+                self.fold_failed(lane.target, e, first_error);
+            }
+            return false;
+        };
+        let mut worked = false;
+        for (i, res) in results {
+            let Some(lane) = lanes.get_mut(i) else {
+                continue;
+            };
+            match res {
+                Ok(()) => {
+                    worked = true;
+                    lane.target
+                        .generation
+                        .committed(&lane.base, lane.checkpoint);
+                    lane.target.slot.set_error(None);
+                }
+                Err(e) => {
+                    lane.ok = false;
+                    self.fold_failed(lane.target, e, first_error);
+                }
+            }
+        }
+        worked
+    }
+
+    fn fold_failed(&self, t: &Target, e: ViewError, first_error: &mut Option<ViewError>) {
+        tracing::warn!(view = %t.slot.name, error = %e, "fold failed");
+        t.slot.set_error(Some(e.to_string()));
+        first_error.get_or_insert(e);
     }
 
     /// A log read failed at a view's checkpoint. If the checkpoint is no
@@ -1055,9 +1255,9 @@ impl Shared {
     }
 
     /// Read one batch of records from `offset`.
-    fn read_batch(&self, offset: u64) -> Result<Batch, ViewError> {
+    fn read_batch(&self, offset: u64, max_records: usize) -> Result<Batch, ViewError> {
         let mut batch = Batch {
-            records: Vec::new(),
+            records: Vec::with_capacity(max_records.min(65_536)),
             no_payload: 0,
             next_offset: offset,
         };
@@ -1085,7 +1285,7 @@ impl Shared {
                     None => batch.no_payload += 1,
                 }
             }
-            if n_records >= self.config.batch_records || bytes >= self.config.batch_bytes {
+            if n_records >= max_records || bytes >= self.config.batch_bytes {
                 break;
             }
         }
@@ -1095,32 +1295,6 @@ impl Shared {
             r.json();
         }
         Ok(batch)
-    }
-
-    /// Fold `batch` (read from `offset`) into one generation, if it is
-    /// still at `offset`. Returns whether it folded.
-    fn fold_one(&self, t: &Target, offset: u64, batch: &Batch) -> Result<bool, ViewError> {
-        let _fold = t.generation.lock_fold();
-        let cp = t.generation.checkpoint();
-        if cp.next_offset != offset {
-            return Ok(false);
-        }
-        let mut tx = ViewTx::new(&t.generation.tree);
-        // A panicking view must not take the indexer down with it.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            t.view.apply(&batch.records, &mut tx)
-        }))
-        .unwrap_or_else(|_| Err(ViewError::fold(&t.slot.name, "the fold panicked")))?;
-        let (writes, skipped) = tx.into_batch();
-        let n = batch.records.len() as u64;
-        let skipped = skipped.min(n);
-        let next = Checkpoint {
-            next_offset: batch.next_offset,
-            folded: cp.folded + (n - skipped),
-            skipped: cp.skipped + skipped + batch.no_payload,
-        };
-        t.generation.commit(&t.slot.name, writes, next)?;
-        Ok(true)
     }
 
     /// Swap a finished rebuild in. Returns whether it swapped.

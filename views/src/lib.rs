@@ -70,6 +70,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 
+mod bucket;
 mod encoding;
 pub mod error;
 pub mod field;

@@ -152,13 +152,18 @@ pub struct Checkpoint {
     pub skipped: u64,
 }
 
+/// A batch's writes: full keys (prefix included) -> new value, `None` =
+/// removed.
+pub(crate) type Writes = BTreeMap<Vec<u8>, Option<sled::IVec>>;
+
 /// The writes of one fold batch, buffered in memory and committed with the
 /// checkpoint in one sled batch. Reads see the batch's own writes.
 pub struct ViewTx<'a> {
-    tree: &'a sled::Tree,
+    generation: &'a Generation,
     /// Full stored keys (prefix included) -> new value, `None` = removed.
     overlay: BTreeMap<Vec<u8>, Option<sled::IVec>>,
-    /// For a fork: the parent's writes when it forked (read only).
+    /// Writes not committed yet, read only: the previous batch's (being
+    /// committed) and, for a fork, the parent's when it forked.
     base: Arc<BTreeMap<Vec<u8>, Option<sled::IVec>>>,
     skipped: u64,
 }
@@ -180,11 +185,14 @@ fn data_key(key: &[u8]) -> Vec<u8> {
 }
 
 impl<'a> ViewTx<'a> {
-    pub(crate) fn new(tree: &'a sled::Tree) -> Self {
+    /// A transaction on `generation` that reads through `base` (the
+    /// previous batch's writes, maybe not committed yet); the caller holds
+    /// the generation's fold lock.
+    pub(crate) fn with_base(generation: &'a Generation, base: Arc<Writes>) -> Self {
         Self {
-            tree,
+            generation,
             overlay: BTreeMap::new(),
-            base: Arc::new(BTreeMap::new()),
+            base,
             skipped: 0,
         }
     }
@@ -193,22 +201,31 @@ impl<'a> ViewTx<'a> {
         self.overlay.get(full).or_else(|| self.base.get(full))
     }
 
-    /// The value of `key`, as this batch left it.
-    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ViewError> {
-        let full = data_key(key);
+    /// The value of the full key `full`: this batch's, else the committed
+    /// one (from the generation's cache, else from sled).
+    fn read(&self, full: Vec<u8>) -> Result<Option<sled::IVec>, ViewError> {
         if let Some(v) = self.pending(&full) {
             return Ok(v.clone());
         }
-        Ok(self.tree.get(&full)?)
+        if let Some(v) = self.generation.cache().get(&full) {
+            return Ok(v);
+        }
+        // The only commit that can be under way is the previous batch's,
+        // whose writes `base` holds: it does not change this key, so the
+        // value read is, and stays, the committed one.
+        let v = self.generation.tree.get(&full)?;
+        self.generation.cache().put(full, v.clone());
+        Ok(v)
+    }
+
+    /// The value of `key`, as this batch left it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ViewError> {
+        self.read(data_key(key))
     }
 
     /// Whether `key` holds a value.
     pub fn contains_key(&self, key: &[u8]) -> Result<bool, ViewError> {
-        let full = data_key(key);
-        if let Some(v) = self.pending(&full) {
-            return Ok(v.is_some());
-        }
-        Ok(self.tree.contains_key(&full)?)
+        Ok(self.read(data_key(key))?.is_some())
     }
 
     /// A transaction for folding part of the batch on another thread: it
@@ -226,7 +243,7 @@ impl<'a> ViewTx<'a> {
             Arc::new(base)
         };
         ViewTx {
-            tree: self.tree,
+            generation: self.generation,
             overlay: BTreeMap::new(),
             base,
             skipped: 0,
@@ -255,7 +272,7 @@ impl<'a> ViewTx<'a> {
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, sled::IVec)>, ViewError> {
         let full = data_key(prefix);
         let mut merged: BTreeMap<Vec<u8>, Option<sled::IVec>> = BTreeMap::new();
-        for item in self.tree.scan_prefix(&full) {
+        for item in self.generation.tree.scan_prefix(&full) {
             let (k, v) = item?;
             merged.insert(k.to_vec(), Some(v));
         }
@@ -291,16 +308,10 @@ impl<'a> ViewTx<'a> {
         self.overlay.is_empty()
     }
 
-    /// The sled batch to commit, with the skip count.
-    pub(crate) fn into_batch(self) -> (sled::Batch, u64) {
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.overlay {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        (batch, self.skipped)
+    /// The writes to commit (this transaction's own, not its base's), with
+    /// the skip count.
+    pub(crate) fn into_writes(self) -> (Writes, u64) {
+        (self.overlay, self.skipped)
     }
 }
 
