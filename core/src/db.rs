@@ -315,10 +315,22 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
         .flush_every_ms(Some(1000));
     // sled 0.34 can panic on damaged files; its state is derived, so a
     // panic here becomes an error that points at `kappa reindex`.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open())) {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(unavailable(e.to_string())),
-        Err(_) => Err(unavailable("sled panicked while opening its files".into())),
+    // We hold the directory lock, so a sled file lock held by someone
+    // else can only be this process's previous `Db`, whose sled threads
+    // release it a moment after the drop: wait for them, briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open())) {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Err(_) => return Err(unavailable("sled panicked while opening its files".into())),
+        }
     }
 }
 
