@@ -25,7 +25,8 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{delete, get, post};
-use kappadb_net::NodeHandle;
+use kappadb_core::FeedId;
+use kappadb_net::{NodeHandle, Subscription};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -34,9 +35,9 @@ use tokio::task::JoinHandle;
 
 use crate::ops::{
     AppendBody, Backend, FieldParams, KvListParams, KvWrite, Local, LogParams, OpError, OpResult,
-    RangeParams, TimelineParams, ViewAddBody, peers_json,
+    RangeParams, TimelineParams, ViewAddBody, peers_json, record_author,
 };
-use crate::out::note;
+use crate::out::{self, note};
 
 /// The API's default port (the node's libp2p port is 4747).
 pub const DEFAULT_API_PORT: u16 = 4740;
@@ -44,7 +45,7 @@ pub const DEFAULT_API_PORT: u16 = 4740;
 pub const ADDR_FILE: &str = "api.json";
 /// File with the bearer token (mode 0600).
 pub const TOKEN_FILE: &str = "api.token";
-/// Records per read of the event stream.
+/// Events buffered per stream before the reader waits.
 const EVENT_BATCH: usize = 256;
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -105,7 +106,6 @@ struct AppState {
     local: Arc<Local>,
     node: Option<Arc<NodeHandle>>,
     token: String,
-    end: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
 }
 
@@ -118,8 +118,6 @@ pub struct ApiServer {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     dir: PathBuf,
-    local: Arc<Local>,
-    listener: kappadb_core::ListenerId,
 }
 
 impl ApiServer {
@@ -128,7 +126,6 @@ impl ApiServer {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-        self.local.db().watch().unsubscribe(self.listener);
         let _ = std::fs::remove_file(self.dir.join(ADDR_FILE));
         let _ = std::fs::remove_file(self.dir.join(TOKEN_FILE));
     }
@@ -201,16 +198,11 @@ pub async fn start(
     };
     write_private(&dir.join(ADDR_FILE), &serde_json::to_vec(&file)?)?;
 
-    let (end_tx, end_rx) = watch::channel(db.log_end());
-    let listener_id = db.watch().subscribe(move |end| {
-        let _ = end_tx.send(end);
-    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         local: local.clone(),
         node,
         token,
-        end: end_rx,
         stop: stop_rx.clone(),
     });
     let app = router(state);
@@ -230,8 +222,6 @@ pub async fn start(
         stop: stop_tx,
         task,
         dir,
-        local,
-        listener: listener_id,
     })
 }
 
@@ -551,7 +541,7 @@ async fn events(State(st): St, headers: HeaderMap, RawQuery(q): RawQuery) -> Res
         (None, None) => db.log_end(),
     };
     let feed = match p.feed {
-        Some(f) => Some(try_op!(st.local.resolve_feed(&f)).to_string()),
+        Some(f) => Some(try_op!(st.local.resolve_feed(&f))),
         None => None,
     };
     let (tx, rx) = mpsc::channel::<Event>(EVENT_BATCH);
@@ -567,53 +557,38 @@ async fn events(State(st): St, headers: HeaderMap, RawQuery(q): RawQuery) -> Res
 async fn stream_records(
     st: Arc<AppState>,
     since: u64,
-    feed: Option<String>,
+    feed: Option<FeedId>,
     tx: mpsc::Sender<Event>,
 ) {
-    let mut end = st.end.clone();
+    let mut records = Subscription::new(st.local.db().clone(), since);
     let mut stop = st.stop.clone();
-    let mut next = since;
     loop {
         if *stop.borrow() {
             return;
         }
-        end.borrow_and_update();
-        let local = st.local.clone();
-        let params = LogParams {
-            since: next,
-            limit: Some(EVENT_BATCH),
-            feed: feed.clone(),
-        };
-        let page = tokio::task::spawn_blocking(move || local.log(&params)).await;
-        let page = match page {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                let _ = tx
-                    .send(Event::default().event("error").data(e.body().to_string()))
-                    .await;
-                return;
-            }
-            Err(_) => return,
-        };
-        for rec in page.records {
-            let offset = rec["offset"].as_u64().unwrap_or_default();
-            let ev = Event::default()
-                .id(offset.to_string())
-                .event("record")
-                .data(rec.to_string());
-            if tx.send(ev).await.is_err() {
-                return;
-            }
-        }
-        let moved = page.next > next;
-        next = page.next;
-        if moved && next < page.end {
-            continue;
-        }
-        tokio::select! {
-            r = end.changed() => if r.is_err() { return },
+        let rec = tokio::select! {
+            r = records.next() => r,
             _ = stop.changed() => return,
             _ = tx.closed() => return,
+        };
+        let ev = match rec {
+            Some(Ok(rec)) if feed.is_some_and(|f| f != record_author(&rec.body)) => continue,
+            Some(Ok(rec)) => Event::default()
+                .id(rec.offset.to_string())
+                .event("record")
+                .data(out::record_json(&rec).to_string()),
+            Some(Err(e)) => {
+                // The stream ends after a read error, like the tail does.
+                let ev = Event::default()
+                    .event("error")
+                    .data(OpError::from(e).body().to_string());
+                let _ = tx.send(ev).await;
+                return;
+            }
+            None => return,
+        };
+        if tx.send(ev).await.is_err() {
+            return;
         }
     }
 }

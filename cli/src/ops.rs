@@ -472,8 +472,8 @@ fn check_name(name: &str) -> OpResult<()> {
     kappadb_views::validate_view_name(name).map_err(OpError::from)
 }
 
-/// Where a record's author is.
-fn record_author(body: &RecordBody) -> FeedId {
+/// The feed a log record belongs to.
+pub fn record_author(body: &RecordBody) -> FeedId {
     match body {
         RecordBody::Entry(e) => e.header.author,
         RecordBody::Fork(p) => p.author(),
