@@ -200,7 +200,7 @@ impl Default for FieldParams {
             eq: None,
             from: None,
             to: None,
-            limit: 100,
+            limit: FieldQuery::default().limit,
         }
     }
 }
