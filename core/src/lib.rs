@@ -42,6 +42,7 @@ pub mod error;
 pub mod index;
 pub mod keys;
 pub mod log;
+mod sig;
 pub mod tail;
 pub mod validate;
 pub mod watch;
