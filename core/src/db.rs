@@ -43,7 +43,7 @@ use crate::log::{
 };
 use crate::tail::Tail;
 use crate::validate::{
-    EntryError, validate_header, validate_header_shape, validate_link, validate_payload,
+    CheckedEntries, EntryError, validate_header, validate_link, validate_payload,
     validate_signature, verify_signatures,
 };
 use crate::watch::Watch;
@@ -925,7 +925,8 @@ impl Db {
     /// not extended past it. Returns what was stored and why the rest was
     /// not.
     pub fn ingest(&self, entries: Vec<Entry>) -> Result<IngestReport, StoreError> {
-        self.ingest_inner(entries, false)
+        let limit = self.inner.config.max_payload_bytes;
+        self.ingest_inner(CheckedEntries::new(entries, limit), false)
     }
 
     /// Like [`Db::ingest`], but all or nothing for sync pages: if any entry
@@ -933,35 +934,29 @@ impl Db {
     /// ...), nothing of the page is stored and `dropped` is set. Duplicates,
     /// forks and entries of blocked or forked feeds do not drop the page.
     pub fn ingest_page(&self, entries: Vec<Entry>) -> Result<IngestReport, StoreError> {
-        self.ingest_inner(entries, true)
+        let limit = self.inner.config.max_payload_bytes;
+        self.ingest_inner(CheckedEntries::new(entries, limit), true)
     }
 
-    fn ingest_inner(&self, entries: Vec<Entry>, strict: bool) -> Result<IngestReport, StoreError> {
+    /// [`Db::ingest_page`] for entries checked beforehand, perhaps on
+    /// another thread while this database stored the previous page. Entries
+    /// checked against another payload limit than this database's are
+    /// checked again.
+    pub fn ingest_checked(&self, page: CheckedEntries) -> Result<IngestReport, StoreError> {
         let limit = self.inner.config.max_payload_bytes;
+        let page = if page.max_payload() == limit {
+            page
+        } else {
+            CheckedEntries::new(page.into_entries(), limit)
+        };
+        self.ingest_inner(page, true)
+    }
+
+    fn ingest_inner(&self, page: CheckedEntries, strict: bool) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
-        // Stateless checks, on all cores.
-        let pre: Vec<Result<(), EntryError>> = entries
-            .par_iter()
-            .map(|e| {
-                validate_header_shape(&e.header, limit)?;
-                validate_payload(&e.header, e.payload.as_deref(), limit)
-            })
-            .collect();
-        let mut candidates: Vec<usize> = Vec::with_capacity(entries.len());
-        for (i, r) in pre.into_iter().enumerate() {
-            match r {
-                Ok(()) => candidates.push(i),
-                Err(e) => report.rejected.push((i, e)),
-            }
-        }
-        let signed: Vec<SignedHeader> = candidates
-            .iter()
-            .map(|&i| entries[i].signed_header())
-            .collect();
-        let refs: Vec<&SignedHeader> = signed.iter().collect();
-        let sig_results = verify_signatures(&refs);
-        let mut valid = Vec::with_capacity(candidates.len());
-        for (&i, r) in candidates.iter().zip(sig_results) {
+        let (entries, ids, verdicts) = page.into_parts();
+        let mut valid = Vec::with_capacity(entries.len());
+        for (i, r) in verdicts.into_iter().enumerate() {
             match r {
                 Ok(()) => valid.push(i),
                 Err(e) => report.rejected.push((i, e)),
@@ -1025,7 +1020,7 @@ impl Db {
                             }
                         },
                     };
-                    if existing.header.id() == h.id() {
+                    if existing.header.id() == ids[i] {
                         report.duplicates += 1;
                     } else {
                         let proof = ForkProof::new(existing, entries[i].signed_header());
@@ -1039,8 +1034,7 @@ impl Db {
                     report.rejected.push((i, e));
                     continue;
                 }
-                let id = h.id();
-                heads.insert(h.author, (h.seq, id));
+                heads.insert(h.author, (h.seq, ids[i]));
                 pending.insert((h.author, h.seq), i);
                 accepted_idx.push(i);
                 records.push(Pending::Entry(i));

@@ -60,5 +60,5 @@ pub use index::{ForkInfo, Head};
 pub use keys::{FeedId, KeyError, NetworkKey, SigningKey};
 pub use log::{LogIter, LogRecord, RecordBody, Recovery};
 pub use tail::Tail;
-pub use validate::EntryError;
+pub use validate::{CheckedEntries, EntryError};
 pub use watch::{ListenerId, Watch};

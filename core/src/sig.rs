@@ -32,7 +32,7 @@ use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use sha2::{Digest, Sha512};
 
-use crate::entry::SignedHeader;
+use crate::entry::EntryId;
 use crate::keys::FeedId;
 use crate::validate::EntryError;
 
@@ -68,10 +68,22 @@ fn equation_holds(a: &EdwardsPoint, p: &Parts) -> bool {
     (sb_minus_ka - p.r).mul_by_cofactor().is_identity()
 }
 
-fn bad_signature(signed: &SignedHeader) -> EntryError {
-    EntryError::BadSignature {
-        author: signed.header.author,
-        seq: signed.header.seq,
+/// One signature to check: the author's key, the entry id it signs, and the
+/// seq for the error message.
+#[derive(Clone, Copy)]
+pub(crate) struct ToVerify<'a> {
+    pub author: &'a FeedId,
+    pub seq: u64,
+    pub id: &'a EntryId,
+    pub signature: &'a ed25519_dalek::Signature,
+}
+
+impl ToVerify<'_> {
+    fn bad(&self) -> EntryError {
+        EntryError::BadSignature {
+            author: *self.author,
+            seq: self.seq,
+        }
     }
 }
 
@@ -83,31 +95,28 @@ fn key_point(author: &FeedId) -> Result<EdwardsPoint, EntryError> {
 }
 
 /// Check one signature.
-pub(crate) fn verify_one(signed: &SignedHeader) -> Result<(), EntryError> {
-    let author = &signed.header.author;
-    let a = key_point(author)?;
-    let msg = signed.header.id();
-    let p =
-        parts(author.as_bytes(), &msg.0, &signed.signature).ok_or_else(|| bad_signature(signed))?;
+pub(crate) fn verify_one(item: &ToVerify<'_>) -> Result<(), EntryError> {
+    let a = key_point(item.author)?;
+    let p = parts(item.author.as_bytes(), &item.id.0, item.signature).ok_or_else(|| item.bad())?;
     if equation_holds(&a, &p) {
         Ok(())
     } else {
-        Err(bad_signature(signed))
+        Err(item.bad())
     }
 }
 
 /// Check a batch of signatures with one multiscalar multiplication. Returns
 /// one result per input, in order; if the batch equation fails, each
 /// signature is re-checked alone so the bad ones are named exactly.
-pub(crate) fn verify_batch(batch: &[&SignedHeader]) -> Vec<Result<(), EntryError>> {
+pub(crate) fn verify_batch(batch: &[ToVerify<'_>]) -> Vec<Result<(), EntryError>> {
     let mut results: Vec<Result<(), EntryError>> = vec![Ok(()); batch.len()];
-    // Distinct keys, in first-seen order, with their summed coefficients.
+    // Distinct keys, in first-seen order.
     let mut keys: Vec<(FeedId, EdwardsPoint)> = Vec::new();
     // (input index, key slot, parts) of the signatures that reach rule 4.
     let mut items: Vec<(usize, usize, Parts)> = Vec::with_capacity(batch.len());
     let mut seed = blake3::Hasher::new_derive_key(BATCH_CONTEXT);
-    for (i, signed) in batch.iter().enumerate() {
-        let author = signed.header.author;
+    for (i, item) in batch.iter().enumerate() {
+        let author = *item.author;
         // Pages usually hold one feed: look at the latest key first.
         let slot = match keys.iter().rposition(|(k, _)| *k == author) {
             Some(slot) => slot,
@@ -122,15 +131,14 @@ pub(crate) fn verify_batch(batch: &[&SignedHeader]) -> Vec<Result<(), EntryError
                 }
             },
         };
-        let msg = signed.header.id();
-        match parts(author.as_bytes(), &msg.0, &signed.signature) {
+        match parts(author.as_bytes(), &item.id.0, item.signature) {
             Some(p) => {
                 seed.update(author.as_bytes());
-                seed.update(&msg.0);
-                seed.update(&signed.signature.to_bytes());
+                seed.update(&item.id.0);
+                seed.update(&item.signature.to_bytes());
                 items.push((i, slot, p));
             }
-            None => results[i] = Err(bad_signature(signed)),
+            None => results[i] = Err(item.bad()),
         }
     }
     if items.is_empty() {
@@ -158,7 +166,7 @@ pub(crate) fn verify_batch(batch: &[&SignedHeader]) -> Vec<Result<(), EntryError
     if !sum.mul_by_cofactor().is_identity() {
         for (i, slot, p) in &items {
             if !equation_holds(&keys[*slot].1, p) {
-                results[*i] = Err(bad_signature(batch[*i]));
+                results[*i] = Err(batch[*i].bad());
             }
         }
     }
@@ -171,7 +179,7 @@ mod tests {
     //! edge cases no honest signer makes: small-order and mixed-order `R`,
     //! non-canonical `s`.
     use super::*;
-    use crate::entry::{HEADER_VERSION, Hash, Header};
+    use crate::entry::{HEADER_VERSION, Hash, Header, SignedHeader};
     use curve25519_dalek::constants::EIGHT_TORSION;
     use proptest::prelude::*;
 
@@ -224,13 +232,31 @@ mod tests {
         }
     }
 
+    fn batch_results(items: &[SignedHeader]) -> Vec<Result<(), EntryError>> {
+        let ids: Vec<EntryId> = items.iter().map(|s| s.header.id()).collect();
+        let batch: Vec<ToVerify<'_>> = items
+            .iter()
+            .zip(&ids)
+            .map(|(s, id)| ToVerify {
+                author: &s.header.author,
+                seq: s.header.seq,
+                id,
+                signature: &s.signature,
+            })
+            .collect();
+        verify_batch(&batch)
+    }
+
     fn batch_of(items: &[SignedHeader]) -> Vec<bool> {
-        let refs: Vec<&SignedHeader> = items.iter().collect();
-        verify_batch(&refs).iter().map(Result::is_ok).collect()
+        batch_results(items).iter().map(Result::is_ok).collect()
+    }
+
+    fn single(s: &SignedHeader) -> Result<(), EntryError> {
+        crate::validate::validate_signature(s)
     }
 
     fn singles(items: &[SignedHeader]) -> Vec<bool> {
-        items.iter().map(|s| verify_one(s).is_ok()).collect()
+        items.iter().map(|s| single(s).is_ok()).collect()
     }
 
     #[test]
@@ -240,11 +266,11 @@ mod tests {
         let vk = ed25519_dalek::VerifyingKey::from_bytes(&key.public).unwrap();
         vk.verify_strict(&signed.header.id().0, &signed.signature)
             .unwrap();
-        assert!(verify_one(&signed).is_ok());
+        assert!(single(&signed).is_ok());
         // And signatures from ed25519-dalek's signer verify here.
         let sk = crate::keys::SigningKey::from_seed([3; 32]);
         let e = crate::entry::Entry::sign(&sk, None, 1, b"x".to_vec());
-        assert!(verify_one(&e.signed_header()).is_ok());
+        assert!(single(&e.signed_header()).is_ok());
     }
 
     #[test]
@@ -258,7 +284,7 @@ mod tests {
             vk.verify_strict(&odd.header.id().0, &odd.signature)
                 .is_err()
         );
-        assert!(verify_one(&odd).is_ok());
+        assert!(single(&odd).is_ok());
         let mut batch: Vec<SignedHeader> = (1..40).map(|s| key.sign(s)).collect();
         batch.insert(17, odd);
         assert_eq!(batch_of(&batch), vec![true; 40]);
@@ -322,9 +348,8 @@ mod tests {
         let expect: Vec<bool> = (0..80).map(|i| ![5, 42, 69].contains(&i)).collect();
         assert_eq!(singles(&batch), expect);
         assert_eq!(batch_of(&batch), expect);
-        let refs: Vec<&SignedHeader> = batch.iter().collect();
         assert!(matches!(
-            verify_batch(&refs)[69],
+            batch_results(&batch)[69],
             Err(EntryError::BadAuthor(_))
         ));
     }

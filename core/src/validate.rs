@@ -25,6 +25,7 @@ use rayon::prelude::*;
 
 use crate::entry::{Entry, EntryId, HEADER_VERSION, Hash, Header, SignedHeader};
 use crate::keys::FeedId;
+use crate::sig::ToVerify;
 
 /// Why an entry was rejected. Expected during sync; never a crash.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,7 +148,13 @@ pub fn validate_header_shape(header: &Header, max_payload: u32) -> Result<(), En
 /// Check one signature (rule 4). The exact rule, and why it is the same
 /// for single and batched checks, is written out in `core/src/sig.rs`.
 pub fn validate_signature(signed: &SignedHeader) -> Result<(), EntryError> {
-    crate::sig::verify_one(signed)
+    let header = &signed.header;
+    crate::sig::verify_one(&ToVerify {
+        author: &header.author,
+        seq: header.seq,
+        id: &header.id(),
+        signature: &signed.signature,
+    })
 }
 
 /// Check that `next` extends a feed whose head is `head` (rule 5): the
@@ -211,16 +218,134 @@ pub fn validate_entry(entry: &Entry, max_payload: u32) -> Result<(), EntryError>
 /// gives one by one; a batch that fails is re-checked one by one so the bad
 /// entries are named exactly.
 pub fn verify_signatures(headers: &[&SignedHeader]) -> Vec<Result<(), EntryError>> {
+    let ids: Vec<EntryId> = headers.par_iter().map(|s| s.header.id()).collect();
+    let items: Vec<ToVerify<'_>> = headers
+        .iter()
+        .zip(&ids)
+        .map(|(s, id)| ToVerify {
+            author: &s.header.author,
+            seq: s.header.seq,
+            id,
+            signature: &s.signature,
+        })
+        .collect();
+    verify_items(&items)
+}
+
+/// [`verify_signatures`] for signatures whose ids are known.
+pub(crate) fn verify_items(items: &[ToVerify<'_>]) -> Vec<Result<(), EntryError>> {
     // Larger batches cost less per signature (Pippenger's method pays off
     // from a few hundred); one batch per core keeps every core busy.
     const MIN_BATCH: usize = 32;
     const MAX_BATCH: usize = 1024;
     let threads = rayon::current_num_threads().max(1);
-    let batch = headers.len().div_ceil(threads).clamp(MIN_BATCH, MAX_BATCH);
-    headers
+    let batch = items.len().div_ceil(threads).clamp(MIN_BATCH, MAX_BATCH);
+    items
         .par_chunks(batch)
         .flat_map_iter(crate::sig::verify_batch)
         .collect()
+}
+
+/// Entries with every rule that needs no other entry already checked
+/// (rules 1–4, 6 and 7: header shape, author key, signature, payload), and
+/// their ids. This is the costly part of ingesting, and it needs no access
+/// to the database, so a node can check the next page on other threads
+/// while the database stores the previous one
+/// ([`crate::Db::ingest_checked`]).
+#[derive(Clone, Debug, Default)]
+pub struct CheckedEntries {
+    entries: Vec<Entry>,
+    ids: Vec<EntryId>,
+    verdicts: Vec<Result<(), EntryError>>,
+    max_payload: u32,
+}
+
+impl CheckedEntries {
+    /// Check `entries` against a payload limit of `max_payload` bytes, on
+    /// all cores.
+    pub fn new(entries: Vec<Entry>, max_payload: u32) -> Self {
+        let (ids, mut verdicts): (Vec<EntryId>, Vec<Result<(), EntryError>>) = entries
+            .par_iter()
+            .map(|e| {
+                let shape = validate_header_shape(&e.header, max_payload)
+                    .and_then(|()| validate_payload(&e.header, e.payload.as_deref(), max_payload));
+                (e.header.id(), shape)
+            })
+            .unzip();
+        let to_sign: Vec<usize> = (0..entries.len())
+            .filter(|&i| verdicts[i].is_ok())
+            .collect();
+        let items: Vec<ToVerify<'_>> = to_sign
+            .iter()
+            .map(|&i| ToVerify {
+                author: &entries[i].header.author,
+                seq: entries[i].header.seq,
+                id: &ids[i],
+                signature: &entries[i].signature,
+            })
+            .collect();
+        let results = verify_items(&items);
+        for (&i, r) in to_sign.iter().zip(results) {
+            verdicts[i] = r;
+        }
+        CheckedEntries {
+            entries,
+            ids,
+            verdicts,
+            max_payload,
+        }
+    }
+
+    /// The entries, in the order given.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The payload limit the entries were checked against.
+    pub fn max_payload(&self) -> u32 {
+        self.max_payload
+    }
+
+    /// Keep the first `len` entries.
+    pub fn truncate(&mut self, len: usize) {
+        self.entries.truncate(len);
+        self.ids.truncate(len);
+        self.verdicts.truncate(len);
+    }
+
+    /// Add `other`'s entries after these (checking them again if they were
+    /// checked against another payload limit).
+    pub fn append(&mut self, other: CheckedEntries) {
+        let other = if other.max_payload == self.max_payload || self.entries.is_empty() {
+            other
+        } else {
+            CheckedEntries::new(other.entries, self.max_payload)
+        };
+        self.max_payload = other.max_payload;
+        self.entries.extend(other.entries);
+        self.ids.extend(other.ids);
+        self.verdicts.extend(other.verdicts);
+    }
+
+    /// The entries, ids and verdicts, index for index.
+    pub(crate) fn into_parts(self) -> (Vec<Entry>, Vec<EntryId>, Vec<Result<(), EntryError>>) {
+        (self.entries, self.ids, self.verdicts)
+    }
+
+    /// The entries back.
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use kappadb_core::test_utils::TestPeer;
-use kappadb_core::{CreateOptions, Db, DbConfig, EntryError, RecordBody, StoreError};
+use kappadb_core::{
+    CheckedEntries, CreateOptions, Db, DbConfig, EntryError, RecordBody, StoreError,
+};
 
 fn new_db(dir: &Path) -> Db {
     Db::create(dir, CreateOptions::default()).unwrap()
@@ -377,6 +379,58 @@ fn ingest_page_is_all_or_nothing() {
     let report = db.ingest_page(chain).unwrap();
     assert!(report.dropped);
     assert_eq!(db.log_end(), 0);
+}
+
+#[test]
+fn checked_pages_are_stored_like_pages_and_rechecked_on_another_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = new_db_with(
+        dir.path(),
+        DbConfig {
+            max_payload_bytes: 64,
+            ..DbConfig::default()
+        },
+    );
+    let mut p = TestPeer::new(1);
+    let entries: Vec<_> = (0..6).map(|i| p.make(i, format!("{i}"))).collect();
+    // Checked in two parts, joined, stored: the same as ingest_page.
+    let mut first = CheckedEntries::new(entries[..3].to_vec(), 64);
+    first.append(CheckedEntries::new(entries[3..].to_vec(), 64));
+    assert_eq!(first.len(), 6);
+    let report = db.ingest_checked(first).unwrap();
+    assert_eq!((report.accepted, report.dropped), (6, false));
+    // A bad signature found by the check drops the page at ingest.
+    let mut more: Vec<_> = (6..9).map(|i| p.make(i, "x")).collect();
+    more[1].signature = TestPeer::new(2).key.sign(&more[1].id().0);
+    let report = db.ingest_checked(CheckedEntries::new(more, 64)).unwrap();
+    assert!(report.dropped);
+    assert!(matches!(
+        report.rejected[0],
+        (1, EntryError::BadSignature { .. })
+    ));
+    // Checked against a larger limit than the database's: checked again,
+    // and the oversized entry refused.
+    let mut q = TestPeer::new(3);
+    let big: Vec<_> = vec![q.make(1, vec![b'x'; 100])];
+    let checked = CheckedEntries::new(big.clone(), 1 << 20);
+    let report = db.ingest_checked(checked).unwrap();
+    assert!(report.dropped);
+    assert!(matches!(
+        report.rejected[0],
+        (0, EntryError::PayloadTooLarge { .. })
+    ));
+    // Appending a part checked against another limit checks it again.
+    let mut joined = CheckedEntries::new(Vec::new(), 64);
+    joined.append(CheckedEntries::new(vec![p.make(9, "y")], 64));
+    joined.append(CheckedEntries::new(big, 1 << 20));
+    let report = db.ingest_checked(joined).unwrap();
+    assert!(report.dropped);
+    assert!(matches!(
+        report.rejected[0],
+        (1, EntryError::PayloadTooLarge { .. })
+    ));
+    assert_eq!(db.head(&p.key.feed_id()).unwrap().seq, 6);
+    assert!(db.head(&q.key.feed_id()).is_none());
 }
 
 #[test]

@@ -5,10 +5,14 @@
 //!
 //! - the **swarm task** (tokio) owns the libp2p swarm: connections, dials
 //!   and redials, bans, mDNS, gossip, the address book;
+//! - the **check thread** (`kappadb-check`) sits between them: it passes
+//!   the swarm's messages on in order and checks each received page on the
+//!   way ([`CheckedEntries`]: signatures, on all cores), so the next page is
+//!   checked while the sync thread stores the previous one;
 //! - the **sync thread** (a plain thread named `kappadb-sync`) owns the
 //!   [`Engine`] and the only handle on the database it writes with. Storing
-//!   a page (`ingest_page`: validate, fsync, index) blocks that thread and
-//!   never the swarm. It also listens to the database's
+//!   a page (`ingest_checked`: chain rules, fsync, index) blocks that thread
+//!   and never the swarm. It also listens to the database's
 //!   [`kappadb_core::Watch`], so a local append or ingest is announced by
 //!   gossip.
 //!
@@ -41,7 +45,7 @@ use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kappadb_core::{Db, FeedId, now_ms};
+use kappadb_core::{CheckedEntries, Db, FeedId, now_ms};
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
@@ -526,6 +530,33 @@ fn engine_loop(
     let _ = out.send(EngineOut::Stopped);
 }
 
+/// The check thread: passes every message on to the sync thread in the
+/// order it came, checking the entries of each page on the way.
+fn check_loop(
+    rx: std_mpsc::Receiver<EngineMsg>,
+    tx: std_mpsc::Sender<EngineMsg>,
+    max_payload: u32,
+) {
+    while let Ok(msg) = rx.recv() {
+        let msg = match msg {
+            EngineMsg::Input(Input::Response {
+                peer,
+                tag,
+                response: Response::Page(page),
+            }) => EngineMsg::Input(Input::CheckedPage {
+                peer,
+                tag,
+                feed: page.feed,
+                entries: CheckedEntries::new(page.entries, max_payload),
+            }),
+            other => other,
+        };
+        if tx.send(msg).is_err() {
+            break;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The swarm task.
 
@@ -651,13 +682,19 @@ async fn spawn(b: NodeBuilder) -> Result<NodeHandle, NetError> {
 
     let feed_id = db.feed_id();
     let (engine_tx, engine_rx) = std_mpsc::channel();
+    let (check_tx, check_rx) = std_mpsc::channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let max_payload = db.config().max_payload_bytes;
     let engine = Engine::new(db, config.sync.clone()).with_blocked(blocklist.feeds().copied());
     let self_tx = engine_tx.clone();
     std::thread::Builder::new()
         .name("kappadb-sync".into())
         .spawn(move || engine_loop(engine, engine_rx, self_tx, out_tx))
         .map_err(|e| NetError::Setup(format!("cannot start the sync thread: {e}")))?;
+    std::thread::Builder::new()
+        .name("kappadb-check".into())
+        .spawn(move || check_loop(check_rx, engine_tx, max_payload))
+        .map_err(|e| NetError::Setup(format!("cannot start the check thread: {e}")))?;
 
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(4096);
@@ -670,7 +707,7 @@ async fn spawn(b: NodeBuilder) -> Result<NodeHandle, NetError> {
             max_message_bytes: MAX_GOSSIP_BYTES,
             ..Limits::default()
         },
-        engine: engine_tx,
+        engine: check_tx,
         engine_out: out_rx,
         commands: cmd_rx,
         events: events.clone(),

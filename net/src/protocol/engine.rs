@@ -39,7 +39,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use kappadb_core::{Db, Entry, EntryError, EntryId, FeedId, StoreError};
+use kappadb_core::{CheckedEntries, Db, Entry, EntryError, EntryId, FeedId, StoreError};
 
 use super::wire::{
     Announce, HeadInfo, Heads, Limits, MAX_FORK_PROOFS_PER_MESSAGE, MAX_HEADS_PER_MESSAGE, Page,
@@ -107,6 +107,21 @@ pub enum Input<P> {
         tag: u64,
         /// The answer.
         response: Response,
+    },
+    /// The answer to a [`Request::Want`] with the same `tag`: a page whose
+    /// entries the driver has already checked ([`CheckedEntries`], against
+    /// this database's payload limit), typically on other threads while
+    /// the engine stored the previous page. A driver may send pages either
+    /// way; the engine checks a [`Response::Page`] itself.
+    CheckedPage {
+        /// The peer.
+        peer: P,
+        /// The tag of the request.
+        tag: u64,
+        /// The feed the page claims to hold.
+        feed: FeedId,
+        /// The entries, checked.
+        entries: CheckedEntries,
     },
     /// An [`Output::Request`] failed (timeout, closed stream, ...).
     RequestFailed {
@@ -272,8 +287,9 @@ struct Session {
     waiting: BTreeSet<FeedId>,
     pulls: BTreeMap<FeedId, Pull>,
     wants_in_flight: usize,
-    /// Pages received and not yet stored, by (feed, first seq).
-    buffered: BTreeMap<(FeedId, u64), Vec<Entry>>,
+    /// Pages received (and checked) and not yet stored, by (feed, first
+    /// seq).
+    buffered: BTreeMap<(FeedId, u64), CheckedEntries>,
     buffered_bytes: usize,
     proofs_wanted: BTreeSet<FeedId>,
     proofs_in_flight: bool,
@@ -447,6 +463,12 @@ impl<P: PeerKey> Engine<P> {
                 tag,
                 response,
             } => self.on_response(peer, tag, response),
+            Input::CheckedPage {
+                peer,
+                tag,
+                feed,
+                entries,
+            } => self.on_checked_page(peer, tag, feed, entries),
             Input::RequestFailed { peer, tag, error } => self.on_failure(peer, tag, &error),
             Input::Malformed { peer, error } => {
                 self.ban(peer, format!("sent a malformed message: {error}"));
@@ -611,7 +633,7 @@ impl<P: PeerKey> Engine<P> {
                 .collect();
             for k in keys {
                 if let Some(entries) = s.buffered.remove(&k) {
-                    s.buffered_bytes -= entries.iter().map(entry_wire_size).sum::<usize>();
+                    s.buffered_bytes -= wire_size(&entries);
                 }
             }
         }
@@ -846,16 +868,43 @@ impl<P: PeerKey> Engine<P> {
         page
     }
 
-    fn on_response(&mut self, peer: P, tag: u64, response: Response) {
-        let Some((owner, pending)) = self.tags.remove(&tag) else {
-            return;
-        };
+    /// The request `tag` was answered: what it asked for, if it is still
+    /// awaited from `peer`.
+    fn answered(&mut self, peer: P, tag: u64) -> Option<Pending> {
+        let (owner, pending) = self.tags.remove(&tag)?;
         if owner != peer || self.banned.contains(&peer) {
-            return;
+            return None;
         }
         if let Some(s) = self.sessions.get_mut(&peer) {
             s.failures = 0;
         }
+        Some(pending)
+    }
+
+    fn on_checked_page(&mut self, peer: P, tag: u64, feed: FeedId, entries: CheckedEntries) {
+        let Some(pending) = self.answered(peer, tag) else {
+            return;
+        };
+        match pending {
+            Pending::Want(want) => self.on_page(peer, want, feed, PageEntries::Checked(entries)),
+            other => {
+                let page = Page {
+                    feed,
+                    entries: entries.into_entries(),
+                };
+                self.on_answer(peer, other, Response::Page(page));
+            }
+        }
+    }
+
+    fn on_response(&mut self, peer: P, tag: u64, response: Response) {
+        let Some(pending) = self.answered(peer, tag) else {
+            return;
+        };
+        self.on_answer(peer, pending, response);
+    }
+
+    fn on_answer(&mut self, peer: P, pending: Pending, response: Response) {
         match (pending, response) {
             (Pending::Heads, Response::Heads(heads)) => {
                 if let Some(s) = self.sessions.get_mut(&peer) {
@@ -863,7 +912,9 @@ impl<P: PeerKey> Engine<P> {
                 }
                 self.apply_heads_message(peer, &heads, false);
             }
-            (Pending::Want(want), Response::Page(page)) => self.on_page(peer, want, page),
+            (Pending::Want(want), Response::Page(page)) => {
+                self.on_page(peer, want, page.feed, PageEntries::Unchecked(page.entries));
+            }
             (Pending::ForkProofs(feeds), Response::ForkProofs(proofs)) => {
                 if let Some(s) = self.sessions.get_mut(&peer) {
                     s.proofs_in_flight = false;
@@ -895,7 +946,7 @@ impl<P: PeerKey> Engine<P> {
         }
     }
 
-    fn on_page(&mut self, peer: P, want: Want, page: Page) {
+    fn on_page(&mut self, peer: P, want: Want, feed: FeedId, entries: PageEntries) {
         if want.from_seq == 0 {
             // The pull was cancelled while this page was in flight.
             return;
@@ -910,11 +961,15 @@ impl<P: PeerKey> Engine<P> {
             pull.in_flight -= 1;
             s.wants_in_flight -= 1;
         }
-        if let Err(reason) = check_page(&want, &page, &self.config.limits) {
+        let list = match &entries {
+            PageEntries::Checked(c) => c.entries(),
+            PageEntries::Unchecked(v) => v.as_slice(),
+        };
+        if let Err(reason) = check_entries(&want, feed, list, &self.config.limits) {
             self.ban(peer, reason);
             return;
         }
-        let n = page.entries.len() as u64;
+        let n = list.len() as u64;
         if n == 0 {
             // The peer does not hold what it announced (or blocked it).
             tracing::debug!(?peer, feed = %want.feed.fmt_short(), from = want.from_seq, "peer has no entries for a wanted range");
@@ -936,8 +991,12 @@ impl<P: PeerKey> Engine<P> {
         {
             pull.ranges.push_front((want.from_seq + n, want.to_seq));
         }
-        s.buffered_bytes += page.entries.iter().map(entry_wire_size).sum::<usize>();
-        s.buffered.insert((want.feed, want.from_seq), page.entries);
+        s.buffered_bytes += list.iter().map(entry_wire_size).sum::<usize>();
+        let checked = match entries {
+            PageEntries::Checked(c) => c,
+            PageEntries::Unchecked(v) => CheckedEntries::new(v, self.db.config().max_payload_bytes),
+        };
+        s.buffered.insert((want.feed, want.from_seq), checked);
     }
 
     fn on_failure(&mut self, peer: P, tag: u64, error: &str) {
@@ -1059,7 +1118,7 @@ impl<P: PeerKey> Engine<P> {
                 if *from > head + 1 {
                     continue;
                 }
-                let last = entries.last().map_or(head, |e| e.header.seq);
+                let last = entries.entries().last().map_or(head, |e| e.header.seq);
                 sim.insert(*feed, head.max(last));
                 take.push((*feed, *from));
                 n_entries += entries.len();
@@ -1070,12 +1129,12 @@ impl<P: PeerKey> Engine<P> {
             if take.is_empty() {
                 return Ok(());
             }
-            let mut batch = Vec::with_capacity(n_entries);
+            let mut batch = CheckedEntries::default();
             let mut capped: Vec<FeedId> = Vec::new();
             let max_payload = self.db.config().max_payload_bytes;
             for key in &take {
                 if let Some(mut entries) = s.buffered.remove(key) {
-                    s.buffered_bytes -= entries.iter().map(entry_wire_size).sum::<usize>();
+                    s.buffered_bytes -= wire_size(&entries);
                     if self.blocked.contains(&key.0) {
                         continue;
                     }
@@ -1083,10 +1142,11 @@ impl<P: PeerKey> Engine<P> {
                     // difference in settings, not a fault of the peer:
                     // store up to it and stop pulling the feed there.
                     if let Some(i) = entries
+                        .entries()
                         .iter()
                         .position(|e| e.header.payload_len > max_payload)
                     {
-                        let seq = entries[i].header.seq;
+                        let seq = entries.entries()[i].header.seq;
                         tracing::warn!(
                             feed = %key.0.fmt_short(),
                             seq,
@@ -1098,7 +1158,7 @@ impl<P: PeerKey> Engine<P> {
                         entries.truncate(i);
                         capped.push(key.0);
                     }
-                    batch.extend(entries);
+                    batch.append(entries);
                 }
             }
             for feed in &capped {
@@ -1110,7 +1170,7 @@ impl<P: PeerKey> Engine<P> {
                         .collect();
                     for k in keys {
                         if let Some(entries) = s.buffered.remove(&k) {
-                            s.buffered_bytes -= entries.iter().map(entry_wire_size).sum::<usize>();
+                            s.buffered_bytes -= wire_size(&entries);
                         }
                     }
                 }
@@ -1121,7 +1181,7 @@ impl<P: PeerKey> Engine<P> {
             if batch.is_empty() {
                 continue;
             }
-            let report = self.db.ingest_page(batch)?;
+            let report = self.db.ingest_checked(batch)?;
             if report.dropped {
                 let why = report
                     .rejected
@@ -1449,14 +1509,24 @@ impl<P: PeerKey> Engine<P> {
 /// - more than one entry only within [`Limits::page_bytes`] (by
 ///   [`entry_wire_size`]).
 pub fn check_page(want: &Want, page: &Page, limits: &Limits) -> Result<(), String> {
-    if page.feed != want.feed {
+    check_entries(want, page.feed, &page.entries, limits)
+}
+
+/// [`check_page`] for a page taken apart.
+fn check_entries(
+    want: &Want,
+    feed: FeedId,
+    entries: &[Entry],
+    limits: &Limits,
+) -> Result<(), String> {
+    if feed != want.feed {
         return Err(format!(
             "sent a page of feed {} for feed {}",
-            page.feed.fmt_short(),
+            feed.fmt_short(),
             want.feed.fmt_short()
         ));
     }
-    let n = page.entries.len() as u64;
+    let n = entries.len() as u64;
     if n > want.len() || n > limits.page_entries {
         return Err(format!(
             "sent a page of {n} entries for a want of {}",
@@ -1464,7 +1534,7 @@ pub fn check_page(want: &Want, page: &Page, limits: &Limits) -> Result<(), Strin
         ));
     }
     if n > 1 {
-        let bytes: usize = page.entries.iter().map(entry_wire_size).sum();
+        let bytes: usize = entries.iter().map(entry_wire_size).sum();
         if bytes > limits.page_bytes {
             return Err(format!(
                 "sent a page of {bytes} bytes (limit {})",
@@ -1472,7 +1542,7 @@ pub fn check_page(want: &Want, page: &Page, limits: &Limits) -> Result<(), Strin
             ));
         }
     }
-    for (i, e) in page.entries.iter().enumerate() {
+    for (i, e) in entries.iter().enumerate() {
         if e.header.author != want.feed {
             return Err(format!(
                 "sent an entry of feed {} in a page of feed {}",
@@ -1489,4 +1559,15 @@ pub fn check_page(want: &Want, page: &Page, limits: &Limits) -> Result<(), Strin
         }
     }
     Ok(())
+}
+
+/// A received page's entries, checked by the driver or not yet.
+enum PageEntries {
+    Checked(CheckedEntries),
+    Unchecked(Vec<Entry>),
+}
+
+/// Bytes a buffered page counts for.
+fn wire_size(entries: &CheckedEntries) -> usize {
+    entries.entries().iter().map(entry_wire_size).sum()
 }
