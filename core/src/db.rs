@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::{Entry, EntryId, ForkProof, HEADER_VERSION, Hash, Header, SignedHeader};
 use crate::error::StoreError;
-use crate::index::{ForkInfo, Head, Index, IndexBatch, IndexState, TREE};
+use crate::index::{ForkInfo, Head, Index, IndexBatch, IndexState, Run, TREE};
 use crate::keys::{FeedId, NetworkKey, SigningKey};
 use crate::log::{
     LogIter, LogRecord, LogWriter, MAX_PAYLOAD_LIMIT, RecordBody, Recovery, Segments, encode_record,
@@ -66,6 +66,13 @@ pub mod files {
 
 /// Default payload limit: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 1024 * 1024;
+
+/// Index changes are committed to sled once this many records are pending
+/// (and when the handle is dropped). A sled commit costs about as much as
+/// the log's fsync, so committing after every single append would halve
+/// their rate; what is pending lives in memory, readers look there first,
+/// and after a crash the index catches up from its checkpoint anyway.
+const INDEX_COMMIT_RECORDS: usize = 512;
 
 /// Per-database settings, stored in `config.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -663,7 +670,7 @@ impl Db {
     /// The log offset of `feed`'s entry at `seq`: its run, then a skip over
     /// the frame headers before it.
     fn offset_of(&self, feed: &FeedId, seq: u64) -> Result<Option<u64>, StoreError> {
-        let Some(run) = self.inner.index.run_for(feed, seq)? else {
+        let Some(run) = self.run_for(feed, seq)? else {
             return Ok(None);
         };
         let end = self.log_end();
@@ -671,6 +678,16 @@ impl Db {
             .segments
             .skip(run.offset, seq - run.first_seq, end)
             .map(Some)
+    }
+
+    /// The run of `feed` that holds `seq`: pending (not yet committed) runs
+    /// first, then sled.
+    fn run_for(&self, feed: &FeedId, seq: u64) -> Result<Option<Run>, StoreError> {
+        if let Some(run) = self.state().pending.run_for(feed, seq) {
+            return Ok(Some(run));
+        }
+        // Not pending when we looked; if it was committed since, sled has it.
+        self.inner.index.run_for(feed, seq)
     }
 
     /// The record at a log offset (which must be a record boundary).
@@ -693,9 +710,16 @@ impl Db {
         to: u64,
     ) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
         let from = from.max(1);
-        let runs = match self.inner.index.runs(feed, from, to) {
-            Ok(it) => {
-                Box::new(it) as Box<dyn Iterator<Item = Result<crate::index::Run, StoreError>>>
+        let runs = match self.run_for(feed, from) {
+            Ok(first) => {
+                let start = first.map_or(from, |r| r.first_seq);
+                // Pending runs replace sled's runs of the same first seq.
+                let pending = self.state().pending.runs_between(feed, start, to);
+                let committed = self.inner.index.runs_from(feed, start, to);
+                Box::new(MergeRuns {
+                    committed: committed.peekable(),
+                    pending: pending.into_iter().peekable(),
+                }) as Box<dyn Iterator<Item = Result<Run, StoreError>>>
             }
             Err(e) => Box::new(std::iter::once(Err(e))),
         };
@@ -903,11 +927,15 @@ impl Db {
         let end = writer.log.end();
         {
             let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
-            let mut batch = IndexBatch::default();
+            let mut pending = std::mem::take(&mut state.pending);
             for rec in &stored {
-                state.apply(rec, &mut batch);
+                state.apply(rec, &mut pending);
             }
-            if let Err(e) = self.inner.index.commit(batch, &state.checkpoint) {
+            state.pending = pending;
+            state.pending_records += stored.len();
+            if state.pending_records >= INDEX_COMMIT_RECORDS
+                && let Err(e) = self.inner.commit_pending(&mut state)
+            {
                 // The log holds the records; the index catches up on reopen.
                 writer.poisoned = true;
                 return Err(e);
@@ -1228,7 +1256,73 @@ impl Db {
     /// Flush sled's derived state to disk (it also flushes by itself every
     /// second). Not needed for durability of entries.
     pub fn flush_index(&self) -> Result<(), StoreError> {
+        {
+            let _writer = self.writer();
+            let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+            self.inner.commit_pending(&mut state)?;
+        }
         self.inner.sled.flush()?;
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Commit the pending index changes with the current checkpoint.
+    fn commit_pending(&self, state: &mut IndexState) -> Result<(), StoreError> {
+        commit_pending(&self.index, state)
+    }
+}
+
+fn commit_pending(index: &Index, state: &mut IndexState) -> Result<(), StoreError> {
+    state.pending_records = 0;
+    if state.pending.is_empty() {
+        return Ok(());
+    }
+    let batch = std::mem::take(&mut state.pending);
+    index.commit(batch, &state.checkpoint)
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = commit_pending(&self.index, state) {
+            tracing::warn!(error = %e, "could not commit the index on close; it catches up on the next open");
+        }
+    }
+}
+
+/// Runs of one feed from sled and from the pending batch, in seq order; a
+/// pending run replaces sled's run with the same first seq (it is newer).
+struct MergeRuns<C: Iterator<Item = Result<Run, StoreError>>> {
+    committed: std::iter::Peekable<C>,
+    pending: std::iter::Peekable<std::vec::IntoIter<Run>>,
+}
+
+impl<C: Iterator<Item = Result<Run, StoreError>>> Iterator for MergeRuns<C> {
+    type Item = Result<Run, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let committed = self
+            .committed
+            .peek()
+            .map(|c| c.as_ref().map(|r| r.first_seq).ok());
+        let pending = self.pending.peek().map(|p| p.first_seq);
+        let take_pending = match (committed, pending) {
+            // An error comes out first, as it is.
+            (Some(None), _) | (Some(Some(_)), None) => false,
+            (None, Some(_)) => true,
+            (None, None) => return None,
+            (Some(Some(c)), Some(p)) => {
+                if c == p {
+                    self.committed.next();
+                }
+                c >= p
+            }
+        };
+        if take_pending {
+            self.pending.next().map(Ok)
+        } else {
+            self.committed.next()
+        }
     }
 }

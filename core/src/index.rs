@@ -20,7 +20,7 @@
 //! All of it can be deleted and rebuilt by folding the log from offset 0;
 //! on open it catches up from its checkpoint to the log's end.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -103,14 +103,46 @@ pub(crate) struct IndexState {
     /// Each feed's newest run, which the next entry may extend.
     pub(crate) runs: HashMap<FeedId, Run>,
     pub(crate) forks: HashMap<FeedId, ForkInfo>,
+    /// Changes folded in here but not yet committed to sled, and how many
+    /// records they cover. Readers look here before sled.
+    pub(crate) pending: IndexBatch,
+    pub(crate) pending_records: usize,
 }
 
 /// Pending index changes, committed in one batch.
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct IndexBatch {
-    runs: HashMap<(FeedId, u64), Run>,
+    runs: BTreeMap<(FeedId, u64), Run>,
     heads: HashMap<FeedId, (Head, Run)>,
     forks: HashMap<FeedId, ForkInfo>,
+}
+
+impl IndexBatch {
+    /// True when there is nothing to commit.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.heads.is_empty() && self.forks.is_empty()
+    }
+
+    /// The pending run of `feed` that holds `seq`, if any.
+    pub(crate) fn run_for(&self, feed: &FeedId, seq: u64) -> Option<Run> {
+        self.runs
+            .range((*feed, 0)..=(*feed, seq))
+            .next_back()
+            .map(|(_, r)| *r)
+            .filter(|r| r.contains(seq))
+    }
+
+    /// The pending runs of `feed` whose first seq is in `from..=to`, in seq
+    /// order.
+    pub(crate) fn runs_between(&self, feed: &FeedId, from: u64, to: u64) -> Vec<Run> {
+        if from > to {
+            return Vec::new();
+        }
+        self.runs
+            .range((*feed, from)..=(*feed, to))
+            .map(|(_, r)| *r)
+            .collect()
+    }
 }
 
 impl IndexState {
@@ -290,23 +322,18 @@ impl Index {
         }
     }
 
-    /// Runs of `feed` that hold any seq in `from..=to`, in seq order.
-    pub(crate) fn runs(
+    /// Runs of `feed` whose first seq is in `start..=to`, in seq order.
+    pub(crate) fn runs_from(
         &self,
         feed: &FeedId,
-        from: u64,
+        start: u64,
         to: u64,
-    ) -> Result<impl Iterator<Item = Result<Run, StoreError>> + use<>, StoreError> {
-        let start = match self.run_for(feed, from)? {
-            Some(r) => r.first_seq,
-            None => from,
-        };
+    ) -> impl Iterator<Item = Result<Run, StoreError>> + use<> {
         let lo = seq_key(feed, start);
-        let hi = seq_key(feed, to);
-        Ok(self
-            .tree
+        let hi = seq_key(feed, to.max(start));
+        self.tree
             .range(lo..=hi)
-            .map(|item| decode::<Run>(&item?.1, "run")))
+            .map(|item| decode::<Run>(&item?.1, "run"))
     }
 
     /// Remove everything (before a rebuild).
