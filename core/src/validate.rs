@@ -337,6 +337,18 @@ impl CheckedEntries {
         self.verdicts.extend(other.verdicts);
     }
 
+    /// Split in two at `at`: these keep `[0, at)`, the returned ones hold
+    /// `[at, len)`, with their verdicts.
+    pub fn split_off(&mut self, at: usize) -> CheckedEntries {
+        let at = at.min(self.entries.len());
+        CheckedEntries {
+            entries: self.entries.split_off(at),
+            ids: self.ids.split_off(at),
+            verdicts: self.verdicts.split_off(at),
+            max_payload: self.max_payload,
+        }
+    }
+
     /// The entries, ids and verdicts, index for index.
     pub(crate) fn into_parts(self) -> (Vec<Entry>, Vec<EntryId>, Vec<Result<(), EntryError>>) {
         (self.entries, self.ids, self.verdicts)

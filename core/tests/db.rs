@@ -443,8 +443,14 @@ fn checked_pages_are_stored_like_pages_and_rechecked_on_another_limit() {
     let mut first = CheckedEntries::new(entries[..3].to_vec(), 64);
     first.append(CheckedEntries::new(entries[3..].to_vec(), 64));
     assert_eq!(first.len(), 6);
+    // Split apart again, each part keeps its own entries and verdicts.
+    let second = first.split_off(4);
+    assert_eq!((first.len(), second.len()), (4, 2));
+    assert_eq!(second.entries()[0], entries[4]);
     let report = db.ingest_checked(first).unwrap();
-    assert_eq!((report.accepted, report.dropped), (6, false));
+    assert_eq!((report.accepted, report.dropped), (4, false));
+    let report = db.ingest_checked(second).unwrap();
+    assert_eq!((report.accepted, report.dropped), (2, false));
     // A bad signature found by the check drops the page at ingest.
     let mut more: Vec<_> = (6..9).map(|i| p.make(i, "x")).collect();
     more[1].signature = TestPeer::new(2).key.sign(&more[1].id().0);

@@ -531,29 +531,72 @@ fn engine_loop(
 }
 
 /// The check thread: passes every message on to the sync thread in the
-/// order it came, checking the entries of each page on the way.
+/// order it came, checking the entries of each page on the way. Pages that
+/// are already queued are checked together (up to [`CHECK_BATCH_ENTRIES`]
+/// entries), which makes larger and cheaper signature batches.
 fn check_loop(
     rx: std_mpsc::Receiver<EngineMsg>,
     tx: std_mpsc::Sender<EngineMsg>,
     max_payload: u32,
 ) {
-    while let Ok(msg) = rx.recv() {
-        let msg = match msg {
-            EngineMsg::Input(Input::Response {
-                peer,
-                tag,
-                response: Response::Page(page),
-            }) => EngineMsg::Input(Input::CheckedPage {
-                peer,
-                tag,
-                feed: page.feed,
-                entries: CheckedEntries::new(page.entries, max_payload),
-            }),
-            other => other,
-        };
-        if tx.send(msg).is_err() {
-            break;
+    while let Ok(first) = rx.recv() {
+        let mut msgs = vec![first];
+        let mut entries = page_len(&msgs[0]);
+        while entries < CHECK_BATCH_ENTRIES {
+            let Ok(msg) = rx.try_recv() else { break };
+            entries += page_len(&msg);
+            msgs.push(msg);
         }
+        // Check every page's entries in one go, then hand each page its own.
+        let mut lens = Vec::new();
+        let mut all = Vec::with_capacity(entries);
+        for msg in &mut msgs {
+            if let EngineMsg::Input(Input::Response {
+                response: Response::Page(page),
+                ..
+            }) = msg
+            {
+                lens.push(page.entries.len());
+                all.append(&mut page.entries);
+            }
+        }
+        let mut checked = CheckedEntries::new(all, max_payload);
+        let mut parts = lens.into_iter().map(|n| {
+            let rest = checked.split_off(n);
+            std::mem::replace(&mut checked, rest)
+        });
+        for msg in msgs {
+            let msg = match msg {
+                EngineMsg::Input(Input::Response {
+                    peer,
+                    tag,
+                    response: Response::Page(page),
+                }) => EngineMsg::Input(Input::CheckedPage {
+                    peer,
+                    tag,
+                    feed: page.feed,
+                    entries: parts.next().unwrap_or_default(),
+                }),
+                other => other,
+            };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Most entries the check thread checks in one go.
+const CHECK_BATCH_ENTRIES: usize = 4096;
+
+/// Entries of a page message, 0 for any other message.
+fn page_len(msg: &EngineMsg) -> usize {
+    match msg {
+        EngineMsg::Input(Input::Response {
+            response: Response::Page(page),
+            ..
+        }) => page.entries.len(),
+        _ => 0,
     }
 }
 
