@@ -32,7 +32,7 @@ use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use sha2::{Digest, Sha512};
 
-use crate::entry::EntryId;
+use crate::entry::{EntryId, SignedHeader};
 use crate::keys::FeedId;
 use crate::validate::EntryError;
 
@@ -78,7 +78,17 @@ pub(crate) struct ToVerify<'a> {
     pub signature: &'a ed25519_dalek::Signature,
 }
 
-impl ToVerify<'_> {
+impl<'a> ToVerify<'a> {
+    /// A signed header's signature over `id`, its recomputed id.
+    pub(crate) fn of(signed: &'a SignedHeader, id: &'a EntryId) -> Self {
+        ToVerify {
+            author: &signed.header.author,
+            seq: signed.header.seq,
+            id,
+            signature: &signed.signature,
+        }
+    }
+
     fn bad(&self) -> EntryError {
         EntryError::BadSignature {
             author: *self.author,
@@ -179,7 +189,7 @@ mod tests {
     //! edge cases no honest signer makes: small-order and mixed-order `R`,
     //! non-canonical `s`.
     use super::*;
-    use crate::entry::{HEADER_VERSION, Hash, Header, SignedHeader};
+    use crate::entry::{HEADER_VERSION, Hash, Header};
     use curve25519_dalek::constants::EIGHT_TORSION;
     use proptest::prelude::*;
 
@@ -237,12 +247,7 @@ mod tests {
         let batch: Vec<ToVerify<'_>> = items
             .iter()
             .zip(&ids)
-            .map(|(s, id)| ToVerify {
-                author: &s.header.author,
-                seq: s.header.seq,
-                id,
-                signature: &s.signature,
-            })
+            .map(|(s, id)| ToVerify::of(s, id))
             .collect();
         verify_batch(&batch)
     }

@@ -148,13 +148,7 @@ pub fn validate_header_shape(header: &Header, max_payload: u32) -> Result<(), En
 /// Check one signature (rule 4). The exact rule, and why it is the same
 /// for single and batched checks, is written out in `core/src/sig.rs`.
 pub fn validate_signature(signed: &SignedHeader) -> Result<(), EntryError> {
-    let header = &signed.header;
-    crate::sig::verify_one(&ToVerify {
-        author: &header.author,
-        seq: header.seq,
-        id: &header.id(),
-        signature: &signed.signature,
-    })
+    crate::sig::verify_one(&ToVerify::of(signed, &signed.header.id()))
 }
 
 /// Check that `next` extends a feed whose head is `head` (rule 5): the
@@ -222,12 +216,7 @@ pub fn verify_signatures(headers: &[&SignedHeader]) -> Vec<Result<(), EntryError
     let items: Vec<ToVerify<'_>> = headers
         .iter()
         .zip(&ids)
-        .map(|(s, id)| ToVerify {
-            author: &s.header.author,
-            seq: s.header.seq,
-            id,
-            signature: &s.signature,
-        })
+        .map(|(s, id)| ToVerify::of(s, id))
         .collect();
     verify_items(&items)
 }
