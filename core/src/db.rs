@@ -68,11 +68,15 @@ pub mod files {
 pub const DEFAULT_MAX_PAYLOAD: u32 = 1024 * 1024;
 
 /// Index changes are committed to sled once this many records are pending
-/// (and when the handle is dropped). A sled commit costs about as much as
-/// the log's fsync, so committing after every single append would halve
-/// their rate; what is pending lives in memory, readers look there first,
-/// and after a crash the index catches up from its checkpoint anyway.
-const INDEX_COMMIT_RECORDS: usize = 512;
+/// (and on `flush_index` and when the handle is dropped). A sled commit
+/// costs about as much as the log's fsync, so committing after every single
+/// append would halve their rate; what is pending lives in memory, readers
+/// look there first, and after a crash the index catches up from its
+/// checkpoint. The number is kept small because the checkpoint is also what
+/// tells a torn tail from damage on open: a bad record past it is cut as
+/// torn (and saved aside), so the checkpoint should not lag far behind what
+/// was acknowledged.
+const INDEX_COMMIT_RECORDS: usize = 64;
 
 /// Per-database settings, stored in `config.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

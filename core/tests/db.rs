@@ -100,12 +100,17 @@ fn reads_see_index_changes_not_yet_committed() {
             .collect();
         assert_eq!(mid, (90..=140.min(n)).collect::<Vec<_>>());
     };
-    for seq in 1..=100u64 {
+    // Fewer than one commit group: everything is pending.
+    for seq in 1..=50u64 {
+        db.append(format!("s{seq}").into_bytes()).unwrap();
+    }
+    check(&db, 50);
+    for seq in 51..=100u64 {
         db.append(format!("s{seq}").into_bytes()).unwrap();
     }
     check(&db, 100);
-    // Commit mid-run (runs hold 64 entries: 65..=100 is half full), then
-    // extend that run and start another, all pending again.
+    // Commit mid-run (runs hold 64 entries: 65..=100 is part full), then
+    // extend that run and start another, pending again.
     db.flush_index().unwrap();
     for seq in 101..=150u64 {
         db.append(format!("s{seq}").into_bytes()).unwrap();
