@@ -938,7 +938,7 @@ impl Db {
             state.pending = pending;
             state.pending_records += stored.len();
             if state.pending_records >= INDEX_COMMIT_RECORDS
-                && let Err(e) = self.inner.commit_pending(&mut state)
+                && let Err(e) = commit_pending(&self.inner.index, &mut state)
             {
                 // The log holds the records; the index catches up on reopen.
                 writer.poisoned = true;
@@ -1263,20 +1263,14 @@ impl Db {
         {
             let _writer = self.writer();
             let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
-            self.inner.commit_pending(&mut state)?;
+            commit_pending(&self.inner.index, &mut state)?;
         }
         self.inner.sled.flush()?;
         Ok(())
     }
 }
 
-impl Inner {
-    /// Commit the pending index changes with the current checkpoint.
-    fn commit_pending(&self, state: &mut IndexState) -> Result<(), StoreError> {
-        commit_pending(&self.index, state)
-    }
-}
-
+/// Commit the pending index changes with the current checkpoint.
 fn commit_pending(index: &Index, state: &mut IndexState) -> Result<(), StoreError> {
     state.pending_records = 0;
     if state.pending.is_empty() {

@@ -53,12 +53,17 @@ fn parts(key: &[u8; 32], msg: &[u8; 32], sig: &ed25519_dalek::Signature) -> Opti
     if r.is_small_order() {
         return None;
     }
+    let k = challenge(sig.r_bytes(), key, msg);
+    Some(Parts { r, s, k })
+}
+
+/// `k = SHA-512(R ‖ A ‖ M) mod ℓ`.
+fn challenge(r: &[u8; 32], key: &[u8; 32], msg: &[u8; 32]) -> Scalar {
     let mut h = Sha512::new();
-    h.update(sig.r_bytes());
+    h.update(r);
     h.update(key);
     h.update(msg);
-    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
-    Some(Parts { r, s, k })
+    Scalar::from_bytes_mod_order_wide(&h.finalize().into())
 }
 
 /// Rule 4 for one signature.
@@ -222,11 +227,7 @@ mod tests {
             let msg = header.id();
             let r = Scalar::from_bytes_mod_order_wide(&Sha512::digest(msg.0).into());
             let big_r = (EdwardsPoint::mul_base(&r) + extra).compress();
-            let mut h = Sha512::new();
-            h.update(big_r.as_bytes());
-            h.update(self.public);
-            h.update(msg.0);
-            let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+            let k = challenge(big_r.as_bytes(), &self.public, &msg.0);
             let s = r + k * self.a + s_add;
             let mut bytes = [0u8; 64];
             bytes[..32].copy_from_slice(big_r.as_bytes());
@@ -303,11 +304,7 @@ mod tests {
         let header = key.header(1);
         let msg = header.id();
         let big_r = EIGHT_TORSION[3].compress();
-        let mut h = Sha512::new();
-        h.update(big_r.as_bytes());
-        h.update(key.public);
-        h.update(msg.0);
-        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        let k = challenge(big_r.as_bytes(), &key.public, &msg.0);
         let s = k * key.a;
         let mut bytes = [0u8; 64];
         bytes[..32].copy_from_slice(big_r.as_bytes());

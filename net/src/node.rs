@@ -539,45 +539,61 @@ fn check_loop(
     tx: std_mpsc::Sender<EngineMsg>,
     max_payload: u32,
 ) {
+    /// A message waiting for its turn; a page's entries wait in `all`.
+    enum Held {
+        Page {
+            peer: PeerId,
+            tag: u64,
+            feed: FeedId,
+            len: usize,
+        },
+        Other(EngineMsg),
+    }
     while let Ok(first) = rx.recv() {
-        let mut msgs = vec![first];
-        let mut entries = page_len(&msgs[0]);
-        while entries < CHECK_BATCH_ENTRIES {
-            let Ok(msg) = rx.try_recv() else { break };
-            entries += page_len(&msg);
-            msgs.push(msg);
-        }
-        // Check every page's entries in one go, then hand each page its own.
-        let mut lens = Vec::new();
-        let mut all = Vec::with_capacity(entries);
-        for msg in &mut msgs {
-            if let EngineMsg::Input(Input::Response {
-                response: Response::Page(page),
-                ..
-            }) = msg
-            {
-                lens.push(page.entries.len());
-                all.append(&mut page.entries);
-            }
-        }
-        let mut checked = CheckedEntries::new(all, max_payload);
-        let mut parts = lens.into_iter().map(|n| {
-            let rest = checked.split_off(n);
-            std::mem::replace(&mut checked, rest)
-        });
-        for msg in msgs {
-            let msg = match msg {
+        let mut held = Vec::new();
+        let mut all = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
                 EngineMsg::Input(Input::Response {
                     peer,
                     tag,
                     response: Response::Page(page),
-                }) => EngineMsg::Input(Input::CheckedPage {
+                }) => {
+                    held.push(Held::Page {
+                        peer,
+                        tag,
+                        feed: page.feed,
+                        len: page.entries.len(),
+                    });
+                    all.extend(page.entries);
+                }
+                other => held.push(Held::Other(other)),
+            }
+            next = if all.len() < CHECK_BATCH_ENTRIES {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let mut checked = CheckedEntries::new(all, max_payload);
+        for h in held {
+            let msg = match h {
+                Held::Page {
                     peer,
                     tag,
-                    feed: page.feed,
-                    entries: parts.next().unwrap_or_default(),
-                }),
-                other => other,
+                    feed,
+                    len,
+                } => {
+                    let rest = checked.split_off(len);
+                    EngineMsg::Input(Input::CheckedPage {
+                        peer,
+                        tag,
+                        feed,
+                        entries: std::mem::replace(&mut checked, rest),
+                    })
+                }
+                Held::Other(msg) => msg,
             };
             if tx.send(msg).is_err() {
                 return;
@@ -588,17 +604,6 @@ fn check_loop(
 
 /// Most entries the check thread checks in one go.
 const CHECK_BATCH_ENTRIES: usize = 4096;
-
-/// Entries of a page message, 0 for any other message.
-fn page_len(msg: &EngineMsg) -> usize {
-    match msg {
-        EngineMsg::Input(Input::Response {
-            response: Response::Page(page),
-            ..
-        }) => page.entries.len(),
-        _ => 0,
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The swarm task.
