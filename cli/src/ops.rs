@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kappadb_core::{Db, EntryError, EntryId, FeedId, RecordBody, StoreError};
+use kappadb_core::{AppendError, Db, EntryError, EntryId, FeedId, RecordBody, StoreError};
 use kappadb_net::peers::PeerRecord;
 use kappadb_views::field::{FieldQuery, parse_query_value};
 use kappadb_views::timeline::{Order, TimelineQuery};
@@ -78,13 +78,29 @@ impl From<StoreError> for OpError {
     fn from(e: StoreError) -> Self {
         let msg = e.to_string();
         match e {
-            StoreError::Entry(EntryError::PayloadTooLarge { .. }) => {
-                Self::new(413, "payload_too_large", msg)
-            }
-            StoreError::Entry(EntryError::FeedForked { .. }) => Self::new(409, "feed_forked", msg),
-            StoreError::Entry(_) => Self::bad("bad_entry", msg),
             StoreError::Locked { .. } => Self::new(409, "locked", msg),
             _ => Self::new(500, "store", msg),
+        }
+    }
+}
+
+impl From<EntryError> for OpError {
+    fn from(e: EntryError) -> Self {
+        let msg = e.to_string();
+        match e {
+            EntryError::PayloadTooLarge { .. } => Self::new(413, "payload_too_large", msg),
+            EntryError::FeedForked { .. } => Self::new(409, "feed_forked", msg),
+            _ => Self::bad("bad_entry", msg),
+        }
+    }
+}
+
+impl From<AppendError> for OpError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Rejected(e) => e.into(),
+            AppendError::Store(e) => e.into(),
+            other => Self::new(500, "store", other.to_string()),
         }
     }
 }

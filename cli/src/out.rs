@@ -177,7 +177,7 @@ pub fn record_json(rec: &LogRecord) -> Value {
             "offset": rec.offset,
             "feed": p.author().to_string(),
             "seq": p.seq(),
-            "ids": [p.a.header.id().to_string(), p.b.header.id().to_string()],
+            "ids": [p.a().header.id().to_string(), p.b().header.id().to_string()],
         }),
     }
 }

@@ -28,7 +28,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{FeedId, KeyError, SigningKey, hex, parse_hex32};
+use crate::keys::{FeedId, SigningKey, hex, parse_hex32};
+use crate::validate::{EntryError, validate_fork_proof};
 
 /// The only header version this build understands.
 pub const HEADER_VERSION: u8 = 1;
@@ -85,13 +86,21 @@ impl fmt::Debug for EntryId {
     }
 }
 
+/// Text that is not an entry id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{input}' is not an entry id: expected 64 hex digits")]
+pub struct BadEntryId {
+    /// The offending input, shortened.
+    pub input: String,
+}
+
 impl FromStr for EntryId {
-    type Err = KeyError;
+    type Err = BadEntryId;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         parse_hex32(s.trim())
             .map(EntryId)
-            .ok_or_else(|| KeyError::BadFeedId {
+            .ok_or_else(|| BadEntryId {
                 input: s.chars().take(80).collect(),
             })
     }
@@ -124,30 +133,28 @@ impl Header {
     }
 
     /// Decode a header, refusing trailing bytes and unknown versions.
-    pub fn decode(bytes: &[u8]) -> Result<Self, crate::EntryError> {
+    pub fn decode(bytes: &[u8]) -> Result<Self, EntryError> {
         if bytes.len() > MAX_HEADER_LEN {
-            return Err(crate::EntryError::Malformed("header too long"));
+            return Err(EntryError::Malformed("header too long"));
         }
         // The version byte comes first, so an unknown version is reported as
         // such even if the rest would not parse.
         match bytes.first() {
-            None => return Err(crate::EntryError::Malformed("empty header")),
+            None => return Err(EntryError::Malformed("empty header")),
             Some(&v) if v != HEADER_VERSION => {
-                return Err(crate::EntryError::UnsupportedVersion(v));
+                return Err(EntryError::UnsupportedVersion(v));
             }
             Some(_) => {}
         }
         let (header, rest) = postcard::take_from_bytes::<Header>(bytes)
-            .map_err(|_| crate::EntryError::Malformed("header does not decode"))?;
+            .map_err(|_| EntryError::Malformed("header does not decode"))?;
         if !rest.is_empty() {
-            return Err(crate::EntryError::Malformed("trailing bytes after header"));
+            return Err(EntryError::Malformed("trailing bytes after header"));
         }
         // Reject non-canonical encodings: the id is computed over our own
         // encoding, so two byte strings for one header must not exist.
         if header.encode() != bytes {
-            return Err(crate::EntryError::Malformed(
-                "non-canonical header encoding",
-            ));
+            return Err(EntryError::Malformed("non-canonical header encoding"));
         }
         Ok(header)
     }
@@ -218,22 +225,57 @@ impl Entry {
 
 /// Two valid headers from one author at one seq with different ids: proof
 /// that the author forked its feed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Only [`ForkProof::new`] builds one from outside this crate, and it
+/// checks the proof ([`validate_fork_proof`]), so holding a `ForkProof`
+/// means holding a valid one. What arrives from a peer is an
+/// [`UncheckedForkProof`] until then. Encoded (postcard, in the log and on
+/// the wire) as the two signed headers, smaller id first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ForkProof {
-    /// One of the two headers (the smaller id).
-    pub a: SignedHeader,
-    /// The other header (the larger id).
-    pub b: SignedHeader,
+    // Invariant: `a` and `b` conflict (same author and seq, different ids),
+    // both signatures verify, and `a.header.id() < b.header.id()`.
+    a: SignedHeader,
+    b: SignedHeader,
 }
 
 impl ForkProof {
-    /// Build a proof from two conflicting headers, in canonical order.
-    pub fn new(x: SignedHeader, y: SignedHeader) -> Self {
+    /// Check two conflicting headers ([`validate_fork_proof`]) and make a
+    /// proof of them, in canonical order.
+    pub fn new(x: SignedHeader, y: SignedHeader) -> Result<Self, EntryError> {
+        validate_fork_proof(&x, &y)?;
+        Ok(Self::from_checked(x, y))
+    }
+
+    /// A proof of two headers already known to be valid and to conflict
+    /// (an entry held and a conflicting one that passed every check).
+    pub(crate) fn from_checked(x: SignedHeader, y: SignedHeader) -> Self {
         if x.header.id() <= y.header.id() {
             Self { a: x, b: y }
         } else {
             Self { a: y, b: x }
         }
+    }
+
+    /// A proof read back from this database's own log: the record passed
+    /// its checksum, so only the shape is checked here; `Db::verify`
+    /// re-checks the signatures like every other record's.
+    pub(crate) fn from_stored(parts: UncheckedForkProof) -> Result<Self, &'static str> {
+        let (a, b) = (&parts.a.header, &parts.b.header);
+        if a.author != b.author || a.seq != b.seq || a.id() == b.id() {
+            return Err("fork proof whose headers do not conflict");
+        }
+        Ok(Self::from_checked(parts.a, parts.b))
+    }
+
+    /// The header with the smaller id.
+    pub fn a(&self) -> &SignedHeader {
+        &self.a
+    }
+
+    /// The header with the larger id.
+    pub fn b(&self) -> &SignedHeader {
+        &self.b
     }
 
     /// The forked feed.
@@ -244,6 +286,37 @@ impl ForkProof {
     /// The seq at which the feed forked.
     pub fn seq(&self) -> u64 {
         self.a.header.seq
+    }
+
+    /// The proof as it travels to a peer, which checks it again.
+    pub fn to_unchecked(&self) -> UncheckedForkProof {
+        UncheckedForkProof {
+            a: self.a.clone(),
+            b: self.b.clone(),
+        }
+    }
+}
+
+/// A fork proof as a peer sent it: two signed headers that have not been
+/// checked yet. Same encoding as [`ForkProof`]; [`UncheckedForkProof::check`]
+/// turns it into one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UncheckedForkProof {
+    /// One header.
+    pub a: SignedHeader,
+    /// The other.
+    pub b: SignedHeader,
+}
+
+impl UncheckedForkProof {
+    /// The feed it claims is forked.
+    pub fn author(&self) -> FeedId {
+        self.a.header.author
+    }
+
+    /// Check it ([`validate_fork_proof`]).
+    pub fn check(self) -> Result<ForkProof, EntryError> {
+        ForkProof::new(self.a, self.b)
     }
 }
 
@@ -300,13 +373,13 @@ mod tests {
         bytes.push(0);
         assert!(matches!(
             Header::decode(&bytes),
-            Err(crate::EntryError::Malformed(_))
+            Err(EntryError::Malformed(_))
         ));
         bytes.pop();
         bytes[0] = 2;
         assert!(matches!(
             Header::decode(&bytes),
-            Err(crate::EntryError::UnsupportedVersion(2))
+            Err(EntryError::UnsupportedVersion(2))
         ));
     }
 
@@ -315,6 +388,27 @@ mod tests {
         let key = SigningKey::from_seed([1; 32]);
         let a = Entry::sign(&key, None, 5, b"x".to_vec()).signed_header();
         let b = Entry::sign(&key, None, 5, b"y".to_vec()).signed_header();
-        assert_eq!(ForkProof::new(a.clone(), b.clone()), ForkProof::new(b, a));
+        assert_eq!(
+            ForkProof::new(a.clone(), b.clone()).unwrap(),
+            ForkProof::new(b, a).unwrap()
+        );
+    }
+
+    #[test]
+    fn fork_proof_encodes_like_its_unchecked_form() {
+        let key = SigningKey::from_seed([1; 32]);
+        let a = Entry::sign(&key, None, 5, b"x".to_vec()).signed_header();
+        let b = Entry::sign(&key, None, 5, b"y".to_vec()).signed_header();
+        let proof = ForkProof::new(a, b).unwrap();
+        let bytes = postcard::to_stdvec(&proof).unwrap();
+        let back: UncheckedForkProof = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, proof.to_unchecked());
+        assert_eq!(back.check().unwrap(), proof);
+    }
+
+    #[test]
+    fn entry_id_parse_error_names_entry_ids() {
+        let err = "xyz".parse::<EntryId>().unwrap_err();
+        assert!(err.to_string().contains("not an entry id"), "{err}");
     }
 }

@@ -1,12 +1,40 @@
 //! Store errors: what can go wrong opening, writing and reading a database.
 //!
-//! Expected rejections of entries are [`crate::EntryError`]s and are
-//! reported per entry by ingest; the variants here stop the operation.
+//! Two kinds of failure never share a type. Expected rejections of entries
+//! ([`crate::EntryError`]: a bad signature from a peer, a payload over the
+//! limit, a forked feed) are answers, reported per entry by ingest or as
+//! [`AppendError::Rejected`]; a [`StoreError`] is a fail-stop failure of
+//! the database itself (I/O, a damaged index, a poisoned writer) that stops
+//! the operation. `StoreError` never wraps an `EntryError`, so `?` cannot
+//! turn a peer's bad entry into a storage failure or the other way round.
 
 use std::path::PathBuf;
 
 use crate::keys::KeyError;
 use crate::validate::EntryError;
+
+/// Why [`crate::Db::append`] (or `append_batch`) did not append.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The append breaks a rule (payload over the limit, feed forked);
+    /// nothing was written and the database is fine.
+    #[error(transparent)]
+    Rejected(#[from] EntryError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AppendError {
+    /// The rejection, if the append was refused by a rule.
+    pub fn rejection(&self) -> Option<&EntryError> {
+        match self {
+            AppendError::Rejected(e) => Some(e),
+            AppendError::Store(_) => None,
+        }
+    }
+}
 
 /// An error from the database.
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +98,6 @@ pub enum StoreError {
     /// An earlier write failed; the database must be reopened.
     #[error("an earlier write to the log failed; reopen the database to recover")]
     Poisoned,
-    /// A local append was refused.
-    #[error(transparent)]
-    Entry(#[from] EntryError),
     /// A filesystem operation failed.
     #[error("{path}: {source}")]
     Io {

@@ -37,6 +37,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 
 pub mod db;
+mod dir;
 pub mod entry;
 pub mod error;
 pub mod index;
@@ -45,6 +46,7 @@ pub mod log;
 mod sig;
 pub mod tail;
 pub mod validate;
+mod verify;
 pub mod watch;
 
 #[cfg(any(test, feature = "test_utils"))]
@@ -54,8 +56,10 @@ pub use db::{
     Appended, CreateOptions, Db, DbConfig, FeedInfo, IngestReport, Problem, Status, VerifyReport,
     now_ms,
 };
-pub use entry::{Entry, EntryId, ForkProof, Hash, Header, SignedHeader};
-pub use error::StoreError;
+pub use entry::{
+    BadEntryId, Entry, EntryId, ForkProof, Hash, Header, SignedHeader, UncheckedForkProof,
+};
+pub use error::{AppendError, StoreError};
 pub use index::{ForkInfo, Head};
 pub use keys::{FeedId, KeyError, NetworkKey, SigningKey};
 pub use log::{LogIter, LogRecord, RecordBody, Recovery};

@@ -45,10 +45,10 @@ pub enum EntryError {
         seq: u64,
     },
     /// The author is not a usable public key.
-    #[error("author {0:?} is not a valid ed25519 public key")]
+    #[error("author {0} is not a valid ed25519 public key")]
     BadAuthor(FeedId),
     /// The signature does not verify over the entry id.
-    #[error("bad signature on {author:?} seq {seq}")]
+    #[error("bad signature on {} seq {seq}", author.fmt_short())]
     BadSignature {
         /// The feed.
         author: FeedId,
@@ -92,7 +92,7 @@ pub enum EntryError {
         seq: u64,
     },
     /// The feed is forked; nothing past the fork point is accepted.
-    #[error("feed {author:?} is forked at seq {fork_seq}; seq {seq} is refused")]
+    #[error("feed {} is forked at seq {fork_seq}; seq {seq} is refused", author.fmt_short())]
     FeedForked {
         /// The feed.
         author: FeedId,
@@ -101,17 +101,18 @@ pub enum EntryError {
         /// The refused entry's seq.
         seq: u64,
     },
-    /// The feed is on this database's block list.
-    #[error("feed {0:?} is blocked")]
-    Blocked(FeedId),
+    /// Two headers offered as a fork proof do not conflict: another
+    /// author, another seq, or the same entry twice.
+    #[error("not a fork proof: {0}")]
+    NotAFork(&'static str),
 }
 
 impl EntryError {
-    /// True for rejections that are this database's policy (a forked or
-    /// blocked feed), not proof that whoever sent the entry broke a rule.
+    /// True for rejections that are this database's policy (a forked
+    /// feed), not proof that whoever sent the entry broke a rule.
     /// [`crate::Db::ingest_page`] drops a page only for the others.
     pub fn is_policy(&self) -> bool {
-        matches!(self, EntryError::FeedForked { .. } | EntryError::Blocked(_))
+        matches!(self, EntryError::FeedForked { .. })
     }
 }
 
@@ -195,6 +196,32 @@ pub fn validate_payload(
     }
     if Hash::of(payload) != header.payload_hash {
         return Err(EntryError::PayloadHashMismatch { seq: header.seq });
+    }
+    Ok(())
+}
+
+/// Check two signed headers offered as proof that their author forked its
+/// feed. They are a proof iff
+/// 1. they name the same author and the same seq, with different ids
+///    ([`EntryError::NotAFork`]);
+/// 2. each header has a known version and a backlink that fits its seq
+///    (rules 1 and 2; the payload limit is not checked: a proof is about
+///    signatures, and a peer with a larger limit may hold such entries);
+/// 3. the author is a valid key and both signatures verify (rules 3 and 4).
+pub fn validate_fork_proof(a: &SignedHeader, b: &SignedHeader) -> Result<(), EntryError> {
+    let (ha, hb) = (&a.header, &b.header);
+    if ha.author != hb.author {
+        return Err(EntryError::NotAFork("the headers have different authors"));
+    }
+    if ha.seq != hb.seq {
+        return Err(EntryError::NotAFork("the headers have different seqs"));
+    }
+    if ha.id() == hb.id() {
+        return Err(EntryError::NotAFork("the two headers are the same entry"));
+    }
+    for s in [a, b] {
+        validate_header(&s.header, u32::MAX)?;
+        validate_signature(s)?;
     }
     Ok(())
 }
@@ -339,7 +366,7 @@ impl CheckedEntries {
     }
 
     /// The entries, ids and verdicts, index for index.
-    pub(crate) fn into_parts(self) -> (Vec<Entry>, Vec<EntryId>, Vec<Result<(), EntryError>>) {
+    pub fn into_parts(self) -> (Vec<Entry>, Vec<EntryId>, Vec<Result<(), EntryError>>) {
         (self.entries, self.ids, self.verdicts)
     }
 

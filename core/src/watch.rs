@@ -3,8 +3,13 @@
 //! The database publishes its committed log end here after every write. A
 //! thread can block until the end moves past an offset ([`Watch::wait_past`]),
 //! and async code registers a callback ([`Watch::subscribe`]) that, for
-//! example, wakes a `tokio::sync::Notify`. Callbacks run on the writing
-//! thread after the write is durable, so they must be quick.
+//! example, wakes a `tokio::sync::Notify`.
+//!
+//! Callbacks run on the writing thread after the write is durable and
+//! after the database has released its writer lock: a callback may read
+//! the database and may even append (that append runs the callbacks again
+//! when it is done, so a callback that always appends never stops). The
+//! writer's caller waits for the callbacks, so they should be quick.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -42,12 +47,21 @@ impl Watch {
         *self.end.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn publish(&self, end: u64) {
+    /// Move the end forward to `end` (never back: writers that finish out
+    /// of order leave the largest) and wake the threads waiting for it.
+    /// Called with the writer lock held; runs no callback.
+    pub(crate) fn advance(&self, end: u64) {
         {
             let mut cur = self.end.lock().unwrap_or_else(|e| e.into_inner());
-            *cur = end;
+            *cur = (*cur).max(end);
         }
         self.cond.notify_all();
+    }
+
+    /// Run every callback with the current end. Called after the writer
+    /// lock is released.
+    pub(crate) fn notify(&self) {
+        let end = self.end();
         let listeners: Vec<Listener> = self
             .listeners
             .lock()
@@ -80,7 +94,8 @@ impl Watch {
         *cur
     }
 
-    /// Call `f(new_end)` after every durable write.
+    /// Call `f(new_end)` after every durable write, on the writing thread,
+    /// with no database lock held (see the module docs).
     pub fn subscribe(&self, f: impl Fn(u64) + Send + Sync + 'static) -> ListenerId {
         let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         l.0 += 1;

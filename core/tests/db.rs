@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use kappadb_core::test_utils::TestPeer;
 use kappadb_core::{
-    CheckedEntries, CreateOptions, Db, DbConfig, EntryError, RecordBody, StoreError,
+    AppendError, CheckedEntries, CreateOptions, Db, DbConfig, EntryError, RecordBody, StoreError,
 };
 
 fn new_db(dir: &Path) -> Db {
@@ -140,7 +140,7 @@ fn payload_limit_is_enforced_at_append() {
     let err = db.append(vec![0; 101]).unwrap_err();
     assert!(matches!(
         err,
-        StoreError::Entry(EntryError::PayloadTooLarge {
+        AppendError::Rejected(EntryError::PayloadTooLarge {
             len: 101,
             limit: 100
         })

@@ -292,8 +292,11 @@ impl Behaviour {
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(64),
         );
+        // Messages are forwarded only once the node accepts them
+        // (`report_message_validation_result`): a flood is not passed on.
         let gossip_config = gossipsub::ConfigBuilder::default()
             .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
             .max_transmit_size(MAX_GOSSIP_BYTES)
             .heartbeat_interval(Duration::from_secs(1))
             .build()

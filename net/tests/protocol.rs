@@ -9,6 +9,7 @@ use kappadb_core::test_utils::TestPeer;
 use kappadb_core::{CreateOptions, Db, Entry, FeedId, Head, NetworkKey, SigningKey};
 use kappadb_net::protocol::{
     Engine, HeadInfo, Heads, Input, Output, Page, Request, Response, SyncConfig, SyncEvent, Want,
+    receive,
 };
 use kappadb_net::test_utils::{Frame, Pair, Side};
 
@@ -183,7 +184,9 @@ fn sync_skips_blocked_feeds_both_ways() {
     append_n(&a, 10, "a");
     append_n(&b, 10, "b");
     let mut pair = Pair::new(a.clone(), b.clone());
-    pair.a = Engine::new(a.clone(), SyncConfig::default()).with_blocked([b.feed_id(), a.feed_id()]);
+    pair.a = Engine::new(a.clone(), SyncConfig::default())
+        .unwrap()
+        .with_blocked([b.feed_id(), a.feed_id()]);
     pair.connect();
     pair.run();
     assert!(
@@ -215,7 +218,7 @@ impl Victim {
     }
 
     fn with_db((dir, db): (tempfile::TempDir, Db)) -> Self {
-        let engine = Engine::new(db.clone(), SyncConfig::default());
+        let engine = Engine::new(db.clone(), SyncConfig::default()).unwrap();
         Self {
             _dir: dir,
             db,
@@ -234,10 +237,10 @@ impl Victim {
         self.engine.handle(Input::Connected(EVIL));
         self.step();
         let tag = self.take_request(|r| matches!(r, Request::Heads(_))).0;
-        self.engine.handle(Input::Response {
+        self.engine.handle(Input::Heads {
             peer: EVIL,
             tag,
-            response: Response::Heads(Heads {
+            heads: Heads {
                 heads: vec![HeadInfo {
                     feed,
                     seq,
@@ -247,7 +250,7 @@ impl Victim {
                 idle: true,
                 more: false,
                 serial: 1,
-            }),
+            },
         });
         self.step();
     }
@@ -283,17 +286,15 @@ impl Victim {
     }
 
     fn answer(&mut self, tag: u64, page: Page) {
-        self.engine.handle(Input::Response {
-            peer: EVIL,
-            tag,
-            response: Response::Page(page),
-        });
+        let limit = self.db.config().max_payload_bytes;
+        self.engine
+            .handle(receive(EVIL, tag, Response::Page(page), limit));
         self.step();
     }
 
-    fn banned(&self) -> Option<&str> {
+    fn banned(&self) -> Option<String> {
         self.outputs.iter().find_map(|o| match o {
-            Output::Ban { peer: EVIL, reason } => Some(reason.as_str()),
+            Output::Ban { peer: EVIL, reason } => Some(reason.to_string()),
             _ => None,
         })
     }
@@ -594,10 +595,10 @@ fn a_stale_idle_flag_arriving_late_is_ignored() {
         }) {
             let tag = v.take_request(|r| matches!(r, Request::Heads(_))).0;
             *serial += 1;
-            v.engine.handle(Input::Response {
+            v.engine.handle(Input::Heads {
                 peer: EVIL,
                 tag,
-                response: Response::Heads(heads(idle, *serial)),
+                heads: heads(idle, *serial),
             });
             v.step();
         }

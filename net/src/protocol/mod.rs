@@ -1,6 +1,6 @@
 //! The sync protocol, independent of any transport: its messages
 //! ([`wire`]) and the [`Engine`] that drives every peer session of a node
-//! ([`engine`]). No libp2p here; the node in [`crate::node`] carries the
+//! ([`engine`]), over a [`SyncStore`] ([`store`]). No libp2p here; the node in [`crate::node`] carries the
 //! messages over libp2p request-response and gossipsub, and the tests carry
 //! them over channels (`test_utils::Pair`, feature `test_utils`).
 //!
@@ -15,12 +15,17 @@
 //! ```
 
 pub mod engine;
+pub mod store;
 pub mod wire;
 
-pub use engine::{Engine, Input, Output, PeerKey, SyncConfig, SyncEvent, SyncStats, check_page};
+pub use engine::{
+    ConfigError, Engine, Input, Output, PeerKey, SyncConfig, SyncError, SyncEvent, SyncStats,
+    check_page, check_proofs, receive, receive_announce,
+};
+pub use store::SyncStore;
 pub use wire::{
-    Announce, HeadInfo, Heads, Limits, MAX_FORK_PROOFS_PER_MESSAGE, MAX_HEADS_PER_MESSAGE,
-    MAX_PAGE_BYTES, MAX_PAGE_ENTRIES, PROTOCOL_NAME, Page, Request, Response, Want, WireError,
-    decode_announce, decode_request, decode_response, encode_announce, encode_request,
-    encode_response, entry_wire_size,
+    Announce, HeadInfo, Heads, Limits, MAX_FORK_PROOFS_PER_ANNOUNCE, MAX_FORK_PROOFS_PER_MESSAGE,
+    MAX_HEADS_PER_ANNOUNCE, MAX_HEADS_PER_MESSAGE, MAX_PAGE_BYTES, MAX_PAGE_ENTRIES, PROTOCOL_NAME,
+    Page, Request, Response, Want, WireError, decode_announce, decode_request, decode_response,
+    encode_announce, encode_request, encode_response, entry_wire_size,
 };

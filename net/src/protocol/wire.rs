@@ -10,7 +10,7 @@
 //! ```text
 //! Request::Heads(Heads)          -> Response::Heads(Heads{idle flag only})
 //! Request::Want(Want)            -> Response::Page(Page)
-//! Request::ForkProofs(Vec<FeedId>) -> Response::ForkProofs(Vec<ForkProof>)
+//! Request::ForkProofs(Vec<FeedId>) -> Response::ForkProofs(Vec<UncheckedForkProof>)
 //! gossip: Announce { heads, forks }
 //! ```
 //!
@@ -25,7 +25,7 @@
 //! assert_eq!(decode_request(&bytes, &Limits::default()).unwrap(), req);
 //! ```
 
-use kappadb_core::{Entry, EntryId, FeedId, ForkProof};
+use kappadb_core::{Entry, EntryId, FeedId, UncheckedForkProof};
 use serde::{Deserialize, Serialize};
 
 /// The libp2p protocol name of the sync protocol, version 1.
@@ -42,6 +42,13 @@ pub const MAX_HEADS_PER_MESSAGE: usize = 4096;
 
 /// Most fork proofs asked for or carried by one message.
 pub const MAX_FORK_PROOFS_PER_MESSAGE: usize = 256;
+
+/// Most heads a node puts in one gossip [`Announce`].
+pub const MAX_HEADS_PER_ANNOUNCE: usize = MAX_HEADS_PER_MESSAGE / 4;
+
+/// Most fork proofs one [`Announce`] may carry. An announcement with more
+/// is not one an honest node sends, and gets its publisher banned.
+pub const MAX_FORK_PROOFS_PER_ANNOUNCE: usize = 16;
 
 /// Room for everything in a message besides entries.
 const MESSAGE_OVERHEAD: usize = 64 * 1024;
@@ -169,8 +176,8 @@ pub enum Response {
     Heads(Heads),
     /// The answer to [`Request::Want`].
     Page(Page),
-    /// The answer to [`Request::ForkProofs`].
-    ForkProofs(Vec<ForkProof>),
+    /// The answer to [`Request::ForkProofs`] (checked by the receiver).
+    ForkProofs(Vec<UncheckedForkProof>),
     /// The request was refused (with a short reason).
     Refused(String),
 }
@@ -181,8 +188,9 @@ pub enum Response {
 pub struct Announce {
     /// Heads that moved (at most [`MAX_HEADS_PER_MESSAGE`]).
     pub heads: Vec<HeadInfo>,
-    /// Fork proofs (at most [`MAX_FORK_PROOFS_PER_MESSAGE`]).
-    pub forks: Vec<ForkProof>,
+    /// Fork proofs (at most [`MAX_FORK_PROOFS_PER_ANNOUNCE`]; checked by
+    /// the receiver).
+    pub forks: Vec<UncheckedForkProof>,
 }
 
 /// Bytes that are not a valid message.

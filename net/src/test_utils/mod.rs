@@ -1,5 +1,7 @@
 //! Helpers for tests (feature `test_utils`): two [`Engine`]s joined by
-//! channels, every message going through the real encoding.
+//! channels, every message going through the real encoding ([`Pair`]), and
+//! an in-memory [`SyncStore`] that applies the database's ingest rules
+//! ([`MemStore`]), so protocol tests need no disk.
 //!
 //! ```
 //! use kappadb_core::{CreateOptions, Db};
@@ -15,15 +17,19 @@
 //! assert!(pair.synced());
 //! ```
 
+mod memstore;
+
 use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::time::Instant;
 
 use kappadb_core::Db;
 
+pub use self::memstore::MemStore;
 use crate::protocol::{
-    Engine, Input, Limits, Output, SyncConfig, SyncEvent, decode_announce, decode_request,
-    decode_response, encode_announce, encode_request, encode_response,
+    Engine, Input, Limits, Output, SyncConfig, SyncEvent, SyncStore, decode_announce,
+    decode_request, decode_response, encode_announce, encode_request, encode_response, receive,
+    receive_announce,
 };
 
 /// Which side of a [`Pair`].
@@ -67,11 +73,11 @@ pub enum Frame {
 
 /// Two engines joined by channels. Each engine's peer is the other
 /// [`Side`].
-pub struct Pair {
+pub struct Pair<S: SyncStore = Db> {
     /// Engine A (its peer is `Side::B`).
-    pub a: Engine<Side>,
+    pub a: Engine<Side, S>,
     /// Engine B (its peer is `Side::A`).
-    pub b: Engine<Side>,
+    pub b: Engine<Side, S>,
     to_a: (mpsc::Sender<Frame>, mpsc::Receiver<Frame>),
     to_b: (mpsc::Sender<Frame>, mpsc::Receiver<Frame>),
     limits: Limits,
@@ -86,7 +92,7 @@ pub struct Pair {
     pub frames: usize,
 }
 
-impl std::fmt::Debug for Pair {
+impl<S: SyncStore> std::fmt::Debug for Pair<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pair")
             .field("frames", &self.frames)
@@ -94,18 +100,22 @@ impl std::fmt::Debug for Pair {
     }
 }
 
-impl Pair {
+impl<S: SyncStore> Pair<S> {
     /// Engines over `a` and `b` with the default config.
-    pub fn new(a: Db, b: Db) -> Self {
+    pub fn new(a: S, b: S) -> Self {
         Self::with_config(a, b, SyncConfig::default())
     }
 
-    /// Engines with a given config.
-    pub fn with_config(a: Db, b: Db, config: SyncConfig) -> Self {
+    /// Engines with a given config (which must pass [`SyncConfig::check`]).
+    pub fn with_config(a: S, b: S, config: SyncConfig) -> Self {
         let limits = config.limits.clone();
+        let engine = |store: S, config: SyncConfig| match Engine::new(store, config) {
+            Ok(e) => e,
+            Err(e) => panic!("{e}"),
+        };
         Self {
-            a: Engine::new(a, config.clone()),
-            b: Engine::new(b, config),
+            a: engine(a, config.clone()),
+            b: engine(b, config),
             to_a: mpsc::channel(),
             to_b: mpsc::channel(),
             limits,
@@ -117,7 +127,7 @@ impl Pair {
         }
     }
 
-    fn engine(&mut self, side: Side) -> &mut Engine<Side> {
+    fn engine(&mut self, side: Side) -> &mut Engine<Side, S> {
         match side {
             Side::A => &mut self.a,
             Side::B => &mut self.b,
@@ -178,7 +188,7 @@ impl Pair {
                     let _ = tx.send(Frame::Gossip(encode_announce(&a)));
                 }
                 Output::Ban { reason, .. } => {
-                    self.bans.push((side, reason));
+                    self.bans.push((side, reason.to_string()));
                     self.connected = false;
                 }
                 Output::Disconnect { .. } => self.connected = false,
@@ -192,6 +202,7 @@ impl Pair {
     pub fn deliver(&mut self, to: Side, frame: Frame) {
         let from = to.other();
         let limits = self.limits.clone();
+        let max_payload = self.engine(to).store().max_payload();
         let input = match frame {
             Frame::Request { tag, bytes } => match decode_request(&bytes, &limits) {
                 Ok(request) => Input::Request {
@@ -205,21 +216,14 @@ impl Pair {
                 },
             },
             Frame::Response { tag, bytes } => match decode_response(&bytes, &limits) {
-                Ok(response) => Input::Response {
-                    peer: from,
-                    tag,
-                    response,
-                },
+                Ok(response) => receive(from, tag, response, max_payload),
                 Err(e) => Input::Malformed {
                     peer: from,
                     error: e.to_string(),
                 },
             },
             Frame::Gossip(bytes) => match decode_announce(&bytes, &limits) {
-                Ok(announce) => Input::Announce {
-                    peer: from,
-                    announce,
-                },
+                Ok(announce) => receive_announce(from, announce),
                 Err(_) => return,
             },
         };

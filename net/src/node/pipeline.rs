@@ -1,0 +1,340 @@
+//! The two threads behind the swarm task, and the bounded queues between
+//! the three:
+//!
+//! ```text
+//! swarm task --ToCheck (tokio, PIPELINE_DEPTH)--> kappadb-check thread
+//!     ^                                              | checks pages and proofs
+//!     |                                              v
+//!     +----FromSync (tokio, PIPELINE_DEPTH)---- kappadb-sync thread (Engine, BlockList)
+//! ```
+//!
+//! Every queue is bounded. The swarm task waits for room in the check
+//! queue (it stops reading the network meanwhile: back-pressure reaches
+//! the peers through TCP), except for gossip, which it drops when the
+//! queue is full. The check thread blocks on the sync queue; the sync
+//! thread blocks on the swarm's queue, which the swarm task always drains,
+//! so the cycle cannot lock up. Database writes wake the sync thread
+//! through a flag and a `try_send`, never a blocking send: a write may
+//! come from the sync thread itself.
+//!
+//! The sync thread owns the [`Engine`] (and so the only handle on the
+//! database it writes with) and the [`BlockList`]: blocking a feed, and
+//! picking up another process's edits of `blocked.json`, happen there.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use kappadb_core::{CheckedEntries, FeedId};
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::blocklist::BlockList;
+use crate::error::NetError;
+use crate::node::NodeEvent;
+use crate::protocol::{Engine, Input, Output, Response, receive, receive_announce};
+
+/// Messages in flight on each queue between the swarm task and the two
+/// threads. Pages are bounded separately (by the engine's in-flight
+/// limits), so this bounds the small messages.
+pub(super) const PIPELINE_DEPTH: usize = 256;
+
+/// Most entries the check thread checks in one go.
+const CHECK_BATCH_ENTRIES: usize = 4096;
+
+/// How often the sync thread looks at `blocked.json` for edits by another
+/// process (`kappa block`).
+const BLOCKLIST_RELOAD: Duration = Duration::from_secs(2);
+
+/// To the check thread (and on to the sync thread).
+pub(super) enum ToCheck {
+    /// An engine input, as the swarm produced it.
+    Input(Input<PeerId>),
+    /// A decoded answer to the engine's request `tag`: pages and fork
+    /// proofs are checked on the check thread.
+    Response {
+        peer: PeerId,
+        tag: u64,
+        response: Response,
+    },
+    /// A decoded gossip announcement, its proofs checked on the way.
+    Announce {
+        peer: PeerId,
+        announce: crate::protocol::Announce,
+    },
+    /// Block or unblock a feed and say whether anything changed.
+    Block {
+        feed: FeedId,
+        block: bool,
+        reply: oneshot::Sender<Result<bool, NetError>>,
+    },
+    /// Finish what is in hand and stop.
+    Shutdown,
+}
+
+/// To the sync thread: what the check thread passes on, and wake-ups.
+enum ToSync {
+    Input(Input<PeerId>),
+    Block {
+        feed: FeedId,
+        block: bool,
+        reply: oneshot::Sender<Result<bool, NetError>>,
+    },
+    /// The database grew (see `dirty`); nothing else to do.
+    Wake,
+    Shutdown,
+}
+
+/// From the sync thread to the swarm task.
+pub(super) enum FromSync {
+    Output(Output<PeerId>),
+    Event(NodeEvent),
+    Fatal(String),
+    Stopped,
+}
+
+/// Start the check and sync threads. Returns the queue into the check
+/// thread and the queue out of the sync thread.
+pub(super) fn start(
+    engine: Engine<PeerId>,
+    blocklist: BlockList,
+) -> Result<(mpsc::Sender<ToCheck>, mpsc::Receiver<FromSync>), NetError> {
+    let (check_tx, check_rx) = mpsc::channel(PIPELINE_DEPTH);
+    let (sync_tx, sync_rx) = std_mpsc::sync_channel(PIPELINE_DEPTH);
+    let (out_tx, out_rx) = mpsc::channel(PIPELINE_DEPTH);
+    let max_payload = engine.store().config().max_payload_bytes;
+    let wake = sync_tx.clone();
+    std::thread::Builder::new()
+        .name("kappadb-sync".into())
+        .spawn(move || sync_loop(engine, blocklist, sync_rx, wake, out_tx))
+        .map_err(|e| NetError::Setup(format!("cannot start the sync thread: {e}")))?;
+    std::thread::Builder::new()
+        .name("kappadb-check".into())
+        .spawn(move || check_loop(check_rx, sync_tx, max_payload))
+        .map_err(|e| NetError::Setup(format!("cannot start the check thread: {e}")))?;
+    Ok((check_tx, out_rx))
+}
+
+/// The sync thread: feeds the engine, steps it, sends its outputs.
+fn sync_loop(
+    mut engine: Engine<PeerId>,
+    mut blocklist: BlockList,
+    rx: std_mpsc::Receiver<ToSync>,
+    wake: std_mpsc::SyncSender<ToSync>,
+    out: mpsc::Sender<FromSync>,
+) {
+    let send = |msg: FromSync| out.blocking_send(msg).is_ok();
+    let dirty = Arc::new(AtomicBool::new(false));
+    let listener = {
+        let dirty = dirty.clone();
+        engine.store().watch().subscribe(move |_| {
+            if !dirty.swap(true, Ordering::AcqRel) {
+                // Never block here: this may run on this very thread.
+                let _ = wake.try_send(ToSync::Wake);
+            }
+        })
+    };
+    let mut blocklist_mtime = blocklist.modified();
+    let mut blocklist_checked = Instant::now();
+    loop {
+        let wait = engine
+            .next_deadline()
+            .map_or(Duration::from_millis(500), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_millis(500));
+        let first = match rx.recv_timeout(wait) {
+            Ok(msg) => Some(msg),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut stop = false;
+        let more = std::iter::from_fn(|| rx.try_recv().ok()).take(PIPELINE_DEPTH);
+        for msg in first.into_iter().chain(more) {
+            match msg {
+                ToSync::Input(input) => engine.handle(input),
+                ToSync::Block { feed, block, reply } => {
+                    let res = set_blocked(&mut engine, &mut blocklist, feed, block, &send);
+                    blocklist_mtime = blocklist.modified();
+                    let _ = reply.send(res);
+                }
+                ToSync::Wake => {}
+                ToSync::Shutdown => stop = true,
+            }
+        }
+        if dirty.swap(false, Ordering::AcqRel) {
+            engine.handle(Input::LocalChanged);
+        }
+        if blocklist_checked.elapsed() >= BLOCKLIST_RELOAD {
+            blocklist_checked = Instant::now();
+            let mtime = blocklist.modified();
+            if mtime != blocklist_mtime {
+                blocklist_mtime = mtime;
+                reload_blocklist(&mut engine, &mut blocklist, &send);
+            }
+        }
+        if let Err(e) = engine.step(Instant::now()) {
+            tracing::error!(error = %e, "the sync engine stopped on a database error");
+            send(FromSync::Fatal(e.to_string()));
+            break;
+        }
+        let mut open = true;
+        for o in engine.take_outputs() {
+            open &= send(FromSync::Output(o));
+        }
+        if stop || !open {
+            break;
+        }
+    }
+    engine.store().watch().unsubscribe(listener);
+    // The database handle goes before the swarm task hears we stopped.
+    drop(engine);
+    let _ = out.blocking_send(FromSync::Stopped);
+}
+
+fn set_blocked(
+    engine: &mut Engine<PeerId>,
+    blocklist: &mut BlockList,
+    feed: FeedId,
+    block: bool,
+    send: &impl Fn(FromSync) -> bool,
+) -> Result<bool, NetError> {
+    let changed = if block {
+        blocklist.block(feed)?
+    } else {
+        blocklist.unblock(&feed)?
+    };
+    if changed {
+        if block {
+            engine.handle(Input::Block(feed));
+            send(FromSync::Event(NodeEvent::FeedBlocked { feed }));
+        } else {
+            engine.handle(Input::Unblock(feed));
+            send(FromSync::Event(NodeEvent::FeedUnblocked { feed }));
+        }
+    }
+    Ok(changed)
+}
+
+/// Pick up changes another process (`kappa block`) made to
+/// `blocked.json`.
+fn reload_blocklist(
+    engine: &mut Engine<PeerId>,
+    blocklist: &mut BlockList,
+    send: &impl Fn(FromSync) -> bool,
+) {
+    let dir = blocklist
+        .path()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let fresh = match BlockList::load(&dir) {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!(error = %e, "keeping the old block list");
+            return;
+        }
+    };
+    for feed in fresh.feeds() {
+        if !blocklist.contains(feed) {
+            tracing::info!(feed = %feed.fmt_short(), "feed blocked");
+            engine.handle(Input::Block(*feed));
+            send(FromSync::Event(NodeEvent::FeedBlocked { feed: *feed }));
+        }
+    }
+    for feed in blocklist.feeds() {
+        if !fresh.contains(feed) {
+            tracing::info!(feed = %feed.fmt_short(), "feed unblocked");
+            engine.handle(Input::Unblock(*feed));
+            send(FromSync::Event(NodeEvent::FeedUnblocked { feed: *feed }));
+        }
+    }
+    *blocklist = fresh;
+}
+
+/// The check thread: passes every message on to the sync thread in the
+/// order it came, checking pages and fork proofs on the way. Pages that
+/// are already queued are checked together (up to [`CHECK_BATCH_ENTRIES`]
+/// entries), which makes larger and cheaper signature batches.
+fn check_loop(mut rx: mpsc::Receiver<ToCheck>, tx: std_mpsc::SyncSender<ToSync>, max_payload: u32) {
+    /// A message waiting for its turn; a page's entries wait in `all`.
+    enum Held {
+        Page {
+            peer: PeerId,
+            tag: u64,
+            feed: FeedId,
+            len: usize,
+        },
+        Other(ToSync),
+    }
+    while let Some(first) = rx.blocking_recv() {
+        let mut held = Vec::new();
+        let mut all = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                ToCheck::Response {
+                    peer,
+                    tag,
+                    response: Response::Page(page),
+                } => {
+                    held.push(Held::Page {
+                        peer,
+                        tag,
+                        feed: page.feed,
+                        len: page.entries.len(),
+                    });
+                    all.extend(page.entries);
+                }
+                ToCheck::Response {
+                    peer,
+                    tag,
+                    response,
+                } => held.push(Held::Other(ToSync::Input(receive(
+                    peer,
+                    tag,
+                    response,
+                    max_payload,
+                )))),
+                ToCheck::Announce { peer, announce } => {
+                    held.push(Held::Other(ToSync::Input(receive_announce(peer, announce))))
+                }
+                ToCheck::Input(input) => held.push(Held::Other(ToSync::Input(input))),
+                ToCheck::Block { feed, block, reply } => {
+                    held.push(Held::Other(ToSync::Block { feed, block, reply }))
+                }
+                ToCheck::Shutdown => held.push(Held::Other(ToSync::Shutdown)),
+            }
+            next = if all.len() < CHECK_BATCH_ENTRIES {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let mut checked = CheckedEntries::new(all, max_payload);
+        for h in held {
+            let msg = match h {
+                Held::Page {
+                    peer,
+                    tag,
+                    feed,
+                    len,
+                } => {
+                    let rest = checked.split_off(len);
+                    ToSync::Input(Input::Page {
+                        peer,
+                        tag,
+                        feed,
+                        entries: std::mem::replace(&mut checked, rest),
+                    })
+                }
+                Held::Other(msg) => msg,
+            };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+    }
+}
