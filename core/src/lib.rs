@@ -65,4 +65,4 @@ pub use keys::{FeedId, KeyError, NetworkKey, SigningKey};
 pub use log::{LogIter, LogRecord, RecordBody, Recovery};
 pub use tail::Tail;
 pub use validate::{CheckedEntries, EntryError};
-pub use watch::{ListenerId, Watch};
+pub use watch::{ListenerId, Signal, Watch};

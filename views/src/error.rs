@@ -65,9 +65,21 @@ pub enum ViewError {
     /// The database (log or feed index) failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A sled operation on a view's trees failed.
+    /// An operation on a view's trees failed.
     #[error("view store error: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(#[source] ViewStoreError),
+}
+
+/// A failure of the store that holds the views' trees (sled, which stays
+/// an implementation detail): its message and its source, nothing else.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ViewStoreError(sled::Error);
+
+impl From<sled::Error> for ViewError {
+    fn from(e: sled::Error) -> Self {
+        Self::Sled(ViewStoreError(e))
+    }
 }
 
 impl ViewError {

@@ -29,6 +29,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bytes::Bytes;
 use crate::error::ViewError;
 use crate::view::{CHECKPOINT_KEY, Checkpoint, DATA_PREFIX, Writes};
 
@@ -201,7 +202,7 @@ impl Generation {
         let mut batch = sled::Batch::default();
         for (k, v) in writes {
             match v {
-                Some(v) => batch.insert(k.as_slice(), v.clone()),
+                Some(v) => batch.insert(k.as_slice(), v.store_value()),
                 None => batch.remove(k.as_slice()),
             }
         }
@@ -275,8 +276,8 @@ const CACHE_ENTRY_OVERHEAD: usize = 96;
 /// `hot` is full it becomes `cold` and the old `cold` is dropped, so keys
 /// not used for a while leave.
 pub(crate) struct ReadCache {
-    hot: HashMap<Vec<u8>, Option<sled::IVec>>,
-    cold: HashMap<Vec<u8>, Option<sled::IVec>>,
+    hot: HashMap<Vec<u8>, Option<Bytes>>,
+    cold: HashMap<Vec<u8>, Option<Bytes>>,
     hot_bytes: usize,
     /// Every key of the tree is in the cache: the tree was empty when the
     /// cache started and nothing has been dropped since, so a key the
@@ -284,7 +285,7 @@ pub(crate) struct ReadCache {
     complete: bool,
 }
 
-fn cached_size(key: &[u8], value: &Option<sled::IVec>) -> usize {
+fn cached_size(key: &[u8], value: &Option<Bytes>) -> usize {
     key.len() + value.as_ref().map_or(0, |v| v.len()) + CACHE_ENTRY_OVERHEAD
 }
 
@@ -300,7 +301,7 @@ impl ReadCache {
     }
 
     /// The committed value of `key` if the cache knows it.
-    pub(crate) fn get(&mut self, key: &[u8]) -> Option<Option<sled::IVec>> {
+    pub(crate) fn get(&mut self, key: &[u8]) -> Option<Option<Bytes>> {
         if let Some(v) = self.hot.get(key) {
             return Some(v.clone());
         }
@@ -312,7 +313,7 @@ impl ReadCache {
     }
 
     /// Record the committed value of `key`.
-    pub(crate) fn put(&mut self, key: Vec<u8>, value: Option<sled::IVec>) {
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Option<Bytes>) {
         self.cold.remove(&key);
         let key_len = key.len();
         self.hot_bytes += cached_size(&key, &value);

@@ -23,7 +23,7 @@
 //! ```
 //! use std::time::Duration;
 //! use kappadb_core::Db;
-//! use kappadb_views::{Indexer, IndexerConfig, View, ViewError, ViewRecord, ViewTx};
+//! use kappadb_views::{Bytes, Indexer, IndexerConfig, View, ViewError, ViewRecord, ViewTx};
 //! use kappadb_views::field::FieldQuery;
 //! use kappadb_views::timeline::TimelineQuery;
 //! use serde_json::json;
@@ -35,6 +35,7 @@
 //!     fn version(&self) -> u32 { 1 }
 //!     fn apply(&self, batch: &[ViewRecord], tx: &mut ViewTx<'_>) -> Result<(), ViewError> {
 //!         for r in batch {
+//!             // Values are `Bytes`: they read as `&[u8]`.
 //!             let n = tx.get(r.author.as_bytes())?.map_or(0, |v| v.len());
 //!             tx.insert(r.author.as_bytes(), vec![0u8; n + 1]);
 //!         }
@@ -60,6 +61,8 @@
 //! assert_eq!(chats.len(), 1);
 //! let hits = indexer.field_index("by-user").unwrap().query(&FieldQuery::eq(json!("ana"))).unwrap();
 //! assert_eq!(hits[0].seq, 2);
+//! let mine: Option<Bytes> = indexer.reader("per-author").unwrap().get(db.feed_id().as_bytes()).unwrap();
+//! assert_eq!(mine.map(|v| v.len()), Some(2));
 //!
 //! // Queries can wait for the live indexer instead of folding themselves.
 //! db.append(kappadb_views::kv::del_payload("color", &[])).unwrap();
@@ -71,6 +74,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 
 mod bucket;
+mod bytes;
 mod encoding;
 pub mod error;
 pub mod field;
@@ -80,6 +84,7 @@ pub mod kv;
 pub mod timeline;
 pub mod view;
 
+pub use bytes::Bytes;
 pub use error::ViewError;
 pub use field::{FieldHit, FieldIndex, FieldQuery, FieldReader};
 pub use generation::ViewDigest;

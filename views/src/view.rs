@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Views see and write only their own key space: [`ViewTx`] and
-//! [`ViewReader`] add and strip the `0x01` prefix.
+//! [`ViewReader`] add and strip the `0x01` prefix. Values come and go as
+//! [`Bytes`] (the store's buffers, shared rather than copied).
 //!
 //! ```
 //! use kappadb_views::{View, ViewError, ViewRecord, ViewTx};
@@ -50,6 +51,7 @@ use kappadb_core::{EntryId, FeedId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::bytes::Bytes;
 use crate::error::ViewError;
 use crate::generation::Generation;
 
@@ -154,17 +156,17 @@ pub struct Checkpoint {
 
 /// A batch's writes: full keys (prefix included) -> new value, `None` =
 /// removed.
-pub(crate) type Writes = BTreeMap<Vec<u8>, Option<sled::IVec>>;
+pub(crate) type Writes = BTreeMap<Vec<u8>, Option<Bytes>>;
 
 /// The writes of one fold batch, buffered in memory and committed with the
 /// checkpoint in one sled batch. Reads see the batch's own writes.
 pub struct ViewTx<'a> {
     generation: &'a Generation,
     /// Full stored keys (prefix included) -> new value, `None` = removed.
-    overlay: BTreeMap<Vec<u8>, Option<sled::IVec>>,
+    overlay: Writes,
     /// Writes not committed yet, read only: the previous batch's (being
     /// committed) and, for a fork, the parent's when it forked.
-    base: Arc<BTreeMap<Vec<u8>, Option<sled::IVec>>>,
+    base: Arc<Writes>,
     skipped: u64,
 }
 
@@ -197,13 +199,13 @@ impl<'a> ViewTx<'a> {
         }
     }
 
-    fn pending(&self, full: &[u8]) -> Option<&Option<sled::IVec>> {
+    fn pending(&self, full: &[u8]) -> Option<&Option<Bytes>> {
         self.overlay.get(full).or_else(|| self.base.get(full))
     }
 
     /// The value of the full key `full`: this batch's, else the committed
     /// one (from the generation's cache, else from sled).
-    fn read(&self, full: Vec<u8>) -> Result<Option<sled::IVec>, ViewError> {
+    fn read(&self, full: Vec<u8>) -> Result<Option<Bytes>, ViewError> {
         if let Some(v) = self.pending(&full) {
             return Ok(v.clone());
         }
@@ -213,13 +215,13 @@ impl<'a> ViewTx<'a> {
         // The only commit that can be under way is the previous batch's,
         // whose writes `base` holds: it does not change this key, so the
         // value read is, and stays, the committed one.
-        let v = self.generation.tree.get(&full)?;
+        let v = self.generation.tree.get(&full)?.map(Bytes::from_store);
         self.generation.cache().put(full, v.clone());
         Ok(v)
     }
 
     /// The value of `key`, as this batch left it.
-    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ViewError> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, ViewError> {
         self.read(data_key(key))
     }
 
@@ -257,7 +259,7 @@ impl<'a> ViewTx<'a> {
     }
 
     /// Set `key` to `value`.
-    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl Into<sled::IVec>) {
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl Into<Bytes>) {
         self.overlay
             .insert(data_key(key.as_ref()), Some(value.into()));
     }
@@ -269,12 +271,12 @@ impl<'a> ViewTx<'a> {
 
     /// Every key starting with `prefix` and its value, in key order, as
     /// this batch left them.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, sled::IVec)>, ViewError> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, ViewError> {
         let full = data_key(prefix);
-        let mut merged: BTreeMap<Vec<u8>, Option<sled::IVec>> = BTreeMap::new();
+        let mut merged: Writes = BTreeMap::new();
         for item in self.generation.tree.scan_prefix(&full) {
             let (k, v) = item?;
-            merged.insert(k.to_vec(), Some(v));
+            merged.insert(k.to_vec(), Some(Bytes::from_store(v)));
         }
         let upper = match crate::encoding::prefix_end(&full) {
             Some(end) => Bound::Excluded(end),
@@ -332,9 +334,17 @@ impl std::fmt::Debug for ViewReader {
     }
 }
 
-/// A key/value pair from a [`ViewReader`] scan: the key without the
-/// reserved prefix.
-pub type KeyValue = (Vec<u8>, sled::IVec);
+/// A key/value pair from a scan ([`ViewReader::range`],
+/// [`ViewReader::scan_prefix`], [`ViewTx::scan_prefix`]): the key without
+/// the reserved prefix, and the value.
+pub type KeyValue = (Vec<u8>, Bytes);
+
+/// A pair read from a generation tree, as a [`KeyValue`] (the key without
+/// its prefix).
+fn stored_pair(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<KeyValue, ViewError> {
+    let (k, v) = item?;
+    Ok((k[1..].to_vec(), Bytes::from_store(v)))
+}
 
 impl ViewReader {
     pub(crate) fn new(generation: Arc<Generation>, name: Arc<str>) -> Self {
@@ -362,8 +372,12 @@ impl ViewReader {
     }
 
     /// The value of `key`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, ViewError> {
-        Ok(self.generation.tree.get(data_key(key))?)
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, ViewError> {
+        Ok(self
+            .generation
+            .tree
+            .get(data_key(key))?
+            .map(Bytes::from_store))
     }
 
     /// Keys in `[start, end)` (`end = None`: to the end of the key space),
@@ -380,10 +394,7 @@ impl ViewReader {
         };
         // An empty range rather than a backwards one.
         let hi = if hi < lo { lo.clone() } else { hi };
-        self.generation
-            .tree
-            .range(lo..hi)
-            .map(|item| item.map(|(k, v)| (k[1..].to_vec(), v)).map_err(Into::into))
+        self.generation.tree.range(lo..hi).map(stored_pair)
     }
 
     /// Keys starting with `prefix`, in key order.
@@ -394,6 +405,6 @@ impl ViewReader {
         self.generation
             .tree
             .scan_prefix(data_key(prefix))
-            .map(|item| item.map(|(k, v)| (k[1..].to_vec(), v)).map_err(Into::into))
+            .map(stored_pair)
     }
 }

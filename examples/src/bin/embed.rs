@@ -61,6 +61,7 @@ impl View for TypeCount {
                 tx.skip(); // not a JSON object with a "type"
                 continue;
             };
+            // Values are `kappadb_views::Bytes`, read as `&[u8]`.
             let count = tx.get(kind.as_bytes())?.map_or(0, |v| decode_count(&v));
             tx.insert(kind.as_bytes(), (count + 1).to_be_bytes().to_vec());
         }
