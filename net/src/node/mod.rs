@@ -398,22 +398,17 @@ impl NodeHandle {
     /// Stop pulling and serving a feed, and remember it in `blocked.json`.
     /// Returns false if it was blocked already.
     pub async fn block(&self, feed: FeedId) -> Result<bool, NetError> {
-        self.ask(|reply| Command::Block {
-            feed,
-            block: true,
-            reply,
-        })
-        .await?
+        self.set_blocked(feed, true).await
     }
 
     /// Undo [`NodeHandle::block`]. Returns false if it was not blocked.
     pub async fn unblock(&self, feed: FeedId) -> Result<bool, NetError> {
-        self.ask(|reply| Command::Block {
-            feed,
-            block: false,
-            reply,
-        })
-        .await?
+        self.set_blocked(feed, false).await
+    }
+
+    async fn set_blocked(&self, feed: FeedId, block: bool) -> Result<bool, NetError> {
+        self.ask(|reply| Command::Block { feed, block, reply })
+            .await?
     }
 
     /// The address book as the node knows it now (empty if disabled).

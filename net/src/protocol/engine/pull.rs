@@ -358,14 +358,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
-        let done: Vec<FeedId> = s
-            .pulls
-            .iter()
-            .filter(|(feed, pull)| s.pull_finished(feed, pull))
-            .map(|(feed, _)| *feed)
-            .collect();
-        for feed in done {
-            s.pulls.remove(&feed);
+        for feed in s.take_finished_pulls() {
             // What we hold now agrees with the peer up to its head (or the
             // page proved a fork); do not probe that seq again.
             let local = self.store.head(&feed).map_or(0, |h| h.seq);
@@ -425,14 +418,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             }
         }
         // Drop pulls of feeds that became blocked or were emptied.
-        let empty: Vec<FeedId> = s
-            .pulls
-            .iter()
-            .filter(|(feed, pull)| s.pull_finished(feed, pull))
-            .map(|(f, _)| *f)
-            .collect();
-        for feed in empty {
-            s.pulls.remove(&feed);
+        for feed in s.take_finished_pulls() {
             if self.claims.get(&feed) == Some(&peer) {
                 self.claims.remove(&feed);
                 released = true;

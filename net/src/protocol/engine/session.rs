@@ -83,8 +83,22 @@ impl Session {
 
     /// A pull is finished when nothing of it is left to request, in flight,
     /// or buffered waiting to be stored.
-    pub(super) fn pull_finished(&self, feed: &FeedId, pull: &Pull) -> bool {
+    fn pull_finished(&self, feed: &FeedId, pull: &Pull) -> bool {
         pull.ranges.is_empty() && pull.in_flight == 0 && !self.has_buffered(feed)
+    }
+
+    /// Remove the finished pulls; returns their feeds.
+    pub(super) fn take_finished_pulls(&mut self) -> Vec<FeedId> {
+        let done: Vec<FeedId> = self
+            .pulls
+            .iter()
+            .filter(|(feed, pull)| self.pull_finished(feed, pull))
+            .map(|(feed, _)| *feed)
+            .collect();
+        for feed in &done {
+            self.pulls.remove(feed);
+        }
+        done
     }
 
     pub(super) fn is_idle(&self) -> bool {
@@ -155,6 +169,17 @@ impl Session {
             self.unbuffer(&k);
         }
     }
+}
+
+fn trace_heads<P: std::fmt::Debug>(peer: &P, heads: &Heads, what: &'static str) {
+    tracing::trace!(
+        ?peer,
+        n_heads = heads.heads.len(),
+        idle = heads.idle,
+        more = heads.more,
+        serial = heads.serial,
+        "{what}"
+    );
 }
 
 /// Bytes a buffered page counts for.
@@ -250,14 +275,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     /// response carries the responder's idle flag.
     pub(super) fn apply_heads_message(&mut self, peer: P, heads: &Heads, is_request: bool) {
         self.apply_heads(peer, &heads.heads, &heads.forks);
-        tracing::trace!(
-            ?peer,
-            n_heads = heads.heads.len(),
-            idle = heads.idle,
-            more = heads.more,
-            serial = heads.serial,
-            "heads received"
-        );
+        trace_heads(&peer, heads, "heads received");
         if let Some(s) = self.sessions.get_mut(&peer) {
             if is_request && !heads.more {
                 s.remote_complete = true;
@@ -349,14 +367,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         msg.idle = s.idle && !msg.more;
         s.sent_serial += 1;
         msg.serial = s.sent_serial;
-        tracing::trace!(
-            ?peer,
-            n_heads = msg.heads.len(),
-            idle = msg.idle,
-            more = msg.more,
-            serial = msg.serial,
-            "heads sent"
-        );
+        trace_heads(&peer, &msg, "heads sent");
         s.told_idle = Some(msg.idle);
         s.heads_pending = msg.more;
         msg
