@@ -4,10 +4,16 @@
 //! (mode 0600) in the database directory at start; the node's address is
 //! in `api.json` beside it, which is how the CLI finds a running node.
 //! Each endpoint runs the same [`Local`] operation the CLI runs on an open
-//! database, so answers have one shape whichever way they are asked.
-//! The README lists the endpoints.
+//! database, so answers have one shape whichever way they are asked. The
+//! endpoints are mounted from the route table ([`crate::routes`]) the
+//! client builds its URLs from; the README lists them.
+//!
+//! [`run`] serves a bound listener until a shutdown future completes, then
+//! stops in order: no new connections, event streams end, requests in
+//! flight finish (for at most [`GRACE`]). The node is lent to the handlers
+//! through a [`SharedNode`], which `kappa serve` takes back before it shuts
+//! the node down, so no connection can keep the node alive.
 
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,24 +26,28 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, RawQuery, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{delete, get, post};
-use kappadb_core::FeedId;
-use kappadb_net::{NodeHandle, Subscription};
+use axum::routing::{MethodFilter, on};
+use futures::StreamExt;
+use kappadb_net::{NetError, NodeHandle};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::{RwLock, watch};
 use tokio::task::JoinHandle;
 
-use crate::ops::{
-    AppendBody, Backend, FieldParams, KvListParams, KvWrite, Local, LogParams, OpError, OpResult,
-    RangeParams, TimelineParams, ViewAddBody, peers_json, record_author,
+use crate::answer::{NodeInfo, OpError, OpResult, PeerInfo, Record};
+use crate::ops::{Backend, Local};
+use crate::out::note;
+use crate::params::{
+    AppendBody, EventParams, FieldParams, KeyParam, KvListParams, KvWrite, LogParams, RangeParams,
+    TimelineParams, ViewAddBody,
 };
-use crate::out::{self, note};
+use crate::routes::{self, Method, Route};
 
 /// The API's default port (the node's libp2p port is 4747).
 pub const DEFAULT_API_PORT: u16 = 4740;
@@ -45,10 +55,11 @@ pub const DEFAULT_API_PORT: u16 = 4740;
 pub const ADDR_FILE: &str = "api.json";
 /// File with the bearer token (mode 0600).
 pub const TOKEN_FILE: &str = "api.token";
-/// Events buffered per stream before the reader waits.
-const EVENT_BATCH: usize = 256;
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024 * 1024;
+/// How long requests in flight may take to finish once the API is told to
+/// stop; connections still open then are cut off.
+pub const GRACE: Duration = Duration::from_secs(5);
 
 /// What `api.json` and `api.token` say.
 pub struct ApiFile {
@@ -89,27 +100,77 @@ impl ApiFile {
     }
 }
 
-/// Parameters of the event stream.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EventParams {
-    /// Start at the first record at or after this offset [default: the
-    /// log's end, i.e. only new records]. A `Last-Event-ID` header wins.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub since: Option<u64>,
-    /// Only records of this feed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feed: Option<String>,
+/// The node, lent to the API's handlers until `kappa serve` takes it back
+/// to shut it down. A connection the API could not close in time still
+/// holds this, but no longer the node.
+pub struct SharedNode(RwLock<Option<NodeHandle>>);
+
+impl SharedNode {
+    /// Lend `node` to the API.
+    pub fn new(node: NodeHandle) -> Self {
+        Self(RwLock::new(Some(node)))
+    }
+
+    /// Take the node back, once no request is using it; from then on the
+    /// node endpoints answer that it is stopping.
+    pub async fn take(&self) -> Option<NodeHandle> {
+        self.0.write().await.take()
+    }
+}
+
+/// What the API serves.
+pub struct Service {
+    /// The operations.
+    pub local: Arc<Local>,
+    /// The node, if this process runs one.
+    pub node: Option<Arc<SharedNode>>,
+    /// The bearer token every request must present.
+    pub token: String,
 }
 
 struct AppState {
-    local: Arc<Local>,
-    node: Option<Arc<NodeHandle>>,
-    token: String,
+    service: Service,
+    /// Becomes true when the API stops: ends the event streams.
     stop: watch::Receiver<bool>,
 }
 
 type St = State<Arc<AppState>>;
+
+/// Serve the API on `listener` until `shutdown` completes. Then, in order:
+/// accept no more connections, end the event streams, and let the
+/// requests in flight finish, for at most [`GRACE`]; connections still
+/// open after that are left to the runtime, which ends them when it is
+/// dropped.
+pub async fn run(
+    service: Service,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop) = watch::channel(false);
+    let state = Arc::new(AppState {
+        service,
+        stop: stop.clone(),
+    });
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    let mut stopping = stop;
+    let out_of_time = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(GRACE).await;
+    };
+    tokio::select! {
+        res = server.into_future() => res,
+        () = out_of_time => {
+            note(format!(
+                "API requests still unfinished {} s after the stop were cut off",
+                GRACE.as_secs()
+            ));
+            Ok(())
+        }
+    }
+}
 
 /// A running API server.
 pub struct ApiServer {
@@ -121,10 +182,9 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Stop: end the event streams, finish requests in flight, remove the
-    /// address and token files.
+    /// Stop (see [`run`]) and remove the address and token files.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         let _ = self.task.await;
         let _ = std::fs::remove_file(self.dir.join(ADDR_FILE));
         let _ = std::fs::remove_file(self.dir.join(TOKEN_FILE));
@@ -154,32 +214,36 @@ fn new_token() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Start the API for a serving node. `requested` is `--api`; without it the
-/// default loopback port is tried, then any free loopback port.
+/// The API's listener: `requested` (`--api`), or else the default loopback
+/// port, or else any free loopback port.
+async fn bind(requested: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
+    if let Some(addr) = requested {
+        return TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve the API on {addr}"));
+    }
+    let default = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT));
+    match TcpListener::bind(default).await {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            note(format!(
+                "the API's default address {default} is taken ({e}); using another port"
+            ));
+            TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await
+                .context("cannot serve the API on loopback")
+        }
+    }
+}
+
+/// Start the API for a serving node: bind (see [`bind`]), write the
+/// address and token files, and [`run`] until [`ApiServer::stop`].
 pub async fn start(
     local: Arc<Local>,
-    node: Option<Arc<NodeHandle>>,
+    node: Option<Arc<SharedNode>>,
     requested: Option<SocketAddr>,
 ) -> anyhow::Result<ApiServer> {
-    let listener = match requested {
-        Some(addr) => tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot serve the API on {addr}"))?,
-        None => {
-            let default = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT));
-            match tokio::net::TcpListener::bind(default).await {
-                Ok(l) => l,
-                Err(e) => {
-                    note(format!(
-                        "the API's default address {default} is taken ({e}); using another port"
-                    ));
-                    tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-                        .await
-                        .context("cannot serve the API on loopback")?
-                }
-            }
-        }
-    };
+    let listener = bind(requested).await?;
     let addr = listener
         .local_addr()
         .context("cannot read the API's address")?;
@@ -188,8 +252,7 @@ pub async fn start(
             "warning: the API listens on {addr}, which other machines can reach; anyone with the token can read and write this database"
         ));
     }
-    let db = local.db().clone();
-    let dir = db.dir().to_path_buf();
+    let dir = local.db().dir().to_path_buf();
     let token = new_token()?;
     write_private(&dir.join(TOKEN_FILE), token.as_bytes())?;
     let file = AddrFile {
@@ -198,57 +261,73 @@ pub async fn start(
     };
     write_private(&dir.join(ADDR_FILE), &serde_json::to_vec(&file)?)?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let state = Arc::new(AppState {
-        local: local.clone(),
-        node,
-        token,
-        stop: stop_rx.clone(),
-    });
-    let app = router(state);
-    let mut stop_wait = stop_rx;
+    let (stop, mut stopped) = watch::channel(false);
+    let service = Service { local, node, token };
     let task = tokio::spawn(async move {
-        let res = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_wait.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = res {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = run(service, listener, shutdown).await {
             note(format!("the API stopped: {e}"));
         }
     });
     Ok(ApiServer {
         addr,
-        stop: stop_tx,
+        stop,
         task,
         dir,
     })
 }
 
+fn filter(method: Method) -> MethodFilter {
+    match method {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+        Method::Delete => MethodFilter::DELETE,
+    }
+}
+
+/// Mounting a handler on a route of the table.
+trait Mount {
+    fn at<const N: usize, H, T>(self, route: &Route<N>, handler: H) -> Self
+    where
+        H: Handler<T, Arc<AppState>>,
+        T: 'static;
+}
+
+impl Mount for Router<Arc<AppState>> {
+    fn at<const N: usize, H, T>(self, route: &Route<N>, handler: H) -> Self
+    where
+        H: Handler<T, Arc<AppState>>,
+        T: 'static,
+    {
+        self.route(route.path, on(filter(route.method), handler))
+    }
+}
+
 fn router(state: Arc<AppState>) -> Router {
-    let v1 = Router::new()
-        .route("/status", get(status))
-        .route("/node", get(node_info))
-        .route("/append", post(append))
-        .route("/log", get(log))
-        .route("/feeds", get(feeds))
-        .route("/feeds/{feed}", get(feed_range))
-        .route("/feeds/{feed}/{seq}", get(entry))
-        .route("/peers", get(peers))
-        .route("/views", get(views).post(view_add))
-        .route("/views/{name}", delete(view_remove))
-        .route("/views/{name}/digest", get(view_digest))
-        .route("/views/{name}/query", get(field_query))
-        .route("/views/{name}/rebuild", post(view_rebuild))
-        .route("/timeline", get(timeline))
-        .route("/kv/get", get(kv_get))
-        .route("/kv/heads", get(kv_heads))
-        .route("/kv/list", get(kv_list))
-        .route("/kv/put", post(kv_put))
-        .route("/kv/del", post(kv_del))
-        .route("/events", get(events));
     Router::new()
-        .nest("/v1", v1)
+        .at(&routes::STATUS, status)
+        .at(&routes::NODE, node_info)
+        .at(&routes::APPEND, append)
+        .at(&routes::LOG, log)
+        .at(&routes::FEEDS, feeds)
+        .at(&routes::FEED_RANGE, feed_range)
+        .at(&routes::ENTRY, entry)
+        .at(&routes::PEERS, peers)
+        .at(&routes::VIEWS, views)
+        .at(&routes::VIEW_ADD, view_add)
+        .at(&routes::VIEW_REMOVE, view_remove)
+        .at(&routes::VIEW_DIGEST, view_digest)
+        .at(&routes::FIELD_QUERY, field_query)
+        .at(&routes::VIEW_REBUILD, view_rebuild)
+        .at(&routes::TIMELINE, timeline)
+        .at(&routes::KV_GET, kv_get)
+        .at(&routes::KV_HEADS, kv_heads)
+        .at(&routes::KV_LIST, kv_list)
+        .at(&routes::KV_PUT, kv_put)
+        .at(&routes::KV_DEL, kv_del)
+        .at(&routes::EVENTS, events)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -274,14 +353,13 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(t) if token_ok(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
+        Some(t) if token_ok(t.as_bytes(), st.service.token.as_bytes()) => next.run(req).await,
         _ => {
-            let err = OpError::new(
+            let mut res = fail(OpError::new(
                 401,
                 "unauthorized",
                 "missing or wrong bearer token (it is in api.token in the database directory)",
-            );
-            let mut res = reply::<Value>(Err(err));
+            ));
             res.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
@@ -292,29 +370,35 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
 }
 
 async fn not_found() -> Response {
-    reply::<Value>(Err(OpError::not_found(
+    fail(OpError::not_found(
         "no_such_endpoint",
         "no such endpoint; see the API reference in the README",
-    )))
+    ))
 }
 
 async fn method_not_allowed() -> Response {
-    reply::<Value>(Err(OpError::new(
+    fail(OpError::new(
         405,
         "method_not_allowed",
         "this endpoint does not take that method",
-    )))
+    ))
 }
 
+/// An answer as a response.
 fn reply<T: Serialize>(r: OpResult<T>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
-        Err(e) => (
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Json(e.body()),
-        )
-            .into_response(),
+        Err(e) => fail(e),
     }
+}
+
+/// An error as a response: its status and its JSON body.
+fn fail(e: OpError) -> Response {
+    (
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(e.body()),
+    )
+        .into_response()
 }
 
 /// Run a database operation off the async threads.
@@ -323,14 +407,14 @@ where
     T: Serialize + Send + 'static,
     F: FnOnce(&Local) -> OpResult<T> + Send + 'static,
 {
-    let local = st.local.clone();
+    let local = st.service.local.clone();
     match tokio::task::spawn_blocking(move || f(&local)).await {
         Ok(r) => reply(r),
-        Err(e) => reply::<Value>(Err(OpError::new(
+        Err(e) => fail(OpError::new(
             500,
             "internal",
             format!("the request failed: {e}"),
-        ))),
+        )),
     }
 }
 
@@ -363,7 +447,7 @@ macro_rules! try_op {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(e) => return reply::<Value>(Err(e)),
+            Err(e) => return fail(e),
         }
     };
 }
@@ -379,16 +463,18 @@ fn no_node() -> OpError {
     )
 }
 
+fn node_stopping() -> OpError {
+    NetError::Stopped.into()
+}
+
 async fn node_info(State(st): St) -> Response {
-    let Some(node) = &st.node else {
-        return reply::<Value>(Err(no_node()));
+    let Some(node) = &st.service.node else {
+        return fail(no_node());
     };
-    reply::<Value>(Ok(json!({
-        "peer_id": node.peer_id().to_string(),
-        "feed": node.feed_id().to_string(),
-        "listen": node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "connected": node.connected_peers().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-    })))
+    match &*node.0.read().await {
+        Some(n) => reply(Ok(NodeInfo::of(n))),
+        None => fail(node_stopping()),
+    }
 }
 
 async fn append(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
@@ -423,13 +509,19 @@ async fn entry(State(st): St, UrlPath((feed, seq)): UrlPath<(String, String)>) -
 }
 
 async fn peers(State(st): St) -> Response {
-    let Some(node) = st.node.clone() else {
+    let Some(node) = st.service.node.clone() else {
         return blocking(&st, |l| l.peers()).await;
     };
-    match node.known_peers().await {
-        Ok(p) => reply::<Value>(Ok(peers_json(&p))),
-        Err(e) => reply::<Value>(Err(OpError::new(503, "node_stopped", e.to_string()))),
-    }
+    let node = node.0.read().await;
+    let Some(n) = node.as_ref() else {
+        return fail(node_stopping());
+    };
+    reply(
+        n.known_peers()
+            .await
+            .map(|p| PeerInfo::all(&p))
+            .map_err(OpError::from),
+    )
 }
 
 async fn views(State(st): St) -> Response {
@@ -467,12 +559,6 @@ async fn timeline(State(st): St, RawQuery(q): RawQuery) -> Response {
     blocking(&st, move |l| l.timeline(&p)).await
 }
 
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyParam {
-    key: Option<String>,
-}
-
 fn key_of(q: Option<String>) -> OpResult<String> {
     query::<KeyParam>(q)?
         .key
@@ -497,10 +583,10 @@ async fn kv_list(State(st): St, RawQuery(q): RawQuery) -> Response {
 async fn kv_put(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
     let w: KvWrite = try_op!(body(b));
     if w.value.is_none() {
-        return reply::<Value>(Err(OpError::bad(
+        return fail(OpError::bad(
             "bad_request",
             "a put needs a \"value\" (use /v1/kv/del to delete)",
-        )));
+        ));
     }
     blocking(&st, move |l| l.kv_write(w)).await
 }
@@ -508,17 +594,16 @@ async fn kv_put(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
 async fn kv_del(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
     let w: KvWrite = try_op!(body(b));
     if w.value.is_some() {
-        return reply::<Value>(Err(OpError::bad(
-            "bad_request",
-            "a delete takes no \"value\"",
-        )));
+        return fail(OpError::bad("bad_request", "a delete takes no \"value\""));
     }
     blocking(&st, move |l| l.kv_write(w)).await
 }
 
-/// Server-sent events: every log record from `since` on, as it lands.
-/// Each event's id is the record's offset, so a client that reconnects
-/// with `Last-Event-ID` resumes right after the last record it saw.
+/// Server-sent events: every log record from `since` on, as it lands
+/// ([`crate::follow::records`], the same follow `kappa log --follow`
+/// runs). Each event's id is the record's offset, so a client that
+/// reconnects with `Last-Event-ID` resumes right after the last record it
+/// saw. The stream ends when the API stops.
 async fn events(State(st): St, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let p: EventParams = try_op!(query(q));
     let last_id = headers
@@ -534,63 +619,30 @@ async fn events(State(st): St, headers: HeaderMap, RawQuery(q): RawQuery) -> Res
         })
         .transpose();
     let last_id = try_op!(last_id);
-    let db = st.local.db().clone();
+    let local = &st.service.local;
+    let db = local.db().clone();
     let since = match (last_id, p.since) {
         (Some(last), _) => last.saturating_add(1),
         (None, Some(s)) => s,
         (None, None) => db.log_end(),
     };
     let feed = match p.feed {
-        Some(f) => Some(try_op!(st.local.resolve_feed(&f))),
+        Some(f) => Some(try_op!(local.resolve_feed(&f))),
         None => None,
     };
-    let (tx, rx) = mpsc::channel::<Event>(EVENT_BATCH);
-    tokio::spawn(stream_records(st.clone(), since, feed, tx));
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    let stream = crate::follow::records(db, since, feed, st.stop.clone()).map(|rec| match rec {
+        Ok(rec) => Event::default()
+            .id(rec.offset.to_string())
+            .event("record")
+            .json_data(Record::of(&rec)),
+        // The stream ends after a read error, like the tail does.
+        Err(e) => Event::default()
+            .event("error")
+            .json_data(OpError::from(e).body()),
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
-}
-
-async fn stream_records(
-    st: Arc<AppState>,
-    since: u64,
-    feed: Option<FeedId>,
-    tx: mpsc::Sender<Event>,
-) {
-    let mut records = Subscription::new(st.local.db().clone(), since);
-    let mut stop = st.stop.clone();
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let rec = tokio::select! {
-            r = records.next() => r,
-            _ = stop.changed() => return,
-            _ = tx.closed() => return,
-        };
-        let ev = match rec {
-            Some(Ok(rec)) if feed.is_some_and(|f| f != record_author(&rec.body)) => continue,
-            Some(Ok(rec)) => Event::default()
-                .id(rec.offset.to_string())
-                .event("record")
-                .data(out::record_json(&rec).to_string()),
-            Some(Err(e)) => {
-                // The stream ends after a read error, like the tail does.
-                let ev = Event::default()
-                    .event("error")
-                    .data(OpError::from(e).body().to_string());
-                let _ = tx.send(ev).await;
-                return;
-            }
-            None => return,
-        };
-        if tx.send(ev).await.is_err() {
-            return;
-        }
-    }
 }
 
 /// A process that follows the log without a node serves the API meanwhile,
@@ -635,3 +687,6 @@ impl Drop for FollowHost {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,7 @@
 //! The [`Remote`] backend: the same operations as [`crate::ops::Local`],
-//! sent to a running node's HTTP API.
+//! sent to a running node's HTTP API. URLs come from the route table
+//! ([`crate::routes`]); answers decode into the types of
+//! [`crate::answer`].
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -7,13 +9,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{self, ApiFile};
-use crate::ops::{
-    AppendBody, Backend, FieldParams, KvListParams, KvWrite, LogPage, LogParams, OpError, OpResult,
+use crate::answer::{
+    AppendReply, Digest, Entry, ErrorBody, FeedInfo, FieldHit, Id, KvHead, KvItem, KvWritten,
+    LogPage, OpError, OpResult, PeerInfo, Record, Status, TimelineItem, ViewAdded, ViewInfo,
+    ViewRebuilt, ViewRemoved,
+};
+use crate::api::ApiFile;
+use crate::ops::Backend;
+use crate::params::{
+    AppendBody, EventParams, FieldParams, KeyParam, KvListParams, KvWrite, LogParams,
     TimelineParams, ViewAddBody,
 };
+use crate::routes::{self, Method, Route};
 
 /// A node's API, found through the files it writes in its database
 /// directory.
@@ -25,17 +35,19 @@ pub struct Remote {
     stream_agent: ureq::Agent,
 }
 
-/// Percent-encode a path segment.
-fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+type Answer = Result<ureq::http::Response<ureq::Body>, ureq::Error>;
+
+/// The error an error answer names; `value` is its body (`null` if it
+/// was not JSON).
+fn error_of(status: u16, value: &Value) -> OpError {
+    let err = &value["error"];
+    OpError::new(
+        status,
+        err["code"].as_str().unwrap_or("error"),
+        err["message"]
+            .as_str()
+            .map_or_else(|| format!("the node answered {status}"), str::to_string),
+    )
 }
 
 impl Remote {
@@ -79,6 +91,10 @@ impl Remote {
         )
     }
 
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
     fn url(&self, path: &str, query: &impl Serialize) -> OpResult<String> {
         let q = serde_urlencoded::to_string(query)
             .map_err(|e| OpError::bad("bad_request", e.to_string()))?;
@@ -89,7 +105,8 @@ impl Remote {
         })
     }
 
-    fn answer(&self, res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> OpResult {
+    /// The answer to a request, decoded, or the error it names.
+    fn answer<T: DeserializeOwned>(&self, res: Answer, path: &str) -> OpResult<T> {
         let mut res = res.map_err(|e| self.unreachable(e))?;
         let status = res.status().as_u16();
         let text = res
@@ -105,176 +122,198 @@ impl Remote {
                 format!("the node answered {status} with something that is not JSON"),
             )
         })?;
-        if (200..300).contains(&status) {
-            return Ok(value);
+        if !(200..300).contains(&status) {
+            return Err(error_of(status, &value));
         }
-        let err = &value["error"];
-        Err(OpError::new(
-            status,
-            err["code"].as_str().unwrap_or("error"),
-            err["message"]
-                .as_str()
-                .map_or_else(|| format!("the node answered {status}"), str::to_string),
-        ))
-    }
-
-    fn get(&self, path: &str, query: &impl Serialize) -> OpResult {
-        let url = self.url(path, query)?;
-        let res = self
-            .agent
-            .get(&url)
-            .header("authorization", &format!("Bearer {}", self.token))
-            .call();
-        self.answer(res)
-    }
-
-    fn send(&self, method: &str, path: &str, body: &impl Serialize) -> OpResult {
-        let url = self.url(path, &())?;
-        let body =
-            serde_json::to_vec(body).map_err(|e| OpError::bad("bad_request", e.to_string()))?;
-        let auth = format!("Bearer {}", self.token);
-        let res = match method {
-            "DELETE" => self
-                .agent
-                .delete(&url)
-                .header("authorization", &auth)
-                .call(),
-            _ => self
-                .agent
-                .post(&url)
-                .header("authorization", &auth)
-                .header("content-type", "application/json")
-                .send(&body[..]),
-        };
-        self.answer(res)
-    }
-}
-
-impl Backend for Remote {
-    fn id(&self) -> OpResult {
-        let s = self.get("/v1/status", &())?;
-        Ok(serde_json::json!({"feed": s["feed"]}))
-    }
-
-    fn append(&self, body: AppendBody) -> OpResult {
-        self.send("POST", "/v1/append", &body)
-    }
-
-    fn log(&self, p: &LogParams) -> OpResult<LogPage> {
-        let v = self.get("/v1/log", p)?;
-        serde_json::from_value(v).map_err(|e| {
+        serde_json::from_value(value).map_err(|e| {
             OpError::new(
                 502,
                 "bad_answer",
-                format!("the node's log page does not decode: {e}"),
+                format!("the node's answer to {path} does not decode: {e}"),
             )
         })
     }
 
-    fn get(&self, feed: &str, seq: u64) -> OpResult {
-        self.get(&format!("/v1/feeds/{}/{seq}", segment(feed)), &())
-    }
-
-    fn feeds(&self) -> OpResult {
-        self.get("/v1/feeds", &())
-    }
-
-    fn status(&self) -> OpResult {
-        self.get("/v1/status", &())
-    }
-
-    fn peers(&self) -> OpResult {
-        self.get("/v1/peers", &())
-    }
-
-    fn kv_get(&self, key: &str) -> OpResult {
-        self.get("/v1/kv/get", &[("key", key)])
-    }
-
-    fn kv_heads(&self, key: &str) -> OpResult {
-        self.get("/v1/kv/heads", &[("key", key)])
-    }
-
-    fn kv_list(&self, p: &KvListParams) -> OpResult {
-        self.get("/v1/kv/list", p)
-    }
-
-    fn kv_write(&self, w: KvWrite) -> OpResult {
-        let path = if w.value.is_some() {
-            "/v1/kv/put"
-        } else {
-            "/v1/kv/del"
+    /// Ask `route` (with `args` in its path): a GET with `query` as the
+    /// query string, a POST with `body` as JSON, a DELETE with neither.
+    fn call<const N: usize, T: DeserializeOwned>(
+        &self,
+        route: &Route<N>,
+        args: [&str; N],
+        query: &impl Serialize,
+        body: &impl Serialize,
+    ) -> OpResult<T> {
+        let path = route.fill(args);
+        let url = self.url(&path, query)?;
+        let auth = self.auth();
+        let res = match route.method {
+            Method::Get => self.agent.get(&url).header("authorization", &auth).call(),
+            Method::Delete => self
+                .agent
+                .delete(&url)
+                .header("authorization", &auth)
+                .call(),
+            Method::Post => {
+                let body = serde_json::to_vec(body)
+                    .map_err(|e| OpError::bad("bad_request", e.to_string()))?;
+                self.agent
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json")
+                    .send(&body[..])
+            }
         };
-        self.send("POST", path, &w)
+        self.answer(res, &path)
     }
 
-    fn timeline(&self, p: &TimelineParams) -> OpResult {
-        self.get("/v1/timeline", p)
+    /// A GET of `route` with `query`.
+    fn read<const N: usize, T: DeserializeOwned>(
+        &self,
+        route: &Route<N>,
+        args: [&str; N],
+        query: &impl Serialize,
+    ) -> OpResult<T> {
+        self.call(route, args, query, &())
+    }
+}
+
+impl Backend for Remote {
+    fn id(&self) -> OpResult<Id> {
+        Ok(Id {
+            feed: self.status()?.feed,
+        })
     }
 
-    fn views(&self) -> OpResult {
-        self.get("/v1/views", &())
+    fn append(&self, body: AppendBody) -> OpResult<AppendReply> {
+        self.call(&routes::APPEND, [], &(), &body)
     }
 
-    fn view_digest(&self, name: &str) -> OpResult {
-        self.get(&format!("/v1/views/{}/digest", segment(name)), &())
+    fn log(&self, p: &LogParams) -> OpResult<LogPage> {
+        self.read(&routes::LOG, [], p)
     }
 
-    fn view_add(&self, body: ViewAddBody) -> OpResult {
-        self.send("POST", "/v1/views", &body)
+    fn get(&self, feed: &str, seq: u64) -> OpResult<Entry> {
+        self.read(&routes::ENTRY, [feed, &seq.to_string()], &())
     }
 
-    fn view_remove(&self, name: &str) -> OpResult {
-        self.send("DELETE", &format!("/v1/views/{}", segment(name)), &())
+    fn feeds(&self) -> OpResult<Vec<FeedInfo>> {
+        self.read(&routes::FEEDS, [], &())
     }
 
-    fn view_rebuild(&self, name: &str, _progress: &mut dyn FnMut(u64, u64)) -> OpResult {
-        self.send("POST", &format!("/v1/views/{}/rebuild", segment(name)), &())
+    fn status(&self) -> OpResult<Status> {
+        self.read(&routes::STATUS, [], &())
     }
 
-    fn field_query(&self, name: &str, p: &FieldParams) -> OpResult {
-        self.get(&format!("/v1/views/{}/query", segment(name)), p)
+    fn peers(&self) -> OpResult<Vec<PeerInfo>> {
+        self.read(&routes::PEERS, [], &())
+    }
+
+    fn kv_get(&self, key: &str) -> OpResult<Value> {
+        let key = KeyParam {
+            key: Some(key.to_string()),
+        };
+        self.read(&routes::KV_GET, [], &key)
+    }
+
+    fn kv_heads(&self, key: &str) -> OpResult<Vec<KvHead>> {
+        let key = KeyParam {
+            key: Some(key.to_string()),
+        };
+        self.read(&routes::KV_HEADS, [], &key)
+    }
+
+    fn kv_list(&self, p: &KvListParams) -> OpResult<Vec<KvItem>> {
+        self.read(&routes::KV_LIST, [], p)
+    }
+
+    fn kv_write(&self, w: KvWrite) -> OpResult<KvWritten> {
+        let route = if w.value.is_some() {
+            &routes::KV_PUT
+        } else {
+            &routes::KV_DEL
+        };
+        self.call(route, [], &(), &w)
+    }
+
+    fn timeline(&self, p: &TimelineParams) -> OpResult<Vec<TimelineItem>> {
+        self.read(&routes::TIMELINE, [], p)
+    }
+
+    fn views(&self) -> OpResult<Vec<ViewInfo>> {
+        self.read(&routes::VIEWS, [], &())
+    }
+
+    fn view_digest(&self, name: &str) -> OpResult<Digest> {
+        self.read(&routes::VIEW_DIGEST, [name], &())
+    }
+
+    fn view_add(&self, body: ViewAddBody) -> OpResult<ViewAdded> {
+        self.call(&routes::VIEW_ADD, [], &(), &body)
+    }
+
+    fn view_remove(&self, name: &str) -> OpResult<ViewRemoved> {
+        self.call(&routes::VIEW_REMOVE, [name], &(), &())
+    }
+
+    fn view_rebuild(
+        &self,
+        name: &str,
+        _progress: &mut dyn FnMut(u64, u64),
+    ) -> OpResult<ViewRebuilt> {
+        self.call(&routes::VIEW_REBUILD, [name], &(), &())
+    }
+
+    fn field_query(&self, name: &str, p: &FieldParams) -> OpResult<Vec<FieldHit>> {
+        self.read(&routes::FIELD_QUERY, [name], p)
     }
 
     fn follow(
         &self,
         since: u64,
         feed: Option<&str>,
-        f: &mut dyn FnMut(Value) -> anyhow::Result<bool>,
+        f: &mut dyn FnMut(Record) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
-        let params = api::EventParams {
+        let params = EventParams {
             since: Some(since),
             feed: feed.map(str::to_string),
         };
-        let url = self.url("/v1/events", &params)?;
+        let url = self.url(&routes::EVENTS.fill([]), &params)?;
         let mut res = self
             .stream_agent
             .get(&url)
-            .header("authorization", &format!("Bearer {}", self.token))
+            .header("authorization", &self.auth())
             .header("accept", "text/event-stream")
             .call()
             .map_err(|e| self.unreachable(e))?;
         if res.status().as_u16() != 200 {
             let status = res.status().as_u16();
             let text = res.body_mut().read_to_string().unwrap_or_default();
-            let v: Value = serde_json::from_str(&text).unwrap_or_default();
-            bail!(OpError::new(
+            bail!(error_of(
                 status,
-                v["error"]["code"].as_str().unwrap_or("error"),
-                v["error"]["message"]
-                    .as_str()
-                    .map_or_else(|| format!("the node answered {status}"), str::to_string),
+                &serde_json::from_str(&text).unwrap_or_default()
             ));
         }
         let reader = BufReader::new(res.into_body().into_reader());
+        let mut event = String::new();
         for line in reader.lines() {
             let line = line.context("the node's event stream broke")?;
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_string();
+                continue;
+            }
             let Some(data) = line.strip_prefix("data:") else {
                 continue;
             };
-            let v: Value = serde_json::from_str(data.trim_start())
-                .context("the node sent an event that is not JSON")?;
-            if !f(v)? {
+            let data = data.trim_start();
+            if event == "error" {
+                // The node could not read its log; the stream ends here.
+                let body: ErrorBody = serde_json::from_str(data)
+                    .context("the node sent an error event that does not decode")?;
+                bail!(OpError::new(500, &body.error.code, body.error.message));
+            }
+            let rec: Record = serde_json::from_str(data)
+                .context("the node sent an event that is not a log record")?;
+            if !f(rec)? {
                 return Ok(());
             }
         }

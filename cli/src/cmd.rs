@@ -8,9 +8,11 @@ use anyhow::{Context, anyhow, bail};
 use kappadb_core::{CreateOptions, Db, DbConfig, FeedId, StoreError};
 use serde_json::{Value, json};
 
+use crate::answer::{AppendSummary, AppendedOne, Record};
 use crate::client::Remote;
-use crate::ops::{AppendBody, Backend, Local, LogParams};
+use crate::ops::{Backend, Local};
 use crate::out::{self, Out, note};
+use crate::params::{AppendBody, LogParams};
 use crate::{Cli, Command};
 
 /// Entries per batch when appending lines.
@@ -49,7 +51,7 @@ pub fn connect(dir: &Path) -> anyhow::Result<Box<dyn Backend>> {
     match Db::open(dir) {
         Ok(db) => {
             report_recovery(&db);
-            Ok(Box::new(Local::new(db)))
+            Ok(Box::new(Local::new(db, crate::views_cmd::open_indexer)))
         }
         Err(StoreError::Locked { dir: d, pid }) => match Remote::discover(dir)? {
             Some(remote) => Ok(Box::new(remote)),
@@ -86,8 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init { max_payload, join } => init(&dir, max_payload, join, &mut out),
         Command::Id => {
-            let v = connect(&dir)?.id()?;
-            out.line(v["feed"].as_str().unwrap_or_default())?;
+            out.line(connect(&dir)?.id()?.feed)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Append { value, file } => append(&*connect(&dir)?, value, file, &mut out),
@@ -202,24 +203,21 @@ fn append(
 ) -> anyhow::Result<ExitCode> {
     if let Some(text) = arg {
         let payload = parse_payload(&text).map_err(|e| anyhow!("{e}"))?;
-        let v = b.append(AppendBody {
+        let reply = b.append(AppendBody {
             payload: Some(payload),
             payloads: None,
         })?;
-        let a = &v["appended"][0];
-        if out.json {
-            out.json_line(&json!({
-                "feed": v["feed"], "seq": a["seq"], "offset": a["offset"],
-                "id": a["id"], "timestamp": a["timestamp"],
-            }))?;
-        } else {
-            out.line(format!(
-                "appended seq {} at offset {} (id {})",
-                out::num(a, "seq"),
-                out::num(a, "offset"),
-                out::short(&a["id"])
-            ))?;
-        }
+        let Some(a) = reply.appended.into_iter().next() else {
+            bail!("the append answered with no entry");
+        };
+        let one = AppendedOne {
+            feed: reply.feed,
+            id: a.id.clone(),
+            offset: a.offset,
+            seq: a.seq,
+            timestamp: a.timestamp,
+        };
+        out.answer(&one, |_| vec![out::appended_line(&a)])?;
         return Ok(ExitCode::SUCCESS);
     }
     let reader: Box<dyn BufRead> = match &file {
@@ -233,17 +231,17 @@ fn append(
     let mut appended = 0u64;
     let mut first_seq = None;
     let mut last_seq = None;
-    let mut feed = Value::Null;
+    let mut feed = None;
     let mut flush = |batch: Vec<Value>| -> anyhow::Result<()> {
-        let v = b.append(AppendBody {
+        let reply = b.append(AppendBody {
             payload: None,
             payloads: Some(batch),
         })?;
-        let list = v["appended"].as_array().cloned().unwrap_or_default();
+        let list = &reply.appended;
         appended += list.len() as u64;
-        first_seq = first_seq.or(list.first().map(|a| out::num(a, "seq")));
-        last_seq = list.last().map(|a| out::num(a, "seq")).or(last_seq);
-        feed = v["feed"].clone();
+        first_seq = first_seq.or(list.first().map(|a| a.seq));
+        last_seq = list.last().map(|a| a.seq).or(last_seq);
+        feed = Some(reply.feed);
         bar.set_position(appended);
         Ok(())
     };
@@ -273,30 +271,23 @@ fn append(
         flush(batch)?;
     }
     bar.finish_and_clear();
-    if feed.is_null() {
-        feed = b.id()?["feed"].clone();
-    }
-    if out.json {
-        out.json_line(&json!({
-            "feed": feed,
-            "appended": appended,
-            "first_seq": first_seq,
-            "last_seq": last_seq,
-        }))?;
-    } else {
-        match (first_seq, last_seq) {
-            (Some(f), Some(l)) => {
-                out.line(format!("appended {appended} entries (seq {f}..={l})"))?
-            }
-            _ => out.line("appended 0 entries")?,
-        }
-    }
+    let feed = match feed {
+        Some(f) => f,
+        None => b.id()?.feed,
+    };
+    let summary = AppendSummary {
+        appended,
+        feed,
+        first_seq,
+        last_seq,
+    };
+    out.answer(&summary, |s| vec![out::append_summary_line(s)])?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Resolve a feed argument: a full id, "self", or a unique prefix of a known feed.
 pub fn resolve_feed(db: &Db, text: &str) -> anyhow::Result<FeedId> {
-    Ok(Local::new(db.clone()).resolve_feed(text)?)
+    Ok(crate::ops::resolve_feed(db, text)?)
 }
 
 fn log(
@@ -340,58 +331,21 @@ fn log(
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_record(r: &Value, out: &mut Out) -> anyhow::Result<()> {
-    if out.json {
-        out.json_line(r)
-    } else {
-        out.line(out::record_text(r))
-    }
+fn print_record(r: &Record, out: &mut Out) -> anyhow::Result<()> {
+    out.answer(r, |r| vec![out::record_line(r)])
 }
 
 fn get(b: &dyn Backend, feed: &str, seq: u64, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let e = b.get(feed, seq)?;
-    if out.json {
-        out.json_line(&e)?;
-    } else {
-        let text = |f: &str| e[f].as_str().unwrap_or("(none)").to_string();
-        out.line(format!("feed      {}", text("feed")))?;
-        out.line(format!("seq       {}", out::num(&e, "seq")))?;
-        out.line(format!("id        {}", text("id")))?;
-        out.line(format!("prev      {}", text("prev")))?;
-        let ts = out::num(&e, "timestamp");
-        out.line(format!("timestamp {ts} ({})", out::fmt_time(ts)))?;
-        out.line(format!("payload   {} bytes", out::num(&e, "payload_len")))?;
-        out.line(out::payload_text(&e))?;
-    }
+    out.answer(&b.get(feed, seq)?, out::entry_lines)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn feeds(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
     let feeds = b.feeds()?;
-    if out.json {
-        out.line(feeds.to_string())?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let list = feeds.as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if !out.json && feeds.is_empty() {
         note("no feeds yet; `kappa append '{\"type\":\"note\"}'` starts yours");
     }
-    for f in &list {
-        let mut flags = String::new();
-        if f["local"] == true {
-            flags.push_str(" (self)");
-        }
-        if f["forked"] == true {
-            flags.push_str(&format!(" FORKED at seq {}", out::num(f, "fork_seq")));
-        }
-        out.line(format!(
-            "{}  seq {:<8} head {}{}",
-            f["feed"].as_str().unwrap_or_default(),
-            out::num(f, "seq"),
-            out::short(&f["head"]),
-            flags
-        ))?;
-    }
+    out.answer(&feeds, |list| list.iter().map(out::feed_line).collect())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -449,28 +403,6 @@ fn reindex(dir: &Path, out: &mut Out) -> anyhow::Result<ExitCode> {
 }
 
 fn status(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let s = b.status()?;
-    if out.json {
-        out.json_line(&s)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let text = |f: &str| s[f].as_str().unwrap_or_default().to_string();
-    out.line(format!("dir       {}", text("dir")))?;
-    out.line(format!("feed      {}", text("feed")))?;
-    out.line(format!("own seq   {}", out::num(&s, "own_seq")))?;
-    out.line(format!(
-        "log       {} bytes, {} records",
-        out::num(&s, "log_bytes"),
-        out::num(&s, "records")
-    ))?;
-    out.line(format!(
-        "entries   {} in {} feeds",
-        out::num(&s, "entries"),
-        out::num(&s, "feeds")
-    ))?;
-    let forked = out::num(&s, "forked_feeds");
-    if forked > 0 {
-        out.line(format!("forked    {forked} feeds (see `kappa feeds`)"))?;
-    }
+    out.answer(&b.status()?, out::status_lines)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,13 +4,18 @@
 //! human or JSON output. Exit status: 0 on success, 1 on an error (one line
 //! on stderr saying what went wrong and what to do), 2 on a usage error.
 //! A closed stdout (`kappa log | head`) is a clean exit.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod answer;
 mod api;
 mod client;
 mod cmd;
+mod follow;
 mod net_cmd;
 mod ops;
 mod out;
+mod params;
+mod routes;
 mod views_cmd;
 
 use std::path::PathBuf;

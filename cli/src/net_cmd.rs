@@ -10,8 +10,9 @@ use kappadb_core::{CreateOptions, Db, FeedId};
 use kappadb_net::blocklist::BlockList;
 use kappadb_net::{DEFAULT_PORT, Invite, Multiaddr, Node, NodeEvent, PeerId, default_listen_addr};
 use kappadb_views::{Indexer, IndexerConfig};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::api::SharedNode;
 use crate::ops::{Backend, Local};
 use crate::out::{self, Out, note};
 
@@ -87,17 +88,21 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         for p in peers {
             builder = builder.peer(p);
         }
-        let node = Arc::new(builder.spawn().await?);
+        let node = builder.spawn().await?;
+        let me = node.peer_id();
         let mut events = node.events();
         note(format!(
             "kappa node for feed {} in {}",
             db.feed_id(),
             db.dir().display()
         ));
-        note(format!("peer id {}", node.peer_id()));
+        note(format!("peer id {me}"));
         for a in node.listen_addrs() {
             note(format!("listening on {a}"));
         }
+        // The API's handlers borrow the node; it is taken back below to
+        // shut it down.
+        let node = Arc::new(SharedNode::new(node));
         let api = if args.no_api {
             None
         } else {
@@ -121,7 +126,7 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
                 ev = events.recv() => match ev {
                     Ok(ev) => {
                         let stop = matches!(ev, NodeEvent::Stopped { .. });
-                        report_event(&ev, node.peer_id(), json);
+                        report_event(&ev, me, json);
                         if stop { break; }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -132,12 +137,15 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
             }
         }
         note("stopping…");
+        // In order: the API stops accepting requests and lets those in
+        // flight finish; then the node is taken back from it (once no
+        // request uses it) and shut down, so it finishes the page it is
+        // storing and saves its address book.
         if let Some(api) = api {
             api.stop().await;
         }
-        match Arc::try_unwrap(node) {
-            Ok(node) => node.shutdown().await,
-            Err(_) => tracing::warn!("the node handle is still shared; aborting it"),
+        if let Some(node) = node.take().await {
+            node.shutdown().await;
         }
         Ok(())
     });
@@ -309,43 +317,12 @@ pub fn parse_invite(text: &str) -> anyhow::Result<Invite> {
 /// `kappa peers`: the address book.
 pub fn peers(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
     let peers = b.peers()?;
-    if out.json {
-        out.line(peers.to_string())?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let list = peers.as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if !out.json && peers.is_empty() {
         note(
             "no peers known yet; `kappa serve` finds them on the LAN, or `kappa sync ADDR` reaches one",
         );
     }
-    for p in &list {
-        let seen = match out::num(p, "last_seen") {
-            0 => "never".to_string(),
-            t => out::fmt_time(t),
-        };
-        let synced = p["last_sync"]
-            .as_u64()
-            .map_or("never".to_string(), out::fmt_time);
-        let addrs: Vec<&str> = p["addrs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        out.line(format!(
-            "{}  feed {}  seen {}  synced {}  {}",
-            p["peer"].as_str().unwrap_or_default(),
-            if p["feed"].is_string() {
-                out::short(&p["feed"])
-            } else {
-                "-".to_string()
-            },
-            seen,
-            synced,
-            addrs.join(" ")
-        ))?;
-    }
+    out.answer(&peers, |list| list.iter().map(out::peer_line).collect())?;
     Ok(ExitCode::SUCCESS)
 }
 

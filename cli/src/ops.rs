@@ -1,26 +1,33 @@
 //! The operations the CLI and the local node API share.
 //!
-//! Every command that can run against a live node is an operation here,
-//! with its parameters as a serde struct and its answer as JSON. The
-//! [`Local`] backend runs an operation on an open database; the HTTP server
-//! ([`crate::api`]) runs the same `Local` code behind each endpoint, and the
-//! [`crate::client::Remote`] backend sends the same parameters to it. The
-//! CLI renders the JSON either way, so its output cannot depend on whether
-//! a node is running.
+//! Every command that can run against a live node is an operation here:
+//! its parameters are in [`crate::params`], its answer is a type of
+//! [`crate::answer`]. The [`Local`] backend runs an operation on an open
+//! database; the HTTP server ([`crate::api`]) runs the same `Local` code
+//! behind each endpoint, and the [`crate::client::Remote`] backend sends
+//! the same parameters to it and decodes the same answers. The CLI renders
+//! the answers either way, so its output cannot depend on whether a node
+//! is running.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use kappadb_core::{AppendError, Db, EntryError, EntryId, FeedId, RecordBody, StoreError};
-use kappadb_net::peers::PeerRecord;
+use kappadb_core::{Db, EntryId, FeedId, RecordBody};
 use kappadb_views::field::{FieldQuery, parse_query_value};
 use kappadb_views::timeline::{Order, TimelineQuery};
 use kappadb_views::{Indexer, ViewError};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
+use tokio::sync::watch;
 
-use crate::out;
+use crate::answer::{
+    AppendReply, Appended, Digest, Entry, FeedInfo, FeedRange, FieldHit, Id, KvHead, KvItem,
+    KvWritten, LogPage, OpError, OpResult, PeerInfo, Record, Status, TimelineItem, ViewAdded,
+    ViewInfo, ViewRebuilt, ViewRemoved,
+};
+use crate::params::{
+    AppendBody, FieldParams, KvListParams, KvWrite, LogParams, RangeParams, TimelineParams,
+    ViewAddBody,
+};
 
 /// Records per page of `log` at most.
 pub const MAX_PAGE: usize = 1000;
@@ -29,334 +36,95 @@ const MAX_SCAN: usize = 10_000;
 /// How long a query waits for a view to fold what the log holds.
 const CATCH_UP: Duration = Duration::from_secs(30);
 
-/// An operation that failed, with the HTTP status it maps to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpError {
-    /// HTTP status: 400, 404, 409, 413, 500, 503.
-    pub status: u16,
-    /// A short machine-readable code, e.g. `unknown_feed`.
-    pub code: String,
-    /// What went wrong and what to do, for humans.
-    pub message: String,
-}
-
-impl std::fmt::Display for OpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for OpError {}
-
-impl OpError {
-    /// A new error.
-    pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: code.to_string(),
-            message: message.into(),
-        }
-    }
-
-    /// 400: the request itself is wrong.
-    pub fn bad(code: &str, message: impl Into<String>) -> Self {
-        Self::new(400, code, message)
-    }
-
-    /// 404: what the request names does not exist.
-    pub fn not_found(code: &str, message: impl Into<String>) -> Self {
-        Self::new(404, code, message)
-    }
-
-    /// The JSON body of an error response.
-    pub fn body(&self) -> Value {
-        json!({"error": {"code": self.code, "message": self.message}})
-    }
-}
-
-impl From<StoreError> for OpError {
-    fn from(e: StoreError) -> Self {
-        let msg = e.to_string();
-        match e {
-            StoreError::Locked { .. } => Self::new(409, "locked", msg),
-            _ => Self::new(500, "store", msg),
-        }
-    }
-}
-
-impl From<EntryError> for OpError {
-    fn from(e: EntryError) -> Self {
-        let msg = e.to_string();
-        match e {
-            EntryError::PayloadTooLarge { .. } => Self::new(413, "payload_too_large", msg),
-            EntryError::FeedForked { .. } => Self::new(409, "feed_forked", msg),
-            _ => Self::bad("bad_entry", msg),
-        }
-    }
-}
-
-impl From<AppendError> for OpError {
-    fn from(e: AppendError) -> Self {
-        match e {
-            AppendError::Rejected(e) => e.into(),
-            AppendError::Store(e) => e.into(),
-            other => Self::new(500, "store", other.to_string()),
-        }
-    }
-}
-
-impl From<ViewError> for OpError {
-    fn from(e: ViewError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ViewError::UnknownView(_) => Self::not_found("unknown_view", msg),
-            ViewError::ViewExists(_) => Self::new(409, "view_exists", msg),
-            ViewError::BadName { .. } => Self::bad("bad_view_name", msg),
-            ViewError::BadPointer(_) => Self::bad("bad_pointer", msg),
-            ViewError::BadQuery(_) => Self::bad("bad_query", msg),
-            ViewError::Timeout { .. } => Self::new(503, "view_behind", msg),
-            ViewError::Store(s) => s.into(),
-            _ => Self::new(500, "view", msg),
-        }
-    }
-}
-
-/// Result of an operation.
-pub type OpResult<T = Value> = Result<T, OpError>;
-
-/// Parameters of `log`: records from an offset.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogParams {
-    /// Start at the first record at or after this byte offset.
-    pub since: u64,
-    /// At most this many records (at most [`MAX_PAGE`] per page).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<usize>,
-    /// Only records of this feed (id, unique prefix, or `self`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feed: Option<String>,
-}
-
-/// Parameters of a feed range read.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RangeParams {
-    /// First seq (1-based).
-    pub from: u64,
-    /// At most this many entries (at most [`MAX_PAGE`]).
-    pub limit: usize,
-}
-
-impl Default for RangeParams {
-    fn default() -> Self {
-        Self {
-            from: 1,
-            limit: 100,
-        }
-    }
-}
-
-/// Parameters of `timeline`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TimelineParams {
-    /// Only entries whose payload "type" is this.
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    /// Only entries of this feed (id, unique prefix, or `self`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub author: Option<String>,
-    /// Only entries at or after this timestamp (ms).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<u64>,
-    /// Only entries at or before this timestamp (ms).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to: Option<u64>,
-    /// At most this many entries.
-    pub limit: usize,
-    /// `desc` (newest first, the default) or `asc`.
-    pub order: String,
-}
-
-impl Default for TimelineParams {
-    fn default() -> Self {
-        Self {
-            kind: None,
-            author: None,
-            from: None,
-            to: None,
-            limit: 20,
-            order: "desc".into(),
-        }
-    }
-}
-
-/// Parameters of a field index query. Values are as typed on a command
-/// line: a JSON scalar, or a bare word taken as a string.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FieldParams {
-    /// Entries whose field equals this.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eq: Option<String>,
-    /// Entries whose field is >= this.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    /// Entries whose field is <= this.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to: Option<String>,
-    /// At most this many results.
-    pub limit: usize,
-}
-
-impl Default for FieldParams {
-    fn default() -> Self {
-        Self {
-            eq: None,
-            from: None,
-            to: None,
-            limit: FieldQuery::default().limit,
-        }
-    }
-}
-
-/// Parameters of `kv list`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KvListParams {
-    /// Only keys starting with this.
-    pub prefix: String,
-    /// At most this many keys.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<usize>,
-}
-
-/// Body of a kv put or delete.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KvWrite {
-    /// The key.
-    pub key: String,
-    /// The value (absent for a delete).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Value>,
-    /// Entry ids this write supersedes.
-    #[serde(default)]
-    pub links: Vec<String>,
-}
-
-/// Body of an append: one payload or many.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppendBody {
-    /// One JSON payload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<Value>,
-    /// Many JSON payloads, appended in order with one fsync.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payloads: Option<Vec<Value>>,
-}
-
-/// Body of `view add`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ViewAddBody {
-    /// Name of the new field index.
-    pub name: String,
-    /// The JSON pointer it indexes.
-    pub field: String,
-}
-
-/// One page of the log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LogPage {
-    /// The records, each as [`out::record_json`] renders it.
-    pub records: Vec<Value>,
-    /// Where the next page starts.
-    pub next: u64,
-    /// The log's end when the page was read.
-    pub end: u64,
-}
-
 /// What the CLI can do to a database, directly or through a node.
 pub trait Backend {
-    /// `{"feed": ID}` of this database.
-    fn id(&self) -> OpResult;
-    /// Append payloads; `{"feed", "appended": [{seq, offset, id, timestamp}]}`.
-    fn append(&self, body: AppendBody) -> OpResult;
+    /// This database's feed.
+    fn id(&self) -> OpResult<Id>;
+    /// Append payloads.
+    fn append(&self, body: AppendBody) -> OpResult<AppendReply>;
     /// A page of log records.
     fn log(&self, p: &LogParams) -> OpResult<LogPage>;
     /// One entry.
-    fn get(&self, feed: &str, seq: u64) -> OpResult;
+    fn get(&self, feed: &str, seq: u64) -> OpResult<Entry>;
     /// Every known feed and its head.
-    fn feeds(&self) -> OpResult;
+    fn feeds(&self) -> OpResult<Vec<FeedInfo>>;
     /// The database's state.
-    fn status(&self) -> OpResult;
+    fn status(&self) -> OpResult<Status>;
     /// The address book.
-    fn peers(&self) -> OpResult;
+    fn peers(&self) -> OpResult<Vec<PeerInfo>>;
     /// A key's winning value.
-    fn kv_get(&self, key: &str) -> OpResult;
+    fn kv_get(&self, key: &str) -> OpResult<Value>;
     /// A key's concurrent heads.
-    fn kv_heads(&self, key: &str) -> OpResult;
+    fn kv_heads(&self, key: &str) -> OpResult<Vec<KvHead>>;
     /// Live keys.
-    fn kv_list(&self, p: &KvListParams) -> OpResult;
+    fn kv_list(&self, p: &KvListParams) -> OpResult<Vec<KvItem>>;
     /// Put (value given) or delete (no value) a key.
-    fn kv_write(&self, w: KvWrite) -> OpResult;
+    fn kv_write(&self, w: KvWrite) -> OpResult<KvWritten>;
     /// Timeline query.
-    fn timeline(&self, p: &TimelineParams) -> OpResult;
+    fn timeline(&self, p: &TimelineParams) -> OpResult<Vec<TimelineItem>>;
     /// Views and their lag.
-    fn views(&self) -> OpResult;
+    fn views(&self) -> OpResult<Vec<ViewInfo>>;
     /// A view's digest.
-    fn view_digest(&self, name: &str) -> OpResult;
+    fn view_digest(&self, name: &str) -> OpResult<Digest>;
     /// Declare a field index.
-    fn view_add(&self, body: ViewAddBody) -> OpResult;
+    fn view_add(&self, body: ViewAddBody) -> OpResult<ViewAdded>;
     /// Remove a field index.
-    fn view_remove(&self, name: &str) -> OpResult;
+    fn view_remove(&self, name: &str) -> OpResult<ViewRemoved>;
     /// Rebuild a view; `progress(offset, end)` when it runs here.
-    fn view_rebuild(&self, name: &str, progress: &mut dyn FnMut(u64, u64)) -> OpResult;
+    fn view_rebuild(&self, name: &str, progress: &mut dyn FnMut(u64, u64))
+    -> OpResult<ViewRebuilt>;
     /// Query a field index.
-    fn field_query(&self, name: &str, p: &FieldParams) -> OpResult;
+    fn field_query(&self, name: &str, p: &FieldParams) -> OpResult<Vec<FieldHit>>;
     /// Call `f` with every record from `since` on, waiting for new ones,
     /// until `f` returns false.
     fn follow(
         &self,
         since: u64,
         feed: Option<&str>,
-        f: &mut dyn FnMut(Value) -> anyhow::Result<bool>,
+        f: &mut dyn FnMut(Record) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()>;
 }
 
+/// How a [`Local`] opens the database's views the first time an operation
+/// needs them. The command layer's shows progress while it folds.
+pub type OpenViews = fn(&Db) -> Result<Indexer, ViewError>;
+
 /// Runs operations on a database opened in this process. Clones share
-/// the database, the views and the interrupt flag.
+/// the database, the views and the stop signal of [`Backend::follow`].
 #[derive(Clone)]
 pub struct Local {
     db: Db,
-    indexer: Arc<std::sync::OnceLock<Arc<Indexer>>>,
-    interrupted: Arc<AtomicBool>,
+    indexer: Arc<OnceLock<Arc<Indexer>>>,
+    open_views: Option<OpenViews>,
+    stop: Arc<watch::Sender<bool>>,
 }
 
 impl Local {
-    /// Operations on `db`; views are opened on first use, folded on the
-    /// calling thread.
-    pub fn new(db: Db) -> Self {
+    /// Operations on `db`; views are opened with `open_views` on first
+    /// use.
+    pub fn new(db: Db, open_views: OpenViews) -> Self {
         Self {
             db,
             indexer: Arc::default(),
-            interrupted: Arc::default(),
+            open_views: Some(open_views),
+            stop: Arc::new(watch::channel(false).0),
         }
     }
 
     /// Operations on `db` with a live indexer (a node's).
     pub fn with_indexer(db: Db, indexer: Arc<Indexer>) -> Self {
-        let local = Self::new(db);
-        let _ = local.indexer.set(indexer);
-        local
+        Self {
+            db,
+            indexer: Arc::new(OnceLock::from(indexer)),
+            open_views: None,
+            stop: Arc::new(watch::channel(false).0),
+        }
     }
 
-    /// Make [`Backend::follow`] return (on Ctrl-C).
+    /// Make [`Backend::follow`] return (on Ctrl-C), now or as soon as it
+    /// starts.
     pub fn interrupt(&self) {
-        self.interrupted.store(true, Ordering::SeqCst);
+        self.stop.send_replace(true);
     }
 
     /// The database.
@@ -368,8 +136,10 @@ impl Local {
         if let Some(i) = self.indexer.get() {
             return Ok(i);
         }
-        let i = crate::views_cmd::open_indexer(&self.db)
-            .map_err(|e| OpError::new(500, "view", format!("{e:#}")))?;
+        let open = self
+            .open_views
+            .ok_or_else(|| OpError::new(500, "view", "the views are not open here"))?;
+        let i = open(&self.db)?;
         Ok(self.indexer.get_or_init(|| Arc::new(i)))
     }
 
@@ -380,49 +150,13 @@ impl Local {
         Ok(i)
     }
 
-    /// Resolve a feed argument: a full id, `self`, or a unique prefix of a
-    /// known feed.
+    /// Resolve a feed argument: see [`resolve_feed`].
     pub fn resolve_feed(&self, text: &str) -> OpResult<FeedId> {
-        let text = text.trim();
-        if text == "self" || text == "me" {
-            return Ok(self.db.feed_id());
-        }
-        if let Ok(id) = text.parse::<FeedId>() {
-            return Ok(id);
-        }
-        let lower = text.to_ascii_lowercase();
-        if lower.len() < 4 || !lower.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(OpError::bad(
-                "bad_feed",
-                format!(
-                    "'{text}' is not a feed id: give the 64 hex digits from `kappa feeds`, a unique prefix of at least 4, or \"self\""
-                ),
-            ));
-        }
-        let matches: Vec<FeedId> = self
-            .db
-            .feeds()
-            .into_iter()
-            .map(|f| f.feed)
-            .filter(|f| f.to_string().starts_with(&lower))
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok(*one),
-            [] => Err(OpError::not_found(
-                "unknown_feed",
-                format!("no known feed starts with '{text}'; `kappa feeds` lists them"),
-            )),
-            _ => Err(OpError::bad(
-                "ambiguous_feed",
-                format!("'{text}' matches {} feeds; give more digits", matches.len()),
-            )),
-        }
+        resolve_feed(&self.db, text)
     }
-}
 
-impl Local {
     /// Entries of one feed from a seq on.
-    pub fn feed_range(&self, feed: &str, p: &RangeParams) -> OpResult {
+    pub fn feed_range(&self, feed: &str, p: &RangeParams) -> OpResult<FeedRange> {
         let feed = self.resolve_feed(feed)?;
         let Some(head) = self.db.head(&feed) else {
             return Err(OpError::not_found(
@@ -438,33 +172,53 @@ impl Local {
         for e in self.db.feed_range(&feed, from, to) {
             let e = e?;
             next = e.header.seq + 1;
-            entries.push(out::entry_json(None, &e));
+            entries.push(Entry::of(None, &e));
         }
-        Ok(json!({
-            "feed": feed.to_string(),
-            "head_seq": head.seq,
-            "entries": entries,
-            "next": (next <= head.seq).then_some(next),
-        }))
+        Ok(FeedRange {
+            entries,
+            feed: feed.to_string(),
+            head_seq: head.seq,
+            next: (next <= head.seq).then_some(next),
+        })
     }
 }
 
-/// The address book as JSON.
-pub fn peers_json(peers: &[PeerRecord]) -> Value {
-    Value::Array(
-        peers
-            .iter()
-            .map(|p| {
-                json!({
-                    "peer": p.peer_id.to_string(),
-                    "feed": p.feed.map(|f| f.to_string()),
-                    "addrs": p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                    "last_seen": p.last_seen,
-                    "last_sync": p.last_sync,
-                })
-            })
-            .collect(),
-    )
+/// Resolve a feed argument: a full id, `self`, or a unique prefix of a
+/// feed `db` knows.
+pub fn resolve_feed(db: &Db, text: &str) -> OpResult<FeedId> {
+    let text = text.trim();
+    if text == "self" || text == "me" {
+        return Ok(db.feed_id());
+    }
+    if let Ok(id) = text.parse::<FeedId>() {
+        return Ok(id);
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.len() < 4 || !lower.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(OpError::bad(
+            "bad_feed",
+            format!(
+                "'{text}' is not a feed id: give the 64 hex digits from `kappa feeds`, a unique prefix of at least 4, or \"self\""
+            ),
+        ));
+    }
+    let matches: Vec<FeedId> = db
+        .feeds()
+        .into_iter()
+        .map(|f| f.feed)
+        .filter(|f| f.to_string().starts_with(&lower))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(OpError::not_found(
+            "unknown_feed",
+            format!("no known feed starts with '{text}'; `kappa feeds` lists them"),
+        )),
+        _ => Err(OpError::bad(
+            "ambiguous_feed",
+            format!("'{text}' matches {} feeds; give more digits", matches.len()),
+        )),
+    }
 }
 
 /// Parse entry ids named as links.
@@ -496,12 +250,42 @@ pub fn record_author(body: &RecordBody) -> FeedId {
     }
 }
 
+/// The field index query `p` asks for.
+fn field_query_of(p: &FieldParams) -> OpResult<FieldQuery> {
+    let q = match &p.eq {
+        Some(v) => {
+            if p.from.is_some() || p.to.is_some() {
+                return Err(OpError::bad(
+                    "bad_query",
+                    "give either eq, or from and/or to, not both",
+                ));
+            }
+            FieldQuery::eq(parse_query_value(v))
+        }
+        None => {
+            if p.from.is_none() && p.to.is_none() {
+                return Err(OpError::bad(
+                    "bad_query",
+                    "give --eq VALUE, or --from and/or --to",
+                ));
+            }
+            FieldQuery::range(
+                p.from.as_deref().map(parse_query_value),
+                p.to.as_deref().map(parse_query_value),
+            )
+        }
+    };
+    Ok(q.limit(p.limit))
+}
+
 impl Backend for Local {
-    fn id(&self) -> OpResult {
-        Ok(json!({"feed": self.db.feed_id().to_string()}))
+    fn id(&self) -> OpResult<Id> {
+        Ok(Id {
+            feed: self.db.feed_id().to_string(),
+        })
     }
 
-    fn append(&self, body: AppendBody) -> OpResult {
+    fn append(&self, body: AppendBody) -> OpResult<AppendReply> {
         let values = match (body.payload, body.payloads) {
             (Some(p), None) => vec![p],
             (None, Some(ps)) => ps,
@@ -514,13 +298,18 @@ impl Backend for Local {
         };
         let payloads: Vec<Vec<u8>> = values.iter().map(|v| v.to_string().into_bytes()).collect();
         let res = self.db.append_batch(payloads)?;
-        let appended: Vec<Value> = res
-            .iter()
-            .map(|a| {
-                json!({"seq": a.seq, "offset": a.offset, "id": a.id.to_string(), "timestamp": a.timestamp})
-            })
-            .collect();
-        Ok(json!({"feed": self.db.feed_id().to_string(), "appended": appended}))
+        Ok(AppendReply {
+            appended: res
+                .iter()
+                .map(|a| Appended {
+                    id: a.id.to_string(),
+                    offset: a.offset,
+                    seq: a.seq,
+                    timestamp: a.timestamp,
+                })
+                .collect(),
+            feed: self.db.feed_id().to_string(),
+        })
     }
 
     fn log(&self, p: &LogParams) -> OpResult<LogPage> {
@@ -542,15 +331,15 @@ impl Backend for Local {
             if feed.is_some_and(|f| f != record_author(&rec.body)) {
                 continue;
             }
-            records.push(out::record_json(&rec));
+            records.push(Record::of(&rec));
         }
         Ok(LogPage { records, next, end })
     }
 
-    fn get(&self, feed: &str, seq: u64) -> OpResult {
+    fn get(&self, feed: &str, seq: u64) -> OpResult<Entry> {
         let feed = self.resolve_feed(feed)?;
         match self.db.get(&feed, seq)? {
-            Some(entry) => Ok(out::entry_json(None, &entry)),
+            Some(entry) => Ok(Entry::of(None, &entry)),
             None => Err(match self.db.head(&feed) {
                 None => OpError::not_found(
                     "unknown_feed",
@@ -568,48 +357,45 @@ impl Backend for Local {
         }
     }
 
-    fn feeds(&self) -> OpResult {
+    fn feeds(&self) -> OpResult<Vec<FeedInfo>> {
         let me = self.db.feed_id();
-        let arr: Vec<Value> = self
+        Ok(self
             .db
             .feeds()
             .iter()
-            .map(|f| {
-                json!({
-                    "feed": f.feed.to_string(),
-                    "seq": f.head.seq,
-                    "head": f.head.id.to_string(),
-                    "timestamp": f.head.timestamp,
-                    "forked": f.fork.is_some(),
-                    "fork_seq": f.fork.map(|x| x.seq),
-                    "local": f.feed == me,
-                })
+            .map(|f| FeedInfo {
+                feed: f.feed.to_string(),
+                fork_seq: f.fork.map(|x| x.seq),
+                forked: f.fork.is_some(),
+                head: f.head.id.to_string(),
+                local: f.feed == me,
+                seq: f.head.seq,
+                timestamp: f.head.timestamp,
             })
-            .collect();
-        Ok(Value::Array(arr))
+            .collect())
     }
 
-    fn status(&self) -> OpResult {
+    fn status(&self) -> OpResult<Status> {
         let s = self.db.status();
-        Ok(json!({
-            "dir": s.dir.display().to_string(),
-            "feed": s.feed_id.to_string(),
-            "log_bytes": s.log_bytes,
-            "records": s.records,
-            "entries": s.entries,
-            "feeds": s.feeds,
-            "forked_feeds": s.forked_feeds,
-            "own_seq": self.db.head(&s.feed_id).map_or(0, |h| h.seq),
-        }))
+        Ok(Status {
+            dir: s.dir.display().to_string(),
+            entries: s.entries,
+            feed: s.feed_id.to_string(),
+            feeds: s.feeds,
+            forked_feeds: s.forked_feeds,
+            log_bytes: s.log_bytes,
+            own_seq: self.db.head(&s.feed_id).map_or(0, |h| h.seq),
+            records: s.records,
+        })
     }
 
-    fn peers(&self) -> OpResult {
-        Ok(peers_json(
+    fn peers(&self) -> OpResult<Vec<PeerInfo>> {
+        Ok(PeerInfo::all(
             &kappadb_net::peers::AddressBook::load(self.db.dir()).peers(),
         ))
     }
 
-    fn kv_get(&self, key: &str) -> OpResult {
+    fn kv_get(&self, key: &str) -> OpResult<Value> {
         match self.caught_up("kv")?.kv()?.get(key)? {
             Some(v) => Ok(v),
             None => Err(OpError::not_found(
@@ -619,7 +405,7 @@ impl Backend for Local {
         }
     }
 
-    fn kv_heads(&self, key: &str) -> OpResult {
+    fn kv_heads(&self, key: &str) -> OpResult<Vec<KvHead>> {
         let heads = self.caught_up("kv")?.kv()?.heads(key)?;
         if heads.is_empty() {
             return Err(OpError::not_found(
@@ -627,43 +413,51 @@ impl Backend for Local {
                 format!("key '{key}' is not set"),
             ));
         }
-        Ok(Value::Array(
-            heads
-                .iter()
-                .map(|h| {
-                    json!({
-                        "id": h.id.to_string(), "feed": h.author.to_string(), "seq": h.seq,
-                        "timestamp": h.timestamp, "deleted": h.is_deleted(), "value": h.value,
-                    })
-                })
-                .collect(),
-        ))
+        Ok(heads
+            .iter()
+            .map(|h| KvHead {
+                deleted: h.is_deleted(),
+                feed: h.author.to_string(),
+                id: h.id.to_string(),
+                seq: h.seq,
+                timestamp: h.timestamp,
+                value: h.value.clone().unwrap_or(Value::Null),
+            })
+            .collect())
     }
 
-    fn kv_list(&self, p: &KvListParams) -> OpResult {
+    fn kv_list(&self, p: &KvListParams) -> OpResult<Vec<KvItem>> {
         let kv = self.caught_up("kv")?.kv()?;
-        let mut arr = Vec::new();
+        let mut items = Vec::new();
         for item in kv.list(&p.prefix) {
-            if p.limit.is_some_and(|l| arr.len() >= l) {
+            if p.limit.is_some_and(|l| items.len() >= l) {
                 break;
             }
             let item = item?;
-            arr.push(json!({"key": item.key, "value": item.value, "heads": item.heads}));
+            items.push(KvItem {
+                heads: item.heads,
+                key: item.key,
+                value: item.value,
+            });
         }
-        Ok(Value::Array(arr))
+        Ok(items)
     }
 
-    fn kv_write(&self, w: KvWrite) -> OpResult {
+    fn kv_write(&self, w: KvWrite) -> OpResult<KvWritten> {
         let links = parse_links(&w.links)?;
         let payload = match &w.value {
             Some(v) => kappadb_views::kv::put_payload(&w.key, v, &links),
             None => kappadb_views::kv::del_payload(&w.key, &links),
         };
         let a = self.db.append(payload)?;
-        Ok(json!({"key": w.key, "seq": a.seq, "id": a.id.to_string()}))
+        Ok(KvWritten {
+            id: a.id.to_string(),
+            key: w.key,
+            seq: a.seq,
+        })
     }
 
-    fn timeline(&self, p: &TimelineParams) -> OpResult {
+    fn timeline(&self, p: &TimelineParams) -> OpResult<Vec<TimelineItem>> {
         let author = p
             .author
             .as_deref()
@@ -690,128 +484,80 @@ impl Backend for Local {
                 limit: p.limit,
                 order,
             })?;
-        Ok(Value::Array(
-            items
-                .iter()
-                .map(|it| {
-                    out::with_payload(
-                        json!({
-                            "timestamp": it.timestamp, "feed": it.author.to_string(), "seq": it.seq,
-                            "id": it.id.to_string(), "type": it.kind,
-                        }),
-                        it.payload.as_deref(),
-                    )
-                })
-                .collect(),
-        ))
+        Ok(items.iter().map(TimelineItem::of).collect())
     }
 
-    fn views(&self) -> OpResult {
+    fn views(&self) -> OpResult<Vec<ViewInfo>> {
         let mut list = self.indexer()?.status();
         list.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Value::Array(
-            list.iter()
-                .map(|s| {
-                    json!({
-                        "name": s.name, "description": s.description, "version": s.version,
-                        "checkpoint": s.checkpoint, "lag": s.lag, "entries": s.folded,
-                        "skipped": s.skipped, "rebuilding": s.rebuild.is_some(),
-                    })
-                })
-                .collect(),
-        ))
+        Ok(list.iter().map(ViewInfo::of).collect())
     }
 
-    fn view_digest(&self, name: &str) -> OpResult {
+    fn view_digest(&self, name: &str) -> OpResult<Digest> {
         check_name(name)?;
         let d = self.caught_up(name)?.digest(name)?;
-        Ok(json!({"name": name, "digest": d.to_string()}))
+        Ok(Digest {
+            digest: d.to_string(),
+            name: name.to_string(),
+        })
     }
 
-    fn view_add(&self, body: ViewAddBody) -> OpResult {
+    fn view_add(&self, body: ViewAddBody) -> OpResult<ViewAdded> {
         let i = self.indexer()?;
         i.declare_field_index(&body.name, &body.field)?;
         i.wait_until_caught_up(&body.name, CATCH_UP)?;
         let s = i.view_status(&body.name)?;
-        Ok(json!({"name": body.name, "field": body.field, "entries": s.folded}))
+        Ok(ViewAdded {
+            entries: s.folded,
+            field: body.field,
+            name: body.name,
+        })
     }
 
-    fn view_remove(&self, name: &str) -> OpResult {
+    fn view_remove(&self, name: &str) -> OpResult<ViewRemoved> {
         check_name(name)?;
         self.indexer()?.remove_field_index(name)?;
-        Ok(json!({"name": name, "removed": true}))
+        Ok(ViewRemoved {
+            name: name.to_string(),
+            removed: true,
+        })
     }
 
-    fn view_rebuild(&self, name: &str, progress: &mut dyn FnMut(u64, u64)) -> OpResult {
+    fn view_rebuild(
+        &self,
+        name: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> OpResult<ViewRebuilt> {
         check_name(name)?;
         let s = self.indexer()?.rebuild(name, progress)?;
-        Ok(json!({"name": s.name, "entries": s.folded, "skipped": s.skipped}))
+        Ok(ViewRebuilt {
+            entries: s.folded,
+            name: s.name,
+            skipped: s.skipped,
+        })
     }
 
-    fn field_query(&self, name: &str, p: &FieldParams) -> OpResult {
+    fn field_query(&self, name: &str, p: &FieldParams) -> OpResult<Vec<FieldHit>> {
         check_name(name)?;
-        let q = match &p.eq {
-            Some(v) => {
-                if p.from.is_some() || p.to.is_some() {
-                    return Err(OpError::bad(
-                        "bad_query",
-                        "give either eq, or from and/or to, not both",
-                    ));
-                }
-                FieldQuery::eq(parse_query_value(v))
-            }
-            None => {
-                if p.from.is_none() && p.to.is_none() {
-                    return Err(OpError::bad(
-                        "bad_query",
-                        "give --eq VALUE, or --from and/or --to",
-                    ));
-                }
-                FieldQuery::range(
-                    p.from.as_deref().map(parse_query_value),
-                    p.to.as_deref().map(parse_query_value),
-                )
-            }
-        }
-        .limit(p.limit);
+        let q = field_query_of(p)?;
         let hits = self.caught_up(name)?.field_index(name)?.query(&q)?;
-        Ok(Value::Array(
-            hits.iter()
-                .map(|hit| {
-                    out::with_payload(
-                        json!({
-                            "value": hit.value, "timestamp": hit.timestamp, "feed": hit.author.to_string(),
-                            "seq": hit.seq, "id": hit.id.to_string(),
-                        }),
-                        hit.payload.as_deref(),
-                    )
-                })
-                .collect(),
-        ))
+        Ok(hits.iter().map(FieldHit::of).collect())
     }
 
     fn follow(
         &self,
         since: u64,
         feed: Option<&str>,
-        f: &mut dyn FnMut(Value) -> anyhow::Result<bool>,
+        f: &mut dyn FnMut(Record) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
         let feed = feed.map(|x| self.resolve_feed(x)).transpose()?;
-        let mut tail = self.db.tail(since.min(self.db.log_end()));
-        while !self.interrupted.load(Ordering::SeqCst) {
-            // Wake up now and then even without writes, to notice an
-            // interrupt.
-            let Some(rec) = tail.next_timeout(Duration::from_millis(500)) else {
-                continue;
-            };
-            let rec = rec?;
-            if feed.is_some_and(|x| x != record_author(&rec.body)) {
-                continue;
-            }
-            if !f(out::record_json(&rec))? {
-                break;
-            }
-        }
-        Ok(())
+        let since = since.min(self.db.log_end());
+        crate::follow::blocking(
+            self.db.clone(),
+            since,
+            feed,
+            self.stop.subscribe(),
+            &mut |rec| f(Record::of(&rec)),
+        )
     }
 }

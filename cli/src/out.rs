@@ -1,12 +1,20 @@
-//! Output: human text or JSON, progress bars, and clean exits on a closed
-//! pipe. Only the CLI prints.
+//! Output: the typed answers ([`crate::answer`]) as human text or JSON,
+//! progress bars, and clean exits on a closed pipe. Only the CLI prints.
+//!
+//! Everything here renders; nothing decides. The functions that turn an
+//! answer into human lines are the only place its text form is defined.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kappadb_core::{Entry, LogRecord, RecordBody};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::answer::{
+    AppendSummary, Appended, Entry, FeedInfo, FieldHit, KvHead, KvItem, KvWritten, PayloadFormat,
+    PeerInfo, Record, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt,
+};
 
 /// Where command output goes.
 pub struct Out {
@@ -45,13 +53,32 @@ impl Out {
         }
     }
 
-    /// Print a JSON value on one line.
-    pub fn json_line(&mut self, value: &Value) -> anyhow::Result<()> {
-        self.line(value.to_string())
+    /// Print lines to stdout.
+    pub fn lines(&mut self, lines: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+        lines.into_iter().try_for_each(|l| self.line(l))
+    }
+
+    /// Print a value as JSON on one line.
+    pub fn json_line(&mut self, value: &impl Serialize) -> anyhow::Result<()> {
+        let text = serde_json::to_string(value)?;
+        self.line(text)
+    }
+
+    /// Print an answer: its JSON on one line with `--json`, else the lines
+    /// `human` renders.
+    pub fn answer<T: Serialize>(
+        &mut self,
+        value: &T,
+        human: impl FnOnce(&T) -> Vec<String>,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            self.json_line(value)
+        } else {
+            self.lines(human(value))
+        }
     }
 
     /// Flush stdout (for streaming output).
-    #[allow(dead_code)]
     pub fn flush(&mut self) -> anyhow::Result<()> {
         match self.stdout.flush() {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(BrokenPipe.into()),
@@ -110,128 +137,229 @@ pub fn fmt_time(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// Lower-case hex of bytes.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The first 8 hex digits of an id, for lines.
+pub fn short(id: &str) -> String {
+    id.chars().take(8).collect()
 }
 
-/// Add a payload to a JSON object as two fields: `payload_format` is
-/// `json` (then `payload` is the value), `text` (a string that is not
-/// JSON), `binary` (`payload` is hex) or `absent` (not held; `null`).
-pub fn with_payload(mut v: Value, payload: Option<&[u8]>) -> Value {
-    let (format, value) = match payload {
-        None => ("absent", Value::Null),
-        Some(p) => match serde_json::from_slice::<Value>(p) {
-            Ok(j) => ("json", j),
-            Err(_) => match std::str::from_utf8(p) {
-                Ok(s) => ("text", Value::String(s.to_string())),
-                Err(_) => ("binary", Value::String(hex(p))),
-            },
-        },
-    };
-    if let Some(map) = v.as_object_mut() {
-        map.insert("payload".into(), value);
-        map.insert("payload_format".into(), json!(format));
-    }
-    v
-}
-
-/// A payload for humans, from an object [`with_payload`] made: compact
-/// JSON, or quoted text, or a note.
-pub fn payload_text(v: &Value) -> String {
-    match v["payload_format"].as_str() {
-        Some("json") => v["payload"].to_string(),
-        Some("text") => format!("{:?}", v["payload"].as_str().unwrap_or_default()),
-        Some("binary") => format!(
+/// A payload for humans: compact JSON, or quoted text, or a note.
+pub fn payload_text(payload: &Value, format: PayloadFormat) -> String {
+    match format {
+        PayloadFormat::Json => payload.to_string(),
+        PayloadFormat::Text => format!("{:?}", payload.as_str().unwrap_or_default()),
+        PayloadFormat::Binary => format!(
             "({} bytes of binary)",
-            v["payload"].as_str().map_or(0, |s| s.len() / 2)
+            payload.as_str().map_or(0, |s| s.len() / 2)
         ),
-        _ => "(payload not held)".to_string(),
+        PayloadFormat::Absent => "(payload not held)".to_string(),
     }
 }
 
-/// An entry as a JSON object.
-pub fn entry_json(offset: Option<u64>, e: &Entry) -> Value {
-    let h = &e.header;
-    let mut v = json!({
-        "kind": "entry",
-        "feed": h.author.to_string(),
-        "seq": h.seq,
-        "id": e.id().to_string(),
-        "prev": h.prev.map(|p| p.to_string()),
-        "timestamp": h.timestamp,
-        "payload_len": h.payload_len,
-    });
-    if let (Some(o), Some(map)) = (offset, v.as_object_mut()) {
-        map.insert("offset".into(), json!(o));
-    }
-    with_payload(v, e.payload.as_deref())
-}
-
-/// A log record as a JSON object.
-pub fn record_json(rec: &LogRecord) -> Value {
-    match &rec.body {
-        RecordBody::Entry(e) => entry_json(Some(rec.offset), e),
-        RecordBody::Fork(p) => json!({
-            "kind": "fork",
-            "offset": rec.offset,
-            "feed": p.author().to_string(),
-            "seq": p.seq(),
-            "ids": [p.a().header.id().to_string(), p.b().header.id().to_string()],
-        }),
-    }
-}
-
-/// The first 8 hex digits of an id in a JSON field, for log lines.
-pub fn short(v: &Value) -> String {
-    v.as_str().unwrap_or_default().chars().take(8).collect()
-}
-
-/// A u64 field of a JSON object (0 when absent).
-pub fn num(v: &Value, field: &str) -> u64 {
-    v[field].as_u64().unwrap_or_default()
-}
-
-/// A log record (from [`record_json`]) as one human line.
-pub fn record_text(v: &Value) -> String {
-    if v["kind"] == "fork" {
-        return format!(
+/// A log record as one line: offset, feed, seq, time, payload.
+pub fn record_line(r: &Record) -> String {
+    match r {
+        Record::Fork(f) => format!(
             "{:>10}  {}  #{:<6} fork proof: two entries at this seq",
-            num(v, "offset"),
-            short(&v["feed"]),
-            num(v, "seq")
-        );
+            f.offset,
+            short(&f.feed),
+            f.seq
+        ),
+        Record::Entry(e) => format!(
+            "{:>10}  {}  #{:<6} {}  {}",
+            e.offset.unwrap_or_default(),
+            short(&e.feed),
+            e.seq,
+            fmt_time(e.timestamp),
+            payload_text(&e.payload, e.payload_format)
+        ),
     }
-    format!(
-        "{:>10}  {}  #{:<6} {}  {}",
-        num(v, "offset"),
-        short(&v["feed"]),
-        num(v, "seq"),
-        fmt_time(num(v, "timestamp")),
-        payload_text(v)
-    )
 }
 
-/// A timeline item as one human line. Log records render the same way.
-pub fn timeline_text(v: &Value) -> String {
+/// A timeline item as one line: time, feed, seq, payload.
+pub fn timeline_line(it: &TimelineItem) -> String {
     format!(
         "{}  {} #{:<6} {}",
-        fmt_time(num(v, "timestamp")),
-        short(&v["feed"]),
-        num(v, "seq"),
-        payload_text(v)
+        fmt_time(it.timestamp),
+        short(&it.feed),
+        it.seq,
+        payload_text(&it.payload, it.payload_format)
     )
 }
 
-/// A log record (from [`record_json`]) as a timeline item.
-pub fn record_as_timeline(v: &Value) -> Value {
-    let kind = if v["payload_format"] == "json" {
-        v["payload"]["type"].as_str().map(str::to_string)
-    } else {
-        None
+/// One entry, field by field, then its payload.
+pub fn entry_lines(e: &Entry) -> Vec<String> {
+    vec![
+        format!("feed      {}", e.feed),
+        format!("seq       {}", e.seq),
+        format!("id        {}", e.id),
+        format!("prev      {}", e.prev.as_deref().unwrap_or("(none)")),
+        format!("timestamp {} ({})", e.timestamp, fmt_time(e.timestamp)),
+        format!("payload   {} bytes", e.payload_len),
+        payload_text(&e.payload, e.payload_format),
+    ]
+}
+
+/// What one appended entry became.
+pub fn appended_line(a: &Appended) -> String {
+    format!(
+        "appended seq {} at offset {} (id {})",
+        a.seq,
+        a.offset,
+        short(&a.id)
+    )
+}
+
+/// How many lines were appended.
+pub fn append_summary_line(s: &AppendSummary) -> String {
+    match (s.first_seq, s.last_seq) {
+        (Some(f), Some(l)) => format!("appended {} entries (seq {f}..={l})", s.appended),
+        _ => "appended 0 entries".to_string(),
+    }
+}
+
+/// A feed and its head.
+pub fn feed_line(f: &FeedInfo) -> String {
+    let mut flags = String::new();
+    if f.local {
+        flags.push_str(" (self)");
+    }
+    if f.forked {
+        flags.push_str(&format!(
+            " FORKED at seq {}",
+            f.fork_seq.unwrap_or_default()
+        ));
+    }
+    format!(
+        "{}  seq {:<8} head {}{}",
+        f.feed,
+        f.seq,
+        short(&f.head),
+        flags
+    )
+}
+
+/// The database's state.
+pub fn status_lines(s: &Status) -> Vec<String> {
+    let mut lines = vec![
+        format!("dir       {}", s.dir),
+        format!("feed      {}", s.feed),
+        format!("own seq   {}", s.own_seq),
+        format!("log       {} bytes, {} records", s.log_bytes, s.records),
+        format!("entries   {} in {} feeds", s.entries, s.feeds),
+    ];
+    if s.forked_feeds > 0 {
+        lines.push(format!(
+            "forked    {} feeds (see `kappa feeds`)",
+            s.forked_feeds
+        ));
+    }
+    lines
+}
+
+/// A peer of the address book.
+pub fn peer_line(p: &PeerInfo) -> String {
+    let seen = match p.last_seen {
+        0 => "never".to_string(),
+        t => fmt_time(t),
     };
-    json!({
-        "timestamp": v["timestamp"], "feed": v["feed"], "seq": v["seq"], "id": v["id"],
-        "type": kind, "payload": v["payload"], "payload_format": v["payload_format"],
-    })
+    let synced = p.last_sync.map_or("never".to_string(), fmt_time);
+    format!(
+        "{}  feed {}  seen {}  synced {}  {}",
+        p.peer,
+        p.feed.as_deref().map_or("-".to_string(), short),
+        seen,
+        synced,
+        p.addrs.join(" ")
+    )
+}
+
+/// A concurrent head of a kv key.
+pub fn kv_head_line(h: &KvHead) -> String {
+    let value = if h.deleted {
+        "(deleted)".to_string()
+    } else {
+        h.value.to_string()
+    };
+    format!(
+        "{}  {} #{}  {}  {}",
+        h.id,
+        short(&h.feed),
+        h.seq,
+        fmt_time(h.timestamp),
+        value
+    )
+}
+
+/// A live kv key and its value.
+pub fn kv_item_line(item: &KvItem) -> String {
+    let conflict = if item.heads > 1 {
+        format!("  ({} concurrent heads)", item.heads)
+    } else {
+        String::new()
+    };
+    format!("{}\t{}{}", item.key, item.value, conflict)
+}
+
+/// The note after a kv put or delete (`verb`: "put" or "deleted").
+pub fn kv_written_note(verb: &str, w: &KvWritten) -> String {
+    format!("{verb} {} (seq {}, id {})", w.key, w.seq, short(&w.id))
+}
+
+/// The views as a table with a header.
+pub fn views_table(views: &[ViewInfo]) -> Vec<String> {
+    let row = |cells: [&dyn std::fmt::Display; 7]| {
+        let [name, version, checkpoint, lag, entries, skipped, what] = cells;
+        format!(
+            "{name:<16} {version:>7} {checkpoint:>12} {lag:>10} {entries:>10} {skipped:>9}  {what}"
+        )
+    };
+    let mut lines = vec![row([
+        &"NAME",
+        &"VERSION",
+        &"CHECKPOINT",
+        &"LAG",
+        &"ENTRIES",
+        &"SKIPPED",
+        &"WHAT",
+    ])];
+    lines.extend(views.iter().map(|s| {
+        row([
+            &s.name,
+            &s.version,
+            &s.checkpoint,
+            &s.lag,
+            &s.entries,
+            &s.skipped,
+            &s.description,
+        ])
+    }));
+    lines
+}
+
+/// A finished rebuild.
+pub fn rebuilt_line(r: &ViewRebuilt) -> String {
+    format!(
+        "rebuilt {}: {} entries folded, {} skipped",
+        r.name, r.entries, r.skipped
+    )
+}
+
+/// A declared field index.
+pub fn view_added_line(v: &ViewAdded) -> String {
+    format!(
+        "added view {} on {}: {} entries indexed",
+        v.name, v.field, v.entries
+    )
+}
+
+/// A hit of a field index query.
+pub fn field_hit_line(hit: &FieldHit) -> String {
+    format!(
+        "{}  {}  {} #{:<6} {}",
+        hit.value,
+        fmt_time(hit.timestamp),
+        short(&hit.feed),
+        hit.seq,
+        payload_text(&hit.payload, hit.payload_format)
+    )
 }

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use kappadb_core::Db;
-use kappadb_views::{Indexer, IndexerConfig};
+use kappadb_views::{Indexer, IndexerConfig, ViewError};
 use serde_json::Value;
 
-use crate::ops::{Backend, FieldParams, KvListParams, KvWrite, TimelineParams, ViewAddBody};
+use crate::answer::{Record, TimelineItem};
+use crate::ops::Backend;
 use crate::out::{self, Out, note};
+use crate::params::{FieldParams, KvListParams, KvWrite, TimelineParams, ViewAddBody};
 
 /// `kappa kv ...`
 #[derive(Subcommand, Debug)]
@@ -125,8 +127,10 @@ pub struct TimelineArgs {
     pub follow: bool,
 }
 
-/// Open the views of `db` and fold them up to the log's end.
-pub fn open_indexer(db: &Db) -> anyhow::Result<Indexer> {
+/// Open the views of `db` and fold them up to the log's end, with a
+/// progress bar when that is a lot of work. This is how the operations
+/// ([`crate::ops::Local`]) open views the first time a command needs them.
+pub fn open_indexer(db: &Db) -> Result<Indexer, ViewError> {
     let indexer = Indexer::open_with(
         db.clone(),
         IndexerConfig {
@@ -160,100 +164,53 @@ fn parse_value(text: &str) -> Value {
 pub fn kv(b: &dyn Backend, cmd: KvCommand, out: &mut Out) -> anyhow::Result<ExitCode> {
     match cmd {
         KvCommand::Put { key, value, links } => {
-            let v = b.kv_write(KvWrite {
-                key: key.clone(),
+            let w = b.kv_write(KvWrite {
+                key,
                 value: Some(parse_value(&value)),
                 links,
             })?;
             if out.json {
-                out.json_line(&v)?;
+                out.json_line(&w)?;
             } else {
-                note(format!(
-                    "put {key} (seq {}, id {})",
-                    out::num(&v, "seq"),
-                    out::short(&v["id"])
-                ));
+                note(out::kv_written_note("put", &w));
             }
         }
         KvCommand::Del { key, links } => {
-            let v = b.kv_write(KvWrite {
-                key: key.clone(),
+            let w = b.kv_write(KvWrite {
+                key,
                 value: None,
                 links,
             })?;
             if out.json {
-                out.json_line(&v)?;
+                out.json_line(&w)?;
             } else {
-                note(format!(
-                    "deleted {key} (seq {}, id {})",
-                    out::num(&v, "seq"),
-                    out::short(&v["id"])
-                ));
+                note(out::kv_written_note("deleted", &w));
             }
         }
         KvCommand::Get { key, heads: false } => {
-            out.line(b.kv_get(&key)?.to_string())?;
+            out.json_line(&b.kv_get(&key)?)?;
         }
         KvCommand::Get { key, heads: true } => {
             let heads = b.kv_heads(&key)?;
-            if out.json {
-                out.line(heads.to_string())?;
-            } else {
-                for h in heads.as_array().into_iter().flatten() {
-                    let value = if h["deleted"] == true {
-                        "(deleted)".to_string()
-                    } else {
-                        h["value"].to_string()
-                    };
-                    out.line(format!(
-                        "{}  {} #{}  {}  {}",
-                        h["id"].as_str().unwrap_or_default(),
-                        out::short(&h["feed"]),
-                        out::num(h, "seq"),
-                        out::fmt_time(out::num(h, "timestamp")),
-                        value
-                    ))?;
-                }
-            }
+            out.answer(&heads, |h| h.iter().map(out::kv_head_line).collect())?;
         }
         KvCommand::List { prefix, limit } => {
             let items = b.kv_list(&KvListParams { prefix, limit })?;
-            if out.json {
-                out.line(items.to_string())?;
-            } else {
-                for item in items.as_array().into_iter().flatten() {
-                    let n = out::num(item, "heads");
-                    let conflict = if n > 1 {
-                        format!("  ({n} concurrent heads)")
-                    } else {
-                        String::new()
-                    };
-                    out.line(format!(
-                        "{}\t{}{}",
-                        item["key"].as_str().unwrap_or_default(),
-                        item["value"],
-                        conflict
-                    ))?;
-                }
-            }
+            out.answer(&items, |i| i.iter().map(out::kv_item_line).collect())?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_timeline_item(item: &Value, out: &mut Out) -> anyhow::Result<()> {
-    if out.json {
-        out.json_line(item)
-    } else {
-        out.line(out::timeline_text(item))
-    }
+fn print_timeline_item(item: &TimelineItem, out: &mut Out) -> anyhow::Result<()> {
+    out.answer(item, |it| vec![out::timeline_line(it)])
 }
 
 pub fn timeline(b: &dyn Backend, args: TimelineArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     // With --follow, new entries are printed as they land, after the newest
     // `limit` ones, oldest first (like `tail -f`).
     let start = if args.follow {
-        Some(out::num(&b.status()?, "log_bytes"))
+        Some(b.status()?.log_bytes)
     } else {
         None
     };
@@ -265,7 +222,7 @@ pub fn timeline(b: &dyn Backend, args: TimelineArgs, out: &mut Out) -> anyhow::R
         limit: args.limit,
         order: if args.oldest_first { "asc" } else { "desc" }.into(),
     };
-    let mut items = b.timeline(&params)?.as_array().cloned().unwrap_or_default();
+    let mut items = b.timeline(&params)?;
     if args.follow && !args.oldest_first {
         items.reverse();
     }
@@ -278,23 +235,19 @@ pub fn timeline(b: &dyn Backend, args: TimelineArgs, out: &mut Out) -> anyhow::R
     out.flush()?;
     // Entries that landed between reading the log's end and the query are
     // in both; print them once.
-    let shown: std::collections::HashSet<String> = items
-        .iter()
-        .filter_map(|it| it["id"].as_str().map(str::to_string))
-        .collect();
+    let shown: std::collections::HashSet<String> = items.iter().map(|it| it.id.clone()).collect();
     b.follow(start, args.author.as_deref(), &mut |rec| {
-        if rec["kind"] != "entry" || rec["id"].as_str().is_some_and(|id| shown.contains(id)) {
+        let Record::Entry(entry) = rec else {
+            return Ok(true);
+        };
+        if shown.contains(&entry.id) {
             return Ok(true);
         }
-        let item = out::record_as_timeline(&rec);
-        if args
-            .kind
-            .as_ref()
-            .is_some_and(|k| item["type"] != k.as_str())
-        {
+        let item = TimelineItem::from_entry(&entry);
+        if args.kind.is_some() && item.kind != args.kind {
             return Ok(true);
         }
-        let ts = out::num(&item, "timestamp");
+        let ts = item.timestamp;
         if args.from.is_some_and(|f| ts < f) || args.to.is_some_and(|t| ts > t) {
             return Ok(true);
         }
@@ -308,60 +261,21 @@ pub fn timeline(b: &dyn Backend, args: TimelineArgs, out: &mut Out) -> anyhow::R
 pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<ExitCode> {
     match cmd {
         ViewCommand::List => {
-            let list = b.views()?;
-            if out.json {
-                out.line(list.to_string())?;
-            } else {
-                out.line(format!(
-                    "{:<16} {:>7} {:>12} {:>10} {:>10} {:>9}  {}",
-                    "NAME", "VERSION", "CHECKPOINT", "LAG", "ENTRIES", "SKIPPED", "WHAT"
-                ))?;
-                for s in list.as_array().into_iter().flatten() {
-                    out.line(format!(
-                        "{:<16} {:>7} {:>12} {:>10} {:>10} {:>9}  {}",
-                        s["name"].as_str().unwrap_or_default(),
-                        out::num(s, "version"),
-                        out::num(s, "checkpoint"),
-                        out::num(s, "lag"),
-                        out::num(s, "entries"),
-                        out::num(s, "skipped"),
-                        s["description"].as_str().unwrap_or_default()
-                    ))?;
-                }
-            }
+            out.answer(&b.views()?, |list| out::views_table(list))?;
         }
         ViewCommand::Rebuild { name } => {
             let bar = out::progress(0, "rebuilding");
             let res = b.view_rebuild(&name, &mut out::follow(&bar));
             bar.finish_and_clear();
             let v = res.with_context(|| format!("cannot rebuild view '{name}'"))?;
-            if out.json {
-                out.json_line(&v)?;
-            } else {
-                out.line(format!(
-                    "rebuilt {}: {} entries folded, {} skipped",
-                    v["name"].as_str().unwrap_or_default(),
-                    out::num(&v, "entries"),
-                    out::num(&v, "skipped")
-                ))?;
-            }
+            out.answer(&v, |v| vec![out::rebuilt_line(v)])?;
         }
         ViewCommand::Digest { name } => {
-            let v = b.view_digest(&name)?;
-            out.line(v["digest"].as_str().unwrap_or_default())?;
+            out.line(b.view_digest(&name)?.digest)?;
         }
         ViewCommand::Add { name, field } => {
             let v = b.view_add(ViewAddBody { name, field })?;
-            if out.json {
-                out.json_line(&v)?;
-            } else {
-                out.line(format!(
-                    "added view {} on {}: {} entries indexed",
-                    v["name"].as_str().unwrap_or_default(),
-                    v["field"].as_str().unwrap_or_default(),
-                    out::num(&v, "entries")
-                ))?;
-            }
+            out.answer(&v, |v| vec![out::view_added_line(v)])?;
         }
         ViewCommand::Remove { name } => {
             b.view_remove(&name)?;
@@ -388,19 +302,8 @@ pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<
                     limit,
                 },
             )?;
-            for hit in hits.as_array().into_iter().flatten() {
-                if out.json {
-                    out.json_line(hit)?;
-                } else {
-                    out.line(format!(
-                        "{}  {}  {} #{:<6} {}",
-                        hit["value"],
-                        out::fmt_time(out::num(hit, "timestamp")),
-                        out::short(&hit["feed"]),
-                        out::num(hit, "seq"),
-                        out::payload_text(hit)
-                    ))?;
-                }
+            for hit in &hits {
+                out.answer(hit, |h| vec![out::field_hit_line(h)])?;
             }
         }
     }

@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn kappa(dir: &Path, args: &[&str]) -> Output {
@@ -61,6 +62,10 @@ pub struct Node {
     pub child: Child,
     /// The full multiaddr it listens on.
     pub addr: String,
+    /// What it printed on stderr so far, line by line.
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads its stderr (until it exits).
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Node {
@@ -76,6 +81,29 @@ impl Node {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Stop with SIGTERM; its exit status if it exits within `deadline`
+    /// (it is killed when dropped otherwise).
+    pub fn stop_within(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let until = Instant::now() + deadline;
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Its stderr so far, as one string.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
     }
 }
 
@@ -95,12 +123,15 @@ pub fn serve_with(dir: &Path, extra: &[&str]) -> Node {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let want_api = !extra.contains(&"--no-api");
-    std::thread::spawn(move || {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let log = lines.clone();
+    let reader = std::thread::spawn(move || {
         let mut addr = None;
         let mut api = !want_api;
         let mut sent = false;
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            log.lock().unwrap().push(line.clone());
             if let Some(a) = line.strip_prefix("listening on ") {
                 addr.get_or_insert(a.trim().to_string());
             }
@@ -119,7 +150,12 @@ pub fn serve_with(dir: &Path, extra: &[&str]) -> Node {
     let addr = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("serve printed its address");
-    Node { child, addr }
+    Node {
+        child,
+        addr,
+        stderr: lines,
+        reader: Some(reader),
+    }
 }
 
 /// [`serve_with`] with the API on a free loopback port.

@@ -1,0 +1,672 @@
+//! The answers of the operations, as serde types: what the local API
+//! sends, what `--json` prints and what the CLI renders for humans.
+//!
+//! [`crate::ops::Local`] builds them from the libraries' types, the API
+//! serializes them, [`crate::client::Remote`] deserializes them, and
+//! [`crate::out`] renders them. Errors are answers too: [`OpError`], whose
+//! `From` impls are the one place where library errors become API errors
+//! (an HTTP status and a code).
+//!
+//! The bytes are part of the contract (the README names the fields and
+//! scripts compare outputs). The JSON used to be built as
+//! `serde_json::Value` maps, which sort their keys, so every struct here
+//! declares its fields in the alphabetical order of their JSON names, and
+//! an `Option` is written as `null` unless noted. [`LogPage`] is the one
+//! exception: it was always a struct, in its own order.
+
+use kappadb_core::{AppendError, EntryError, LogRecord, RecordBody, StoreError};
+use kappadb_net::peers::PeerRecord;
+use kappadb_net::{NetError, NodeHandle};
+use kappadb_views::ViewError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The JSON value of one `kind` only: what an entry says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// `"entry"`.
+    #[serde(rename = "entry")]
+    Entry,
+}
+
+/// The JSON value of one `kind` only: what a fork proof says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForkKind {
+    /// `"fork"`.
+    #[serde(rename = "fork")]
+    Fork,
+}
+
+/// How an answer carries a payload (its `payload_format` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// `payload` is the payload's JSON value.
+    Json,
+    /// A UTF-8 string that is not JSON; `payload` is that string.
+    Text,
+    /// Anything else; `payload` is its lower-case hex.
+    Binary,
+    /// Not held here; `payload` is `null`.
+    Absent,
+}
+
+/// The text forms of ids or addresses.
+fn texts<T: ToString>(items: &[T]) -> Vec<String> {
+    items.iter().map(T::to_string).collect()
+}
+
+/// Lower-case hex of bytes.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A payload as answers carry it: the `payload` value and its format.
+pub fn payload_of(payload: Option<&[u8]>) -> (Value, PayloadFormat) {
+    match payload {
+        None => (Value::Null, PayloadFormat::Absent),
+        Some(p) => match serde_json::from_slice::<Value>(p) {
+            Ok(j) => (j, PayloadFormat::Json),
+            Err(_) => match std::str::from_utf8(p) {
+                Ok(s) => (Value::String(s.to_string()), PayloadFormat::Text),
+                Err(_) => (Value::String(hex(p)), PayloadFormat::Binary),
+            },
+        },
+    }
+}
+
+/// One entry: from `get`, a feed range, or (with its offset) the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The author's feed id.
+    pub feed: String,
+    /// The entry id.
+    pub id: String,
+    /// Always `"entry"`.
+    pub kind: EntryKind,
+    /// Where the record is in the log (only in log records; left out
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The payload, as `payload_format` says.
+    pub payload: Value,
+    /// How `payload` is given.
+    pub payload_format: PayloadFormat,
+    /// The payload's length in bytes, as the header says.
+    pub payload_len: u32,
+    /// The previous entry's id (`null` at seq 1).
+    pub prev: Option<String>,
+    /// 1-based position in the feed.
+    pub seq: u64,
+    /// The author's clock, ms since the epoch.
+    pub timestamp: u64,
+}
+
+impl Entry {
+    /// An entry, with the offset of its log record if it is one.
+    pub fn of(offset: Option<u64>, e: &kappadb_core::Entry) -> Self {
+        let h = &e.header;
+        let (payload, payload_format) = payload_of(e.payload.as_deref());
+        Self {
+            feed: h.author.to_string(),
+            id: e.id().to_string(),
+            kind: EntryKind::Entry,
+            offset,
+            payload,
+            payload_format,
+            payload_len: h.payload_len,
+            prev: h.prev.map(|p| p.to_string()),
+            seq: h.seq,
+            timestamp: h.timestamp,
+        }
+    }
+}
+
+/// A fork proof record of the log: two entries of a feed at one seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    /// The forked feed.
+    pub feed: String,
+    /// The two conflicting entry ids.
+    pub ids: [String; 2],
+    /// Always `"fork"`.
+    pub kind: ForkKind,
+    /// Where the record is in the log.
+    pub offset: u64,
+    /// The seq both entries claim.
+    pub seq: u64,
+}
+
+/// A log record: an entry or a fork proof (told apart by `kind`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Record {
+    /// An entry, with its offset.
+    Entry(Entry),
+    /// A fork proof.
+    Fork(Fork),
+}
+
+impl Record {
+    /// A log record as an answer.
+    pub fn of(rec: &LogRecord) -> Self {
+        match &rec.body {
+            RecordBody::Entry(e) => Self::Entry(Entry::of(Some(rec.offset), e)),
+            RecordBody::Fork(p) => Self::Fork(Fork {
+                feed: p.author().to_string(),
+                ids: [p.a().header.id().to_string(), p.b().header.id().to_string()],
+                kind: ForkKind::Fork,
+                offset: rec.offset,
+                seq: p.seq(),
+            }),
+        }
+    }
+}
+
+/// One page of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogPage {
+    /// The records.
+    pub records: Vec<Record>,
+    /// Where the next page starts.
+    pub next: u64,
+    /// The log's end when the page was read.
+    pub end: u64,
+}
+
+/// A feed's entries from a seq on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedRange {
+    /// The entries, in seq order.
+    pub entries: Vec<Entry>,
+    /// The feed.
+    pub feed: String,
+    /// The feed's head seq here.
+    pub head_seq: u64,
+    /// The seq to ask for next (`null` at the head).
+    pub next: Option<u64>,
+}
+
+/// A feed and its head, as `feeds` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedInfo {
+    /// The feed id.
+    pub feed: String,
+    /// Where it forked (`null` if it did not).
+    pub fork_seq: Option<u64>,
+    /// Whether it is forked.
+    pub forked: bool,
+    /// The head entry's id.
+    pub head: String,
+    /// Whether it is this database's own feed.
+    pub local: bool,
+    /// The head's seq.
+    pub seq: u64,
+    /// The head's timestamp.
+    pub timestamp: u64,
+}
+
+/// What `kappa id` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Id {
+    /// This database's feed id.
+    pub feed: String,
+}
+
+/// One appended entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    /// Its id.
+    pub id: String,
+    /// Its record's offset in the log.
+    pub offset: u64,
+    /// Its seq.
+    pub seq: u64,
+    /// Its timestamp.
+    pub timestamp: u64,
+}
+
+/// The answer to an append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendReply {
+    /// The entries, in order.
+    pub appended: Vec<Appended>,
+    /// The feed they were appended to.
+    pub feed: String,
+}
+
+/// What `kappa --json append VALUE` prints: the one entry and its feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendedOne {
+    /// The feed.
+    pub feed: String,
+    /// The entry id.
+    pub id: String,
+    /// Its record's offset.
+    pub offset: u64,
+    /// Its seq.
+    pub seq: u64,
+    /// Its timestamp.
+    pub timestamp: u64,
+}
+
+/// What `kappa --json append` prints after appending lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendSummary {
+    /// How many entries were appended.
+    pub appended: u64,
+    /// The feed.
+    pub feed: String,
+    /// The first one's seq (`null` if none).
+    pub first_seq: Option<u64>,
+    /// The last one's seq (`null` if none).
+    pub last_seq: Option<u64>,
+}
+
+/// The database's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The database directory.
+    pub dir: String,
+    /// Entries held.
+    pub entries: u64,
+    /// This database's feed.
+    pub feed: String,
+    /// Feeds known.
+    pub feeds: usize,
+    /// Forked feeds.
+    pub forked_feeds: usize,
+    /// Size of the log.
+    pub log_bytes: u64,
+    /// The own feed's head seq (0 before the first append).
+    pub own_seq: u64,
+    /// Records in the log.
+    pub records: u64,
+}
+
+/// The running node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Peer ids connected now.
+    pub connected: Vec<String>,
+    /// The node's feed.
+    pub feed: String,
+    /// Addresses it listens on.
+    pub listen: Vec<String>,
+    /// Its libp2p peer id.
+    pub peer_id: String,
+}
+
+impl NodeInfo {
+    /// What `node` says about itself now.
+    pub fn of(node: &NodeHandle) -> Self {
+        Self {
+            connected: texts(&node.connected_peers()),
+            feed: node.feed_id().to_string(),
+            listen: texts(&node.listen_addrs()),
+            peer_id: node.peer_id().to_string(),
+        }
+    }
+}
+
+/// A peer of the address book.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Addresses it was reached at.
+    pub addrs: Vec<String>,
+    /// Its feed (`null` if its peer id names none).
+    pub feed: Option<String>,
+    /// When it was last connected, ms since the epoch (0: never).
+    pub last_seen: u64,
+    /// When a sync with it last finished (`null`: never).
+    pub last_sync: Option<u64>,
+    /// Its peer id.
+    pub peer: String,
+}
+
+impl PeerInfo {
+    /// An address book record as an answer.
+    pub fn of(p: &PeerRecord) -> Self {
+        Self {
+            addrs: texts(&p.addrs),
+            feed: p.feed.map(|f| f.to_string()),
+            last_seen: p.last_seen,
+            last_sync: p.last_sync,
+            peer: p.peer_id.to_string(),
+        }
+    }
+
+    /// The whole address book.
+    pub fn all(peers: &[PeerRecord]) -> Vec<Self> {
+        peers.iter().map(Self::of).collect()
+    }
+}
+
+/// One concurrent head of a kv key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvHead {
+    /// Whether this head deletes the key.
+    pub deleted: bool,
+    /// Its author.
+    pub feed: String,
+    /// Its entry id (name it in `links` to supersede it).
+    pub id: String,
+    /// Its seq.
+    pub seq: u64,
+    /// Its timestamp.
+    pub timestamp: u64,
+    /// The value it sets (`null` for a delete).
+    pub value: Value,
+}
+
+/// A live key of the kv view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvItem {
+    /// How many concurrent heads it has.
+    pub heads: usize,
+    /// The key.
+    pub key: String,
+    /// Its winning value.
+    pub value: Value,
+}
+
+/// The answer to a kv put or delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvWritten {
+    /// The entry written.
+    pub id: String,
+    /// The key.
+    pub key: String,
+    /// The entry's seq.
+    pub seq: u64,
+}
+
+/// One entry of the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineItem {
+    /// Its author.
+    pub feed: String,
+    /// Its id.
+    pub id: String,
+    /// The payload, as `payload_format` says.
+    pub payload: Value,
+    /// How `payload` is given.
+    pub payload_format: PayloadFormat,
+    /// Its seq.
+    pub seq: u64,
+    /// Its timestamp.
+    pub timestamp: u64,
+    /// The payload's `"type"` (`null` if it has none).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+impl TimelineItem {
+    /// A timeline item from the view.
+    pub fn of(it: &kappadb_views::timeline::TimelineItem) -> Self {
+        let (payload, payload_format) = payload_of(it.payload.as_deref());
+        Self {
+            feed: it.author.to_string(),
+            id: it.id.to_string(),
+            payload,
+            payload_format,
+            seq: it.seq,
+            timestamp: it.timestamp,
+            kind: it.kind.clone(),
+        }
+    }
+
+    /// A log entry as the timeline shows it (for `timeline --follow`).
+    pub fn from_entry(e: &Entry) -> Self {
+        let kind = match e.payload_format {
+            PayloadFormat::Json => e.payload["type"].as_str().map(str::to_string),
+            _ => None,
+        };
+        Self {
+            feed: e.feed.clone(),
+            id: e.id.clone(),
+            payload: e.payload.clone(),
+            payload_format: e.payload_format,
+            seq: e.seq,
+            timestamp: e.timestamp,
+            kind,
+        }
+    }
+}
+
+/// A view and how far it has folded the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewInfo {
+    /// The next log offset it folds.
+    pub checkpoint: u64,
+    /// What it is.
+    pub description: String,
+    /// Entries folded.
+    pub entries: u64,
+    /// Bytes of log not yet folded.
+    pub lag: u64,
+    /// Its name.
+    pub name: String,
+    /// Whether a rebuild is in progress.
+    pub rebuilding: bool,
+    /// Entries skipped (not of its shape).
+    pub skipped: u64,
+    /// Its version.
+    pub version: u32,
+}
+
+impl ViewInfo {
+    /// A view's status as an answer.
+    pub fn of(s: &kappadb_views::ViewStatus) -> Self {
+        Self {
+            checkpoint: s.checkpoint,
+            description: s.description.clone(),
+            entries: s.folded,
+            lag: s.lag,
+            name: s.name.clone(),
+            rebuilding: s.rebuild.is_some(),
+            skipped: s.skipped,
+            version: s.version,
+        }
+    }
+}
+
+/// A view's digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// The digest, hex.
+    pub digest: String,
+    /// The view.
+    pub name: String,
+}
+
+/// The answer to `view add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewAdded {
+    /// Entries indexed so far.
+    pub entries: u64,
+    /// The JSON pointer it indexes.
+    pub field: String,
+    /// The new view.
+    pub name: String,
+}
+
+/// The answer to `view remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRemoved {
+    /// The view.
+    pub name: String,
+    /// Always true.
+    pub removed: bool,
+}
+
+/// The answer to `view rebuild`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRebuilt {
+    /// Entries folded.
+    pub entries: u64,
+    /// The view.
+    pub name: String,
+    /// Entries skipped.
+    pub skipped: u64,
+}
+
+/// One result of a field index query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldHit {
+    /// The entry's author.
+    pub feed: String,
+    /// Its id.
+    pub id: String,
+    /// The payload, as `payload_format` says.
+    pub payload: Value,
+    /// How `payload` is given.
+    pub payload_format: PayloadFormat,
+    /// Its seq.
+    pub seq: u64,
+    /// Its timestamp.
+    pub timestamp: u64,
+    /// The field's value.
+    pub value: Value,
+}
+
+impl FieldHit {
+    /// A hit of the field index as an answer.
+    pub fn of(hit: &kappadb_views::field::FieldHit) -> Self {
+        let (payload, payload_format) = payload_of(hit.payload.as_deref());
+        Self {
+            feed: hit.author.to_string(),
+            id: hit.id.to_string(),
+            payload,
+            payload_format,
+            seq: hit.seq,
+            timestamp: hit.timestamp,
+            value: hit.value.clone(),
+        }
+    }
+}
+
+/// The body of an error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorInfo,
+}
+
+/// What an error answer says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// A short machine-readable code, e.g. `unknown_feed`.
+    pub code: String,
+    /// What went wrong and what to do, for humans.
+    pub message: String,
+}
+
+/// An operation that failed, with the HTTP status it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    /// HTTP status: 400, 404, 409, 413, 500, 503.
+    pub status: u16,
+    /// A short machine-readable code, e.g. `unknown_feed`.
+    pub code: String,
+    /// What went wrong and what to do, for humans.
+    pub message: String,
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for OpError {}
+
+impl OpError {
+    /// A new error.
+    pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request itself is wrong.
+    pub fn bad(code: &str, message: impl Into<String>) -> Self {
+        Self::new(400, code, message)
+    }
+
+    /// 404: what the request names does not exist.
+    pub fn not_found(code: &str, message: impl Into<String>) -> Self {
+        Self::new(404, code, message)
+    }
+
+    /// The JSON body of an error answer.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorInfo {
+                code: self.code.clone(),
+                message: self.message.clone(),
+            },
+        }
+    }
+}
+
+impl From<EntryError> for OpError {
+    fn from(e: EntryError) -> Self {
+        let msg = e.to_string();
+        match e {
+            EntryError::PayloadTooLarge { .. } => Self::new(413, "payload_too_large", msg),
+            EntryError::FeedForked { .. } => Self::new(409, "feed_forked", msg),
+            _ => Self::bad("bad_entry", msg),
+        }
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Locked { .. } => Self::new(409, "locked", e.to_string()),
+            _ => Self::new(500, "store", e.to_string()),
+        }
+    }
+}
+
+impl From<AppendError> for OpError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Rejected(e) => e.into(),
+            AppendError::Store(e) => e.into(),
+            other => Self::new(500, "store", other.to_string()),
+        }
+    }
+}
+
+impl From<ViewError> for OpError {
+    fn from(e: ViewError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ViewError::UnknownView(_) => Self::not_found("unknown_view", msg),
+            ViewError::ViewExists(_) => Self::new(409, "view_exists", msg),
+            ViewError::BadName { .. } => Self::bad("bad_view_name", msg),
+            ViewError::BadPointer(_) => Self::bad("bad_pointer", msg),
+            ViewError::BadQuery(_) => Self::bad("bad_query", msg),
+            ViewError::Timeout { .. } => Self::new(503, "view_behind", msg),
+            ViewError::Store(s) => s.into(),
+            _ => Self::new(500, "view", msg),
+        }
+    }
+}
+
+impl From<NetError> for OpError {
+    /// What the API's node endpoints answer when asking the node fails.
+    fn from(e: NetError) -> Self {
+        Self::new(503, "node_stopped", e.to_string())
+    }
+}
+
+/// Result of an operation.
+pub type OpResult<T> = Result<T, OpError>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! The operations' parameters: query strings and request bodies.
+//!
+//! The CLI fills them in, [`crate::client::Remote`] sends them (GET
+//! parameters as the query string, the others as JSON bodies) and the API
+//! decodes them; [`crate::ops::Local`] runs them. Unknown fields are
+//! refused, so a typo in a query string is an error, not a silent default.
+
+use kappadb_views::field::FieldQuery;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Parameters of `log`: records from an offset.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogParams {
+    /// Start at the first record at or after this byte offset.
+    pub since: u64,
+    /// At most this many records (at most [`crate::ops::MAX_PAGE`] per page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Only records of this feed (id, unique prefix, or `self`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<String>,
+}
+
+/// Parameters of a feed range read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RangeParams {
+    /// First seq (1-based).
+    pub from: u64,
+    /// At most this many entries (at most [`crate::ops::MAX_PAGE`]).
+    pub limit: usize,
+}
+
+impl Default for RangeParams {
+    fn default() -> Self {
+        Self {
+            from: 1,
+            limit: 100,
+        }
+    }
+}
+
+/// Parameters of `timeline`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimelineParams {
+    /// Only entries whose payload "type" is this.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only entries of this feed (id, unique prefix, or `self`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// Only entries at or after this timestamp (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// Only entries at or before this timestamp (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+    /// At most this many entries.
+    pub limit: usize,
+    /// `desc` (newest first, the default) or `asc`.
+    pub order: String,
+}
+
+impl Default for TimelineParams {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            author: None,
+            from: None,
+            to: None,
+            limit: 20,
+            order: "desc".into(),
+        }
+    }
+}
+
+/// Parameters of a field index query. Values are as typed on a command
+/// line: a JSON scalar, or a bare word taken as a string.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FieldParams {
+    /// Entries whose field equals this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eq: Option<String>,
+    /// Entries whose field is >= this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Entries whose field is <= this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// At most this many results.
+    pub limit: usize,
+}
+
+impl Default for FieldParams {
+    fn default() -> Self {
+        Self {
+            eq: None,
+            from: None,
+            to: None,
+            limit: FieldQuery::default().limit,
+        }
+    }
+}
+
+/// Parameters of `kv list`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KvListParams {
+    /// Only keys starting with this.
+    pub prefix: String,
+    /// At most this many keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// Body of a kv put or delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvWrite {
+    /// The key.
+    pub key: String,
+    /// The value (absent for a delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// Entry ids this write supersedes.
+    #[serde(default)]
+    pub links: Vec<String>,
+}
+
+/// Body of an append: one payload or many.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendBody {
+    /// One JSON payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    /// Many JSON payloads, appended in order with one fsync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payloads: Option<Vec<Value>>,
+}
+
+/// Body of `view add`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewAddBody {
+    /// Name of the new field index.
+    pub name: String,
+    /// The JSON pointer it indexes.
+    pub field: String,
+}
+
+/// Parameters of the event stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventParams {
+    /// Start at the first record at or after this offset [default: the
+    /// log's end, i.e. only new records]. A `Last-Event-ID` header wins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// Only records of this feed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<String>,
+}
+
+/// The `?key=K` of the kv reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyParam {
+    /// The key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
