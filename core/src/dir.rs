@@ -82,7 +82,7 @@ impl DbConfig {
     }
 }
 
-/// Options for [`Db::create`].
+/// Options for [`crate::Db::create`].
 #[derive(Clone, Debug, Default)]
 pub struct CreateOptions {
     /// Settings to store.
