@@ -14,7 +14,8 @@
 //! an `Option` is written as `null` unless noted. [`LogPage`] is the one
 //! exception: it was always a struct, in its own order.
 
-use kappadb_core::{AppendError, EntryError, LogRecord, RecordBody, StoreError};
+use kappadb_core::system::SystemPayload;
+use kappadb_core::{AppendError, EntryError, LogRecord, Payload, RecordBody, StoreError};
 use kappadb_net::peers::PeerRecord;
 use kappadb_net::{NetError, NodeHandle};
 use kappadb_views::ViewError;
@@ -37,6 +38,25 @@ pub enum ForkKind {
     Fork,
 }
 
+/// The JSON value of one `kind` only: what a forget marker says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForgetKind {
+    /// `"forget"`.
+    #[serde(rename = "forget")]
+    Forget,
+}
+
+/// A forget marker of the log: this node dropped a feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forget {
+    /// The feed forgotten.
+    pub feed: String,
+    /// Always `"forget"`.
+    pub kind: ForgetKind,
+    /// Where the record is in the log.
+    pub offset: u64,
+}
+
 /// How an answer carries a payload (its `payload_format` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,6 +69,10 @@ pub enum PayloadFormat {
     Binary,
     /// Not held here; `payload` is `null`.
     Absent,
+    /// Erased by its author's deletion; `payload` is `null`.
+    Erased,
+    /// A deletion entry: `payload` is `{"targets": [{"seq", "id"}], "up_to"}`.
+    Deletion,
 }
 
 /// The text forms of ids or addresses.
@@ -65,6 +89,19 @@ fn hex(bytes: &[u8]) -> String {
 pub fn payload_of(payload: Option<&[u8]>) -> (Value, PayloadFormat) {
     match payload {
         None => (Value::Null, PayloadFormat::Absent),
+        Some(p) if SystemPayload::is_system(p) => match SystemPayload::parse(p) {
+            Some(Ok(SystemPayload::Deletion(d))) => (
+                serde_json::json!({
+                    "targets": d.targets.iter().map(|t| serde_json::json!({
+                        "seq": t.seq,
+                        "id": t.id.to_string(),
+                    })).collect::<Vec<_>>(),
+                    "up_to": d.up_to,
+                }),
+                PayloadFormat::Deletion,
+            ),
+            _ => (Value::String(hex(p)), PayloadFormat::Binary),
+        },
         Some(p) => match serde_json::from_slice::<Value>(p) {
             Ok(j) => (j, PayloadFormat::Json),
             Err(_) => match std::str::from_utf8(p) {
@@ -72,6 +109,14 @@ pub fn payload_of(payload: Option<&[u8]>) -> (Value, PayloadFormat) {
                 Err(_) => (Value::String(hex(p)), PayloadFormat::Binary),
             },
         },
+    }
+}
+
+/// [`payload_of`] for an entry's payload, which may be erased.
+pub fn entry_payload(payload: &Payload) -> (Value, PayloadFormat) {
+    match payload {
+        Payload::Erased => (Value::Null, PayloadFormat::Erased),
+        other => payload_of(other.bytes()),
     }
 }
 
@@ -106,7 +151,7 @@ impl Entry {
     /// An entry, with the offset of its log record if it is one.
     pub fn of(offset: Option<u64>, e: &kappadb_core::Entry) -> Self {
         let h = &e.header;
-        let (payload, payload_format) = payload_of(e.payload.as_deref());
+        let (payload, payload_format) = entry_payload(&e.payload);
         Self {
             feed: h.author.to_string(),
             id: e.id().to_string(),
@@ -145,6 +190,8 @@ pub enum Record {
     Entry(Entry),
     /// A fork proof.
     Fork(Fork),
+    /// A forget marker.
+    Forget(Forget),
 }
 
 impl Record {
@@ -158,6 +205,18 @@ impl Record {
                 kind: ForkKind::Fork,
                 offset: rec.offset,
                 seq: p.seq(),
+            }),
+            RecordBody::Forget(feed) => Self::Forget(Forget {
+                feed: feed.to_string(),
+                kind: ForgetKind::Forget,
+                offset: rec.offset,
+            }),
+            // A record kind this build does not know: shown as what it
+            // says of itself, an entry-less marker.
+            _ => Self::Forget(Forget {
+                feed: String::new(),
+                kind: ForgetKind::Forget,
+                offset: rec.offset,
             }),
         }
     }

@@ -40,7 +40,7 @@ pub fn records(
                 item = sub.next() => item?,
             };
             if let Ok(rec) = &item
-                && feed.is_some_and(|f| f != record_author(&rec.body))
+                && feed.is_some_and(|f| Some(f) != record_author(&rec.body))
             {
                 continue;
             }
@@ -97,7 +97,7 @@ mod tests {
         });
         let mut seen = Vec::new();
         blocking(db.clone(), 0, None, stop.clone(), &mut |rec| {
-            seen.push(rec.entry().unwrap().payload.clone().unwrap());
+            seen.push(rec.entry().unwrap().payload.bytes().unwrap().to_vec());
             Ok(seen.len() < 3)
         })
         .unwrap();

@@ -243,10 +243,12 @@ fn check_name(name: &str) -> OpResult<()> {
 }
 
 /// The feed a log record belongs to.
-pub fn record_author(body: &RecordBody) -> FeedId {
+pub fn record_author(body: &RecordBody) -> Option<FeedId> {
     match body {
-        RecordBody::Entry(e) => e.header.author,
-        RecordBody::Fork(p) => p.author(),
+        RecordBody::Entry(e) => Some(e.header.author),
+        RecordBody::Fork(p) => Some(p.author()),
+        RecordBody::Forget(f) => Some(*f),
+        _ => None,
     }
 }
 
@@ -328,7 +330,7 @@ impl Backend for Local {
             }
             let rec = rec?;
             next = rec.next_offset;
-            if feed.is_some_and(|f| f != record_author(&rec.body)) {
+            if feed.is_some_and(|f| Some(f) != record_author(&rec.body)) {
                 continue;
             }
             records.push(Record::of(&rec));

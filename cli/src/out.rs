@@ -152,6 +152,8 @@ pub fn payload_text(payload: &Value, format: PayloadFormat) -> String {
             payload.as_str().map_or(0, |s| s.len() / 2)
         ),
         PayloadFormat::Absent => "(payload not held)".to_string(),
+        PayloadFormat::Erased => "(erased by its author)".to_string(),
+        PayloadFormat::Deletion => format!("(deletion) {payload}"),
     }
 }
 
@@ -163,6 +165,11 @@ pub fn record_line(r: &Record) -> String {
             f.offset,
             short(&f.feed),
             f.seq
+        ),
+        Record::Forget(f) => format!(
+            "{:>10}  {}  forgotten here: its entries were dropped",
+            f.offset,
+            short(&f.feed),
         ),
         Record::Entry(e) => format!(
             "{:>10}  {}  #{:<6} {}  {}",

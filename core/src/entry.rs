@@ -177,6 +177,70 @@ pub struct SignedHeader {
     pub signature: ed25519_dalek::Signature,
 }
 
+/// What an entry carries besides its signed header.
+///
+/// Encoded (postcard, on the wire) as an enum tag then, for `Held`, the
+/// bytes: tags 0 and 1 are the bytes `Option<Vec<u8>>` used before erasure
+/// existed, so an absent or held payload encodes as it always did.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// Not held here (never fetched). The chain still verifies.
+    Absent,
+    /// The payload's bytes (they hash to the header's `payload_hash`).
+    Held(Vec<u8>),
+    /// Erased: its author deleted the entry, and only the header and the
+    /// signature remain. Kept so the chain still verifies.
+    Erased,
+}
+
+impl Payload {
+    /// The bytes, when held.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Payload::Held(b) => Some(b),
+            Payload::Absent | Payload::Erased => None,
+        }
+    }
+
+    /// The bytes, when held, taken.
+    pub fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Payload::Held(b) => Some(b),
+            Payload::Absent | Payload::Erased => None,
+        }
+    }
+
+    /// Whether the payload was erased by a deletion.
+    pub fn is_erased(&self) -> bool {
+        matches!(self, Payload::Erased)
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Self {
+        Payload::Held(bytes)
+    }
+}
+
+impl fmt::Debug for Payload {
+    /// A held payload shows as text when it is UTF-8 (shortened), else by
+    /// its length.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Payload::Absent => f.write_str("Absent"),
+            Payload::Erased => f.write_str("Erased"),
+            Payload::Held(b) => match std::str::from_utf8(b) {
+                Ok(text) if text.chars().count() <= 200 => write!(f, "Held({text:?})"),
+                Ok(text) => {
+                    let head: String = text.chars().take(200).collect();
+                    write!(f, "Held({head:?}… {} bytes)", b.len())
+                }
+                Err(_) => write!(f, "Held(<{} bytes>)", b.len()),
+            },
+        }
+    }
+}
+
 /// An entry: a signed header and, when held, its payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -184,8 +248,9 @@ pub struct Entry {
     pub header: Header,
     /// ed25519 signature of `header.id()` by `header.author`.
     pub signature: ed25519_dalek::Signature,
-    /// The payload; `None` if it was dropped or never fetched.
-    pub payload: Option<Vec<u8>>,
+    /// The payload, absent (never fetched) or erased (deleted by its
+    /// author).
+    pub payload: Payload,
 }
 
 impl Entry {
@@ -205,13 +270,18 @@ impl Entry {
         Self {
             header,
             signature,
-            payload: Some(payload),
+            payload: Payload::Held(payload),
         }
     }
 
     /// The entry's id, recomputed from its header.
     pub fn id(&self) -> EntryId {
         self.header.id()
+    }
+
+    /// The payload's bytes, when held.
+    pub fn payload_bytes(&self) -> Option<&[u8]> {
+        self.payload.bytes()
     }
 
     /// The header and signature without the payload.
@@ -404,6 +474,28 @@ mod tests {
         let back: UncheckedForkProof = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, proof.to_unchecked());
         assert_eq!(back.check().unwrap(), proof);
+    }
+
+    #[test]
+    fn payload_encodes_like_the_option_it_replaced() {
+        // Peers that predate erasure decode `Absent` and `Held` unchanged.
+        let held = Payload::Held(b"hi".to_vec());
+        let old: Option<Vec<u8>> = Some(b"hi".to_vec());
+        assert_eq!(
+            postcard::to_stdvec(&held).unwrap(),
+            postcard::to_stdvec(&old).unwrap()
+        );
+        let none: Option<Vec<u8>> = None;
+        assert_eq!(
+            postcard::to_stdvec(&Payload::Absent).unwrap(),
+            postcard::to_stdvec(&none).unwrap()
+        );
+        assert_eq!(postcard::to_stdvec(&Payload::Erased).unwrap(), vec![2]);
+        assert_eq!(format!("{held:?}"), "Held(\"hi\")");
+        assert_eq!(
+            format!("{:?}", Payload::Held(vec![0xff])),
+            "Held(<1 bytes>)"
+        );
     }
 
     #[test]

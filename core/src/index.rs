@@ -5,10 +5,13 @@
 //! has read the log:
 //!
 //! ```text
+//! "v"                            -> INDEX_VERSION (u32 BE): another version is rebuilt
 //! "c"                            -> Checkpoint { next_offset, records, entries }
 //! "s" | feed (32) | first_seq BE -> Run { first_seq, offset, count, bytes }
 //! "h" | feed (32)                -> (Head { seq, id, offset, timestamp }, Run)
 //! "f" | feed (32)                -> ForkInfo { seq, proof_offset }
+//! "e" | feed (32)                -> Erased { entries, bytes }   entries of the feed erased
+//! "g" | segment start BE         -> live bytes: what the segment would keep if compacted
 //! ```
 //!
 //! A *run* is a stretch of one feed's consecutive entries that sit back to
@@ -31,6 +34,14 @@ use crate::log::{LogRecord, RecordBody};
 
 /// Name of the sled tree holding the feed index.
 pub const TREE: &str = "feeds";
+
+/// The layout version of the feed index. An index of another version (or
+/// none) is rebuilt from the log on open: it is derived state.
+pub(crate) const INDEX_VERSION: u32 = 2;
+
+/// Bytes a record keeps after compaction beyond its body: the compacted
+/// frame (length, checksum, logical offset, logical length).
+pub(crate) const COMPACT_FRAME_LEN: u64 = 20;
 
 /// Most entries in one run.
 pub const RUN_MAX_COUNT: u32 = 64;
@@ -95,6 +106,18 @@ pub struct Checkpoint {
     pub entries: u64,
 }
 
+/// A feed's erased entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erased {
+    /// How many.
+    pub entries: u64,
+    /// Their payload bytes (as the headers say).
+    pub bytes: u64,
+    /// The feed's highest prune point applied so far: every entry up to it
+    /// is erased (or a deletion).
+    pub pruned_to: u64,
+}
+
 /// In-memory mirror of the index's small parts.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct IndexState {
@@ -103,6 +126,9 @@ pub(crate) struct IndexState {
     /// Each feed's newest run, which the next entry may extend.
     pub(crate) runs: HashMap<FeedId, Run>,
     pub(crate) forks: HashMap<FeedId, ForkInfo>,
+    pub(crate) erased: HashMap<FeedId, Erased>,
+    /// Per segment (by start offset): the bytes it would keep if compacted.
+    pub(crate) live: BTreeMap<u64, u64>,
     /// Changes folded in here but not yet committed to sled, and how many
     /// records they cover. Readers look here before sled.
     pub(crate) pending: IndexBatch,
@@ -115,12 +141,22 @@ pub(crate) struct IndexBatch {
     runs: BTreeMap<(FeedId, u64), Run>,
     heads: HashMap<FeedId, (Head, Run)>,
     forks: HashMap<FeedId, ForkInfo>,
+    erased: HashMap<FeedId, Erased>,
+    live: BTreeMap<u64, u64>,
+    /// Feeds forgotten: every key of theirs is removed (before this batch's
+    /// other changes are written).
+    forgotten: Vec<FeedId>,
 }
 
 impl IndexBatch {
     /// True when there is nothing to commit.
     pub(crate) fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.heads.is_empty() && self.forks.is_empty()
+        self.runs.is_empty()
+            && self.heads.is_empty()
+            && self.forks.is_empty()
+            && self.erased.is_empty()
+            && self.live.is_empty()
+            && self.forgotten.is_empty()
     }
 
     /// The pending run of `feed` that holds `seq`, if any.
@@ -145,9 +181,25 @@ impl IndexBatch {
     }
 }
 
+/// The bytes a record keeps after compaction: its compacted frame and its
+/// body without an erased payload's room.
+pub(crate) fn live_len(record: &LogRecord) -> u64 {
+    let len = record.next_offset - record.offset - crate::log::FRAME_LEN;
+    let room = match &record.body {
+        RecordBody::Entry(e) if e.payload.is_erased() => {
+            // kind, header length, header, signature, payload flag
+            let fixed = 1 + 2 + e.header.encode().len() as u64 + 64 + 1;
+            len.saturating_sub(fixed)
+        }
+        _ => 0,
+    };
+    COMPACT_FRAME_LEN + len - room
+}
+
 impl IndexState {
-    /// Fold one log record into the state, recording the changes in `batch`.
-    pub(crate) fn apply(&mut self, record: &LogRecord, batch: &mut IndexBatch) {
+    /// Fold one log record, in segment `segment` (its start offset), into
+    /// the state, recording the changes in `batch`.
+    pub(crate) fn apply(&mut self, record: &LogRecord, segment: u64, batch: &mut IndexBatch) {
         match &record.body {
             RecordBody::Entry(entry) => {
                 let h = &entry.header;
@@ -189,6 +241,9 @@ impl IndexState {
                     batch.heads.insert(h.author, (new_head, run));
                     batch.runs.insert((h.author, run.first_seq), run);
                     self.checkpoint.entries += 1;
+                    if entry.payload.is_erased() {
+                        self.note_erased(h.author, u64::from(h.payload_len), batch);
+                    }
                 } else {
                     // Never written by this crate; `verify` names it.
                     tracing::warn!(
@@ -214,9 +269,66 @@ impl IndexState {
                     batch.forks.insert(author, info);
                 }
             }
+            RecordBody::Forget(feed) => self.forget(*feed, batch),
         }
+        self.add_live(segment, live_len(record) as i64, batch);
         self.checkpoint.records += 1;
         self.checkpoint.next_offset = record.next_offset;
+    }
+
+    /// Count an entry of `feed` (of `bytes` payload bytes) as erased.
+    pub(crate) fn note_erased(&mut self, feed: FeedId, bytes: u64, batch: &mut IndexBatch) {
+        let e = self.erased.entry(feed).or_default();
+        e.entries += 1;
+        e.bytes += bytes;
+        batch.erased.insert(feed, *e);
+    }
+
+    /// Record that `feed` is pruned up to `up_to`.
+    pub(crate) fn set_pruned(&mut self, feed: FeedId, up_to: u64, batch: &mut IndexBatch) {
+        let e = self.erased.entry(feed).or_default();
+        e.pruned_to = e.pruned_to.max(up_to);
+        batch.erased.insert(feed, *e);
+    }
+
+    /// Change segment `segment`'s live bytes by `delta`.
+    pub(crate) fn add_live(&mut self, segment: u64, delta: i64, batch: &mut IndexBatch) {
+        let live = self.live.entry(segment).or_default();
+        *live = live.saturating_add_signed(delta);
+        batch.live.insert(segment, *live);
+    }
+
+    /// Drop everything the index knows of `feed`.
+    fn forget(&mut self, feed: FeedId, batch: &mut IndexBatch) {
+        // A feed is held from seq 1 to its head, and has at most one fork
+        // proof: that many records are gone.
+        let entries = self.heads.get(&feed).map_or(0, |h| h.seq);
+        let proofs = u64::from(self.forks.contains_key(&feed));
+        self.checkpoint.entries = self.checkpoint.entries.saturating_sub(entries);
+        self.checkpoint.records = self.checkpoint.records.saturating_sub(entries + proofs);
+        self.heads.remove(&feed);
+        self.runs.remove(&feed);
+        self.forks.remove(&feed);
+        self.erased.remove(&feed);
+        batch.runs.retain(|(f, _), _| *f != feed);
+        batch.heads.remove(&feed);
+        batch.forks.remove(&feed);
+        batch.erased.remove(&feed);
+        // Pending changes of readers' copies go too.
+        self.pending.runs.retain(|(f, _), _| *f != feed);
+        self.pending.heads.remove(&feed);
+        self.pending.forks.remove(&feed);
+        self.pending.erased.remove(&feed);
+        batch.forgotten.push(feed);
+    }
+
+    /// Erased entries and their bytes, over every feed.
+    pub(crate) fn erased_total(&self) -> Erased {
+        self.erased.values().fold(Erased::default(), |a, e| Erased {
+            entries: a.entries + e.entries,
+            bytes: a.bytes + e.bytes,
+            pruned_to: 0,
+        })
     }
 }
 
@@ -258,11 +370,36 @@ impl Index {
         Self { tree }
     }
 
-    /// Load the checkpoint, heads and forks.
+    /// Whether the stored index has this build's layout (an empty one
+    /// counts as current).
+    pub(crate) fn is_current(&self) -> Result<bool, StoreError> {
+        match self.tree.get(b"v")? {
+            Some(v) => Ok(v.as_ref() == INDEX_VERSION.to_be_bytes()),
+            None => Ok(self.tree.is_empty()),
+        }
+    }
+
+    /// Load the checkpoint, heads, forks and space counters.
     pub(crate) fn load(&self) -> Result<IndexState, StoreError> {
         let mut state = IndexState::default();
         if let Some(c) = self.tree.get(b"c")? {
             state.checkpoint = decode(&c, "checkpoint")?;
+        }
+        for item in self.tree.scan_prefix(b"e") {
+            let (k, v) = item?;
+            state
+                .erased
+                .insert(feed_from_key(&k)?, decode(&v, "erased")?);
+        }
+        for item in self.tree.scan_prefix(b"g") {
+            let (k, v) = item?;
+            let start: [u8; 8] = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(StoreError::IndexDamaged("short segment key"))?;
+            state
+                .live
+                .insert(u64::from_be_bytes(start), decode(&v, "live bytes")?);
         }
         for item in self.tree.scan_prefix(b"h") {
             let (k, v) = item?;
@@ -285,6 +422,24 @@ impl Index {
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
+        for feed in &batch.forgotten {
+            for prefix in [b's', b'h', b'f', b'e'] {
+                for item in self.tree.scan_prefix(feed_key(prefix, feed)) {
+                    b.remove(item?.0);
+                }
+            }
+        }
+        for (feed, erased) in batch.erased {
+            b.insert(
+                &feed_key(b'e', &feed)[..],
+                postcard::to_stdvec(&erased).unwrap_or_default(),
+            );
+        }
+        for (start, live) in batch.live {
+            let mut key = vec![b'g'];
+            key.extend_from_slice(&start.to_be_bytes());
+            b.insert(key, postcard::to_stdvec(&live).unwrap_or_default());
+        }
         for ((feed, first_seq), run) in batch.runs {
             b.insert(
                 &seq_key(&feed, first_seq)[..],
@@ -304,6 +459,7 @@ impl Index {
             );
         }
         b.insert(b"c", postcard::to_stdvec(checkpoint).unwrap_or_default());
+        b.insert(b"v", &INDEX_VERSION.to_be_bytes()[..]);
         self.tree.apply_batch(b)?;
         Ok(())
     }

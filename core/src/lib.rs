@@ -44,6 +44,7 @@ pub mod index;
 pub mod keys;
 pub mod log;
 mod sig;
+pub mod system;
 pub mod tail;
 pub mod validate;
 mod verify;
@@ -53,11 +54,11 @@ pub mod watch;
 pub mod test_utils;
 
 pub use db::{
-    Appended, CreateOptions, Db, DbConfig, FeedInfo, IngestReport, Problem, Status, VerifyReport,
-    now_ms,
+    Appended, CreateOptions, Db, DbConfig, DeletionIssue, FeedInfo, ForgetError, IngestReport,
+    Problem, Status, VerifyReport, now_ms,
 };
 pub use entry::{
-    BadEntryId, Entry, EntryId, ForkProof, Hash, Header, SignedHeader, UncheckedForkProof,
+    BadEntryId, Entry, EntryId, ForkProof, Hash, Header, Payload, SignedHeader, UncheckedForkProof,
 };
 pub use error::{AppendError, StoreError};
 pub use index::{ForkInfo, Head};

@@ -17,7 +17,7 @@
 //!
 //! let mut tail = db.tail(0);
 //! let rec = tail.next_timeout(Duration::from_secs(5)).unwrap().unwrap();
-//! assert_eq!(rec.entry().unwrap().payload.as_deref(), Some(&b"first"[..]));
+//! assert_eq!(rec.entry().unwrap().payload.bytes(), Some(&b"first"[..]));
 //! // Nothing new yet: the timed wait gives up.
 //! assert!(tail.next_timeout(Duration::from_millis(10)).is_none());
 //! // Save this to resume after a restart with `db.tail(saved)`.

@@ -101,6 +101,10 @@ pub enum EntryError {
         /// The refused entry's seq.
         seq: u64,
     },
+    /// A system payload (a deletion) that breaks its rules; refused at
+    /// append. (At ingest it has no effect, but the entry is stored.)
+    #[error("{0}")]
+    Deletion(crate::system::DeletionError),
     /// Two headers offered as a fork proof do not conflict: another
     /// author, another seq, or the same entry twice.
     #[error("not a fork proof: {0}")]
@@ -231,7 +235,7 @@ pub fn validate_fork_proof(a: &SignedHeader, b: &SignedHeader) -> Result<(), Ent
 pub fn validate_entry(entry: &Entry, max_payload: u32) -> Result<(), EntryError> {
     validate_header(&entry.header, max_payload)?;
     validate_signature(&entry.signed_header())?;
-    validate_payload(&entry.header, entry.payload.as_deref(), max_payload)
+    validate_payload(&entry.header, entry.payload.bytes(), max_payload)
 }
 
 /// Verify many signatures, in batches spread over all cores. Returns one
@@ -284,7 +288,7 @@ impl CheckedEntries {
             .par_iter()
             .map(|e| {
                 let shape = validate_header_shape(&e.header, max_payload)
-                    .and_then(|()| validate_payload(&e.header, e.payload.as_deref(), max_payload));
+                    .and_then(|()| validate_payload(&e.header, e.payload.bytes(), max_payload));
                 (e.header.id(), shape)
             })
             .unzip();
@@ -482,17 +486,17 @@ mod tests {
     #[test]
     fn forged_payload() {
         let mut e = chain(1).remove(0);
-        e.payload = Some(b"p9".to_vec());
+        e.payload = crate::entry::Payload::Held(b"p9".to_vec());
         assert!(matches!(
             validate_entry(&e, LIMIT),
             Err(EntryError::PayloadHashMismatch { seq: 1 })
         ));
-        e.payload = Some(b"longer".to_vec());
+        e.payload = crate::entry::Payload::Held(b"longer".to_vec());
         assert!(matches!(
             validate_entry(&e, LIMIT),
             Err(EntryError::PayloadLenMismatch { .. })
         ));
-        e.payload = None;
+        e.payload = crate::entry::Payload::Absent;
         validate_entry(&e, LIMIT).unwrap();
     }
 

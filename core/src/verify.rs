@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 
 use crate::db::Db;
-use crate::entry::{EntryId, SignedHeader};
+use crate::entry::{EntryId, Payload, SignedHeader};
 use crate::error::StoreError;
 use crate::keys::FeedId;
 use crate::log::{LogRecord, RecordBody};
+use crate::system::{Deletion, SystemPayload};
 use crate::validate::{
     validate_fork_proof, validate_header, validate_link, validate_payload, verify_signatures,
 };
@@ -37,6 +38,13 @@ pub struct VerifyReport {
     pub fork_proofs: u64,
     /// Payloads not held (valid, reported for information).
     pub missing_payloads: u64,
+    /// Payloads erased by their authors' deletions (valid).
+    pub erased_payloads: u64,
+    /// Deletion entries.
+    pub deletions: u64,
+    /// Deletions (or parts of them) that have no effect because they break
+    /// a deletion rule (the author's mistake, not damage).
+    pub ineffective_deletions: u64,
     /// Everything that does not hold.
     pub problems: Vec<Problem>,
 }
@@ -50,17 +58,19 @@ impl Db {
         let end = self.log_end();
         let mut report = VerifyReport::default();
         let mut heads: HashMap<FeedId, (u64, EntryId)> = HashMap::new();
+        let mut held = Held::default();
         let mut chunk: Vec<LogRecord> = Vec::new();
         let mut it = self.segments().iter(0, end);
         let check = |chunk: &mut Vec<LogRecord>,
                      report: &mut VerifyReport,
-                     heads: &mut HashMap<FeedId, (u64, EntryId)>| {
+                     heads: &mut HashMap<FeedId, (u64, EntryId)>,
+                     held: &mut Held| {
             let mut signed: Vec<(u64, SignedHeader)> = Vec::new();
             for rec in chunk.iter() {
-                match &rec.body {
-                    RecordBody::Entry(e) => signed.push((rec.offset, e.signed_header())),
-                    // Checked whole below, by the rule ingest applies.
-                    RecordBody::Fork(_) => {}
+                // Fork proofs are checked whole below, by the rule ingest
+                // applies; a forget marker carries no signature.
+                if let RecordBody::Entry(e) = &rec.body {
+                    signed.push((rec.offset, e.signed_header()));
                 }
             }
             let refs: Vec<&SignedHeader> = signed.iter().map(|(_, s)| s).collect();
@@ -91,14 +101,39 @@ impl Db {
                             problem(err.to_string());
                         }
                         match &e.payload {
-                            None => report.missing_payloads += 1,
-                            Some(p) => {
+                            Payload::Absent => report.missing_payloads += 1,
+                            Payload::Erased => report.erased_payloads += 1,
+                            Payload::Held(p) => {
                                 if let Err(err) = validate_payload(h, Some(p), u32::MAX) {
                                     problem(err.to_string());
                                 }
                             }
                         }
+                        held.record(h.author, h.seq, &h.id(), &e.payload);
+                        match e.payload.bytes().and_then(SystemPayload::parse) {
+                            Some(Ok(SystemPayload::Deletion(d))) => {
+                                report.deletions += 1;
+                                if d.check_shape(h.seq).is_err() {
+                                    report.ineffective_deletions += 1;
+                                } else if let Some(seq) = held.first_kept(h.author, &d) {
+                                    problem(format!(
+                                        "deletes seq {seq}, whose payload is still here"
+                                    ));
+                                }
+                            }
+                            Some(Err(_)) => {
+                                report.deletions += 1;
+                                report.ineffective_deletions += 1;
+                            }
+                            None => {}
+                        }
                         heads.insert(h.author, (h.seq, h.id()));
+                    }
+                    RecordBody::Forget(feed) => {
+                        // The feed's records before this are dropped; if it
+                        // is synced again, its chain starts over.
+                        heads.remove(&feed);
+                        held.forget(&feed);
                     }
                     RecordBody::Fork(p) => {
                         report.fork_proofs += 1;
@@ -117,7 +152,7 @@ impl Db {
                 Ok(rec) => {
                     chunk.push(rec);
                     if chunk.len() >= 4096 {
-                        check(&mut chunk, &mut report, &mut heads);
+                        check(&mut chunk, &mut report, &mut heads, &mut held);
                         progress(it.offset(), end);
                     }
                 }
@@ -133,7 +168,7 @@ impl Db {
                 }
             }
         }
-        check(&mut chunk, &mut report, &mut heads);
+        check(&mut chunk, &mut report, &mut heads, &mut held);
         progress(end, end);
         report.feeds = heads.len();
         let indexed = self.heads();
@@ -154,5 +189,79 @@ impl Db {
             });
         }
         Ok(report)
+    }
+}
+
+/// Which entries of each feed still hold an application payload (not
+/// erased, not a deletion), one bit per seq, with the first bytes of each
+/// entry's id, so that a deletion can be checked against what came before
+/// it without keeping the entries.
+#[derive(Default)]
+struct Held {
+    feeds: HashMap<FeedId, FeedBits>,
+}
+
+#[derive(Default)]
+struct FeedBits {
+    held: Vec<u64>,
+    ids: Vec<[u8; 8]>,
+    /// Prune points up to here were checked already.
+    pruned_to: u64,
+}
+
+impl FeedBits {
+    fn is_held(&self, seq: u64) -> bool {
+        let i = (seq - 1) as usize;
+        self.held
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+}
+
+impl Held {
+    fn record(&mut self, feed: FeedId, seq: u64, id: &EntryId, payload: &Payload) {
+        let keeps = payload
+            .bytes()
+            .is_some_and(|b| !SystemPayload::is_system(b));
+        let f = self.feeds.entry(feed).or_default();
+        let i = (seq - 1) as usize;
+        if f.held.len() <= i / 64 {
+            f.held.resize(i / 64 + 1, 0);
+        }
+        if keeps {
+            f.held[i / 64] |= 1 << (i % 64);
+        } else {
+            f.held[i / 64] &= !(1 << (i % 64));
+        }
+        if f.ids.len() < i + 1 {
+            f.ids.resize(i + 1, [0; 8]);
+        }
+        f.ids[i].copy_from_slice(&id.0[..8]);
+    }
+
+    fn forget(&mut self, feed: &FeedId) {
+        self.feeds.remove(feed);
+    }
+
+    /// The first seq `d` (a deletion of `feed` with a valid shape) covers
+    /// whose payload is still held: a deletion that was not applied.
+    fn first_kept(&mut self, feed: FeedId, d: &Deletion) -> Option<u64> {
+        let f = self.feeds.get_mut(&feed)?;
+        if let Some(up_to) = d.up_to
+            && up_to > f.pruned_to
+        {
+            let from = f.pruned_to + 1;
+            f.pruned_to = up_to;
+            if let Some(seq) = (from..=up_to).find(|&s| f.is_held(s)) {
+                return Some(seq);
+            }
+        }
+        d.targets
+            .iter()
+            .filter(|t| {
+                f.ids.get((t.seq - 1) as usize) == Some(&t.id.0[..8].try_into().unwrap_or([0; 8]))
+            })
+            .map(|t| t.seq)
+            .find(|&s| f.is_held(s))
     }
 }

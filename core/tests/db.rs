@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use kappadb_core::test_utils::TestPeer;
 use kappadb_core::{
-    AppendError, CheckedEntries, CreateOptions, Db, DbConfig, EntryError, RecordBody, StoreError,
+    AppendError, CheckedEntries, CreateOptions, Db, DbConfig, EntryError, Payload, RecordBody,
+    StoreError,
 };
 
 fn new_db(dir: &Path) -> Db {
@@ -53,7 +54,7 @@ fn append_get_and_iterate() {
     assert_eq!(head.seq, 101);
     assert_eq!(head.id, more.last().unwrap().id);
     let e = db.get(&db.feed_id(), 50).unwrap().unwrap();
-    assert_eq!(e.payload.as_deref(), Some(&b"p48"[..]));
+    assert_eq!(e.payload.bytes(), Some(&b"p48"[..]));
     assert!(db.get(&db.feed_id(), 102).unwrap().is_none());
     let range: Vec<_> = db
         .feed_range(&db.feed_id(), 10, 20)
@@ -87,7 +88,7 @@ fn reads_see_index_changes_not_yet_committed() {
     let check = |db: &Db, n: u64| {
         for seq in [1, n / 2, n] {
             let e = db.get(&me, seq).unwrap().unwrap();
-            assert_eq!(e.payload.as_deref(), Some(format!("s{seq}").as_bytes()));
+            assert_eq!(e.payload.bytes(), Some(format!("s{seq}").as_bytes()));
         }
         let all: Vec<u64> = db
             .feed_range(&me, 1, u64::MAX)
@@ -394,16 +395,16 @@ fn ingest_accepts_out_of_order_and_reports_rejections() {
     );
     // A bad payload is rejected; its header alone would be fine.
     let mut bad = later[0].clone();
-    bad.payload = Some(b"tampered".to_vec());
+    bad.payload = Payload::Held(b"tampered".to_vec());
     let report = db.ingest(vec![bad.clone()]).unwrap();
     assert!(matches!(
         report.rejected[0].1,
         EntryError::PayloadLenMismatch { .. }
     ));
-    bad.payload = None;
+    bad.payload = Payload::Absent;
     assert_eq!(db.ingest(vec![bad]).unwrap().accepted, 1);
     let e = db.get(&p.key.feed_id(), 11).unwrap().unwrap();
-    assert!(e.payload.is_none());
+    assert_eq!(e.payload, Payload::Absent);
 }
 
 #[test]
@@ -566,7 +567,7 @@ fn watchers_see_new_records() {
 const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn payload(rec: &kappadb_core::LogRecord) -> &[u8] {
-    rec.entry().unwrap().payload.as_deref().unwrap()
+    rec.entry().unwrap().payload.bytes().unwrap()
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use kappadb_core::entry::HEADER_VERSION;
 use kappadb_core::validate::{validate_entry, validate_link};
-use kappadb_core::{Entry, EntryError, EntryId, FeedId, Hash, Header, SigningKey};
+use kappadb_core::{Entry, EntryError, EntryId, FeedId, Hash, Header, Payload, SigningKey};
 use proptest::prelude::*;
 
 const LIMIT: u32 = 1 << 20;
@@ -51,7 +51,7 @@ fn arb_entry() -> impl Strategy<Value = Entry> {
             Entry {
                 header,
                 signature,
-                payload: Some(payload),
+                payload: Payload::Held(payload),
             }
         })
 }
@@ -89,8 +89,8 @@ proptest! {
             2 => { h.seq = h.seq.wrapping_add(delta).max(2); h.prev = h.prev.or(Some(EntryId([1; 32]))); true }
             3 => { h.prev = Some(EntryId([delta as u8; 32])); if h.seq == 1 { h.seq = 2 } true }
             4 => { h.timestamp = h.timestamp.wrapping_add(delta); true }
-            5 => { h.payload_len = h.payload_len.wrapping_add(delta as u32); m.payload = None; true }
-            _ => { h.payload_hash.0[(delta % 32) as usize] ^= 0x80; m.payload = None; true }
+            5 => { h.payload_len = h.payload_len.wrapping_add(delta as u32); m.payload = Payload::Absent; true }
+            _ => { h.payload_hash.0[(delta % 32) as usize] ^= 0x80; m.payload = Payload::Absent; true }
         };
         let res = validate_entry(&m, u32::MAX);
         match field {
@@ -106,7 +106,9 @@ proptest! {
     #[test]
     fn payload_change_is_rejected(e in arb_entry(), flip in any::<u8>()) {
         let mut m = e.clone();
-        let p = m.payload.as_mut().unwrap();
+        let Payload::Held(p) = &mut m.payload else {
+            panic!("arb_entry makes held payloads");
+        };
         if p.is_empty() {
             p.push(flip);
             let res = validate_entry(&m, LIMIT);

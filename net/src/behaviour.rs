@@ -40,8 +40,8 @@ use libp2p::{request_response, tcp, yamux};
 
 use crate::error::NetError;
 use crate::protocol::{
-    Limits, PROTOCOL_NAME, Request, Response, decode_request, decode_response, encode_request,
-    encode_response,
+    Limits, PROTOCOL_NAME, PROTOCOL_V1, Request, Response, decode_request, decode_response,
+    encode_request, encode_response,
 };
 
 /// The identify protocol version string of kappadb nodes.
@@ -249,13 +249,18 @@ impl request_response::Codec for SyncCodec {
 
     async fn write_response<T>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         res: Response,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        let res = if protocol.as_ref() == PROTOCOL_V1 {
+            res.for_v1()
+        } else {
+            res
+        };
         let bytes = encode_response(&res);
         write_frame(io, bytes).await
     }
@@ -284,10 +289,17 @@ impl Behaviour {
         let peer_id = keypair.public().to_peer_id();
         let sync = request_response::Behaviour::with_codec(
             SyncCodec::new(config.limits.clone()),
-            [(
-                StreamProtocol::new(PROTOCOL_NAME),
-                request_response::ProtocolSupport::Full,
-            )],
+            // The newest first: both sides use the first they share.
+            [
+                (
+                    StreamProtocol::new(PROTOCOL_NAME),
+                    request_response::ProtocolSupport::Full,
+                ),
+                (
+                    StreamProtocol::new(PROTOCOL_V1),
+                    request_response::ProtocolSupport::Full,
+                ),
+            ],
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(64),

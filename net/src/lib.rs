@@ -35,12 +35,12 @@
 //!
 //! let mut sub = Subscription::new(db.clone(), 0);
 //! let rec = sub.next().await.unwrap().unwrap();
-//! assert_eq!(rec.entry().unwrap().payload.as_deref(), Some(&b"before"[..]));
+//! assert_eq!(rec.entry().unwrap().payload.bytes(), Some(&b"before"[..]));
 //!
 //! // An append fsyncs: keep it off the async threads too.
 //! tokio::task::spawn_blocking(move || db.append(b"after".to_vec()));
 //! let rec = sub.next().await.unwrap().unwrap();
-//! assert_eq!(rec.entry().unwrap().payload.as_deref(), Some(&b"after"[..]));
+//! assert_eq!(rec.entry().unwrap().payload.bytes(), Some(&b"after"[..]));
 //! // Where to resume after a restart: `Subscription::new(db, offset)`.
 //! println!("next offset {}", sub.offset());
 //! # }

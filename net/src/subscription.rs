@@ -204,8 +204,9 @@ mod tests {
             .entry()
             .unwrap()
             .payload
-            .clone()
+            .bytes()
             .unwrap()
+            .to_vec()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,7 +238,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(rec.offset, appended.offset);
-        assert_eq!(rec.entry().unwrap().payload.as_deref(), Some(&b"live"[..]));
+        assert_eq!(rec.entry().unwrap().payload.bytes(), Some(&b"live"[..]));
         assert_eq!(sub.offset(), db.log_end());
 
         // Resuming from the offset, as a stream: only what is new.

@@ -396,7 +396,7 @@ fn malicious_oversized_page_is_refused() {
 #[test]
 fn malicious_payload_tampering_is_dropped() {
     check_malicious("tampered payload", |feed, mut entries| {
-        if let Some(p) = entries[42].payload.as_mut() {
+        if let kappadb_core::Payload::Held(p) = &mut entries[42].payload {
             p[0] ^= 1;
         }
         Page { feed, entries }

@@ -108,55 +108,79 @@ pub(crate) fn put_new(
     }
 }
 
-/// Entries to add, gathered per bucket over a fold batch, then merged into
-/// the stored buckets with at most one read and one write per bucket.
+/// Entries to add and to remove, gathered per bucket over a fold batch,
+/// then merged into the stored buckets with at most one read and one
+/// write per bucket. Adds and removals of one entry apply in the order
+/// they were made.
 #[derive(Debug, Default)]
 pub(crate) struct BucketWriter {
-    /// Key (prefix included) -> (bits to add, the bucket's author and
-    /// first seq).
-    buckets: BTreeMap<Vec<u8>, (u64, FeedId, u64)>,
+    /// Key (prefix included) -> (bits to add, bits to remove, the bucket's
+    /// author and first seq).
+    buckets: BTreeMap<Vec<u8>, (u64, u64, FeedId, u64)>,
     /// Each author's smallest seq added in this batch.
     first: HashMap<FeedId, u64>,
     key: Vec<u8>,
 }
 
 impl BucketWriter {
-    /// Add `(timestamp, author, seq)` to the set under `prefix`.
-    pub(crate) fn add(&mut self, prefix: &[u8], timestamp: u64, author: &FeedId, seq: u64) {
+    fn slot(
+        &mut self,
+        prefix: &[u8],
+        timestamp: u64,
+        author: &FeedId,
+        seq: u64,
+    ) -> &mut (u64, u64, FeedId, u64) {
         self.key.clear();
         self.key.extend_from_slice(prefix);
         put_bucket_key(&mut self.key, timestamp, author, seq);
+        let start = seq - seq % SPAN;
+        self.buckets
+            .entry(self.key.clone())
+            .or_insert((0, 0, *author, start))
+    }
+
+    /// Add `(timestamp, author, seq)` to the set under `prefix`.
+    pub(crate) fn add(&mut self, prefix: &[u8], timestamp: u64, author: &FeedId, seq: u64) {
         let bit = 1 << (seq % SPAN);
-        match self.buckets.get_mut(self.key.as_slice()) {
-            Some((bits, _, _)) => *bits |= bit,
-            None => {
-                let start = seq - seq % SPAN;
-                self.buckets.insert(self.key.clone(), (bit, *author, start));
-            }
-        }
+        let (add, remove, _, _) = self.slot(prefix, timestamp, author, seq);
+        *add |= bit;
+        *remove &= !bit;
         let first = self.first.entry(*author).or_insert(seq);
         *first = (*first).min(seq);
     }
 
-    /// Merge the gathered entries into `tx` (see the module docs for why
+    /// Remove `(timestamp, author, seq)` from the set under `prefix`.
+    pub(crate) fn remove(&mut self, prefix: &[u8], timestamp: u64, author: &FeedId, seq: u64) {
+        let bit = 1 << (seq % SPAN);
+        let (add, remove, _, _) = self.slot(prefix, timestamp, author, seq);
+        *add &= !bit;
+        *remove |= bit;
+    }
+
+    /// Merge the gathered changes into `tx` (see the module docs for why
     /// most buckets need no read).
     pub(crate) fn write(self, tx: &mut ViewTx<'_>, view: &str) -> Result<(), ViewError> {
-        for (key, (bits, author, start)) in self.buckets {
+        for (key, (add, remove, author, start)) in self.buckets {
             // Everything of this author folded before is older than its
-            // first seq in this batch: a bucket starting there or later is
-            // new.
-            let first = self.first.get(&author).copied().unwrap_or(start);
-            if first <= start {
-                tx.insert(&key, encode_bits(bits));
+            // first seq added in this batch: a bucket starting there or
+            // later is new (and so is empty but for this batch's changes).
+            let new = self.first.get(&author).is_some_and(|first| *first <= start);
+            let stored = if new {
+                0
+            } else {
+                match tx.get(&key)? {
+                    None => 0,
+                    Some(v) => decode_bits(&v)
+                        .ok_or_else(|| ViewError::damaged(view, "a bucket does not decode"))?,
+                }
+            };
+            let merged = (stored | add) & !remove;
+            if merged == stored && !new {
                 continue;
             }
-            let stored = match tx.get(&key)? {
-                None => 0,
-                Some(v) => decode_bits(&v)
-                    .ok_or_else(|| ViewError::damaged(view, "a bucket does not decode"))?,
-            };
-            let merged = stored | bits;
-            if merged != stored {
+            if merged == 0 {
+                tx.remove(&key);
+            } else {
                 tx.insert(&key, encode_bits(merged));
             }
         }

@@ -4,7 +4,14 @@
 //! ```text
 //! scalar(value at pointer)                               -> up to 16 entries, or ""
 //! scalar(value at pointer) | timestamp BE | author | seq / 64 BE -> bitmap
+//! 'u' | author | seq / 64 BE                             -> undo: each entry's scalar and timestamp
 //! ```
+//!
+//! (Scalars start with a tag byte from 0x10 to 0x40, so no scalar key
+//! starts with `u`.) A deletion or a forget marker takes the deleted
+//! entries out through their undo records; a value whose entries drop to
+//! 16 or fewer goes back to its list form, so the form still depends only
+//! on the set of entries.
 //!
 //! A value held by at most 16 entries keeps them all in one key, as a list
 //! of `timestamp BE | author | seq BE` in that order; a value held by more
@@ -44,14 +51,29 @@ use crate::encoding::{
 };
 use crate::error::ViewError;
 use crate::timeline::Order;
+use crate::undo::UndoBatch;
 use crate::view::{View, ViewReader, ViewRecord, ViewTx};
 use crate::{BUILTIN_NAMES, validate_view_name};
 
 /// Name of the tree holding field index declarations.
 pub const DECLARED_TREE: &str = "views/declared";
 /// Domain prefix of the version hash (v1 stored one key per entry, v2
-/// stores lists and buckets).
-const VERSION_DOMAIN: &[u8] = b"kappadb/field-index/v2\0";
+/// stores lists and buckets, v3 keeps undo records and honours deletions).
+const VERSION_DOMAIN: &[u8] = b"kappadb/field-index/v3\0";
+
+/// Prefix of the undo records (no scalar starts with it).
+const UNDO: &[u8] = b"u";
+
+/// The smallest key of the scalar space and the end of it.
+const SCALARS: (&[u8], &[u8]) = (&[0x10], &[0x41]);
+
+/// What a field index keeps to undo an entry. Field order is part of the
+/// view's format.
+#[derive(Serialize, Deserialize)]
+struct Undo {
+    scalar: Vec<u8>,
+    timestamp: u64,
+}
 
 /// Most entries a value keeps in its list form.
 const LIST_MAX: usize = 16;
@@ -148,28 +170,79 @@ impl View for FieldIndex {
     }
 
     fn apply(&self, batch: &[ViewRecord], tx: &mut ViewTx<'_>) -> Result<(), ViewError> {
-        // Encoded value -> the batch's entries holding it.
-        let mut by_value: BTreeMap<Vec<u8>, Vec<EntryKey>> = BTreeMap::new();
-        let mut scalar = Vec::new();
+        let mut undo = UndoBatch::new(UNDO);
+        // Runs of records between deletions: entries added in order, then
+        // the deletion's removals, so an entry deleted in the batch that
+        // added it is added first.
+        let mut adds: BTreeMap<Vec<u8>, Vec<EntryKey>> = BTreeMap::new();
         for r in batch {
-            let Some(value) = r.json().and_then(|j| j.pointer(&self.pointer)) else {
-                tx.skip();
+            let undone = if let Some(d) = r.deleted() {
+                let mut undone = Vec::new();
+                for &seq in d.seqs() {
+                    if let Some(data) = undo.take(tx, &r.author, seq)? {
+                        undone.push((seq, data));
+                    }
+                }
+                if let Some(up_to) = d.up_to() {
+                    undone.extend(undo.take_up_to(tx, &r.author, Some(up_to))?);
+                }
+                undone
+            } else if r.forgets() {
+                undo.take_up_to(tx, &r.author, None)?
+            } else {
+                let Some(value) = r.json().and_then(|j| j.pointer(&self.pointer)) else {
+                    tx.skip();
+                    continue;
+                };
+                let mut scalar = Vec::new();
+                if !put_scalar(&mut scalar, value) {
+                    tx.skip();
+                    continue;
+                }
+                let data = Undo {
+                    scalar: scalar.clone(),
+                    timestamp: r.timestamp,
+                };
+                let bytes = postcard::to_stdvec(&data)
+                    .map_err(|e| ViewError::fold(&self.name, e.to_string()))?;
+                undo.put(tx, &r.author, r.seq, bytes)?;
+                adds.entry(scalar)
+                    .or_default()
+                    .push((r.timestamp, r.author, r.seq));
                 continue;
             };
-            scalar.clear();
-            if !put_scalar(&mut scalar, value) {
-                tx.skip();
+            if undone.is_empty() {
                 continue;
             }
-            let entry = (r.timestamp, r.author, r.seq);
-            match by_value.get_mut(scalar.as_slice()) {
-                Some(entries) => entries.push(entry),
-                None => {
-                    by_value.insert(scalar.clone(), vec![entry]);
-                }
+            self.add_entries(tx, std::mem::take(&mut adds))?;
+            let mut removes: BTreeMap<Vec<u8>, Vec<EntryKey>> = BTreeMap::new();
+            for (seq, data) in undone {
+                let data: Undo = postcard::from_bytes(&data).map_err(|_| {
+                    ViewError::damaged(&self.name, "an undo record does not decode")
+                })?;
+                removes
+                    .entry(data.scalar)
+                    .or_default()
+                    .push((data.timestamp, r.author, seq));
             }
+            self.remove_entries(tx, removes)?;
         }
-        let damaged = || ViewError::damaged(&self.name, "a field index list does not decode");
+        self.add_entries(tx, adds)?;
+        undo.write(tx)
+    }
+}
+
+impl FieldIndex {
+    fn damaged(&self) -> ViewError {
+        ViewError::damaged(&self.name, "a field index list does not decode")
+    }
+
+    /// Add entries, by encoded value.
+    fn add_entries(
+        &self,
+        tx: &mut ViewTx<'_>,
+        by_value: BTreeMap<Vec<u8>, Vec<EntryKey>>,
+    ) -> Result<(), ViewError> {
         let mut buckets = BucketWriter::default();
         for (scalar, new) in by_value {
             let mut all = match tx.get(&scalar)? {
@@ -180,7 +253,7 @@ impl View for FieldIndex {
                     }
                     continue;
                 }
-                Some(bytes) => decode_list(&bytes).ok_or_else(damaged)?,
+                Some(bytes) => decode_list(&bytes).ok_or_else(|| self.damaged())?,
                 None => Vec::new(),
             };
             all.extend(new);
@@ -196,6 +269,62 @@ impl View for FieldIndex {
             }
         }
         buckets.write(tx, &self.name)
+    }
+
+    /// Remove entries, by encoded value; a value whose entries drop to
+    /// [`LIST_MAX`] or fewer goes back to its list form.
+    fn remove_entries(
+        &self,
+        tx: &mut ViewTx<'_>,
+        by_value: BTreeMap<Vec<u8>, Vec<EntryKey>>,
+    ) -> Result<(), ViewError> {
+        for (scalar, gone) in by_value {
+            match tx.get(&scalar)? {
+                None => {}
+                Some(bytes) if bytes.is_empty() => {
+                    let mut buckets = BucketWriter::default();
+                    for (timestamp, author, seq) in gone {
+                        buckets.remove(&scalar, timestamp, &author, seq);
+                    }
+                    buckets.write(tx, &self.name)?;
+                    let mut left = Vec::new();
+                    for (k, v) in tx.scan_prefix(&scalar)? {
+                        let Some(rest) = k.get(scalar.len()..).filter(|r| !r.is_empty()) else {
+                            continue;
+                        };
+                        left.extend(
+                            bucket::entries(rest, &v, false).ok_or_else(|| self.damaged())?,
+                        );
+                        if left.len() > LIST_MAX {
+                            break;
+                        }
+                    }
+                    if left.len() <= LIST_MAX {
+                        for (k, _) in tx.scan_prefix(&scalar)? {
+                            if k.len() > scalar.len() {
+                                tx.remove(&k);
+                            }
+                        }
+                        left.sort_unstable();
+                        Self::put_list(tx, &scalar, &left);
+                    }
+                }
+                Some(bytes) => {
+                    let mut list = decode_list(&bytes).ok_or_else(|| self.damaged())?;
+                    list.retain(|e| !gone.contains(e));
+                    Self::put_list(tx, &scalar, &list);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn put_list(tx: &mut ViewTx<'_>, scalar: &[u8], list: &[EntryKey]) {
+        if list.is_empty() {
+            tx.remove(scalar);
+        } else {
+            tx.insert(scalar, encode_list(list));
+        }
     }
 }
 
@@ -323,13 +452,15 @@ impl FieldReader {
                 (p, hi)
             }
             (None, from, to) => {
+                // Open ends stop at the scalar space: the undo records
+                // are not values.
                 let lo = match from {
                     Some(v) => encode_bound("--from", v)?,
-                    None => Vec::new(),
+                    None => SCALARS.0.to_vec(),
                 };
                 let hi = match to {
                     Some(v) => prefix_end(&encode_bound("--to", v)?),
-                    None => None,
+                    None => Some(SCALARS.1.to_vec()),
                 };
                 (lo, hi)
             }
@@ -373,7 +504,7 @@ impl FieldReader {
                     author,
                     seq,
                     id: entry.id(),
-                    payload: entry.payload,
+                    payload: entry.payload.into_bytes(),
                 });
                 if out.len() >= q.limit {
                     break 'scan;

@@ -82,6 +82,7 @@ pub mod generation;
 pub mod indexer;
 pub mod kv;
 pub mod timeline;
+pub mod undo;
 pub mod view;
 
 pub use bytes::Bytes;
@@ -91,7 +92,7 @@ pub use generation::ViewDigest;
 pub use indexer::{FieldIndexInfo, Indexer, IndexerConfig, RebuildStatus, ViewStatus};
 pub use kv::{KvHead, KvItem, KvReader, KvView};
 pub use timeline::{Order, TimelineItem, TimelineQuery, TimelineReader, TimelineView};
-pub use view::{Checkpoint, KeyValue, View, ViewReader, ViewRecord, ViewTx};
+pub use view::{Checkpoint, Deleted, KeyValue, View, ViewReader, ViewRecord, ViewTx};
 
 /// Names of the built-in views; declared views cannot take them.
 pub const BUILTIN_NAMES: &[&str] = &[kv::NAME, timeline::NAME];

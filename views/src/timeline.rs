@@ -8,8 +8,14 @@
 //! ```text
 //! 'e' | bucket                    -> bitmap   every entry with a payload
 //! 't' | escaped(type) | bucket    -> bitmap   entries whose payload has a string "type"
+//! 'u' | author | seq / 64 BE      -> undo     each entry's timestamp and type (module `undo`)
 //! bucket = timestamp BE | author | seq / 64 BE
 //! ```
+//!
+//! A deletion (or a forget marker) takes the deleted entries' bits out of
+//! their buckets, found through their undo records; a deletion naming an
+//! entry the timeline never held does nothing. Deletions themselves are
+//! not timeline entries.
 //!
 //! An author filter scans the same ranges and skips other authors' buckets
 //! (the author is in the key, so nothing else is read); a per-author index
@@ -18,22 +24,35 @@
 //! the same timeline. Query results read each entry back from the log
 //! through the feed index.
 //!
-//! Version 1 stored one key per entry and index; version 2 stores buckets.
+//! Version 1 stored one key per entry and index; version 2 stores buckets;
+//! version 3 keeps undo records and honours deletions.
 
 use kappadb_core::{Db, EntryId, FeedId};
+
+use serde::{Deserialize, Serialize};
 
 use crate::bucket::{self, BucketWriter};
 use crate::encoding::{prefix_end, put_escaped};
 use crate::error::ViewError;
+use crate::undo::UndoBatch;
 use crate::view::{View, ViewReader, ViewRecord, ViewTx};
 
 /// The timeline view's name.
 pub const NAME: &str = "timeline";
 /// The timeline view's version.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 const BY_TIME: u8 = b'e';
 const BY_TYPE: u8 = b't';
+const UNDO: &[u8] = b"u";
+
+/// What the timeline keeps to undo an entry. Field order is part of the
+/// view's format.
+#[derive(Serialize, Deserialize)]
+struct Undo {
+    timestamp: u64,
+    kind: Option<String>,
+}
 
 /// The built-in `timeline` view.
 #[derive(Clone, Copy, Debug, Default)]
@@ -60,18 +79,57 @@ impl View for TimelineView {
 
     fn apply(&self, batch: &[ViewRecord], tx: &mut ViewTx<'_>) -> Result<(), ViewError> {
         let mut buckets = BucketWriter::default();
+        let mut undo = UndoBatch::new(UNDO);
         let mut prefix = Vec::new();
+        let mut type_prefix = |kind: &str| {
+            prefix.clear();
+            prefix.push(BY_TYPE);
+            put_escaped(&mut prefix, kind.as_bytes());
+            prefix.clone()
+        };
         for r in batch {
-            buckets.add(&[BY_TIME], r.timestamp, &r.author, r.seq);
-            if let Some(kind) = r.kind() {
-                prefix.clear();
-                prefix.push(BY_TYPE);
-                put_escaped(&mut prefix, kind.as_bytes());
-                buckets.add(&prefix, r.timestamp, &r.author, r.seq);
+            let undone = if let Some(d) = r.deleted() {
+                let mut undone = Vec::new();
+                for &seq in d.seqs() {
+                    if let Some(data) = undo.take(tx, &r.author, seq)? {
+                        undone.push((seq, data));
+                    }
+                }
+                if let Some(up_to) = d.up_to() {
+                    undone.extend(undo.take_up_to(tx, &r.author, Some(up_to))?);
+                }
+                undone
+            } else if r.forgets() {
+                undo.take_up_to(tx, &r.author, None)?
+            } else {
+                let kind = r.kind();
+                buckets.add(&[BY_TIME], r.timestamp, &r.author, r.seq);
+                if let Some(kind) = kind {
+                    buckets.add(&type_prefix(kind), r.timestamp, &r.author, r.seq);
+                }
+                let data = Undo {
+                    timestamp: r.timestamp,
+                    kind: kind.map(str::to_string),
+                };
+                undo.put(tx, &r.author, r.seq, encode_undo(&data)?)?;
+                continue;
+            };
+            for (seq, data) in undone {
+                let data: Undo = postcard::from_bytes(&data)
+                    .map_err(|_| ViewError::damaged(NAME, "an undo record does not decode"))?;
+                buckets.remove(&[BY_TIME], data.timestamp, &r.author, seq);
+                if let Some(kind) = &data.kind {
+                    buckets.remove(&type_prefix(kind), data.timestamp, &r.author, seq);
+                }
             }
         }
+        undo.write(tx)?;
         buckets.write(tx, NAME)
     }
+}
+
+fn encode_undo(data: &Undo) -> Result<Vec<u8>, ViewError> {
+    postcard::to_stdvec(data).map_err(|e| ViewError::fold(NAME, e.to_string()))
 }
 
 /// Result order.
@@ -201,7 +259,7 @@ impl TimelineReader {
                 };
                 let kind = match &q.kind {
                     Some(k) => Some(k.clone()),
-                    None => entry.payload.as_deref().and_then(payload_kind),
+                    None => entry.payload.bytes().and_then(payload_kind),
                 };
                 out.push(TimelineItem {
                     timestamp,
@@ -209,7 +267,7 @@ impl TimelineReader {
                     seq,
                     id: entry.id(),
                     kind,
-                    payload: entry.payload,
+                    payload: entry.payload.into_bytes(),
                 });
                 if out.len() >= q.limit {
                     break 'scan;

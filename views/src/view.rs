@@ -47,7 +47,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, OnceLock};
 
-use kappadb_core::{EntryId, FeedId};
+use kappadb_core::{Db, Entry, EntryId, FeedId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -68,6 +68,28 @@ pub(crate) const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
 /// arrived in (each feed always arrives in seq order). Break ties on
 /// `(timestamp, author, seq)`. Bump [`View::version`] whenever the fold
 /// changes what it writes: the indexer then rebuilds the view from offset 0.
+///
+/// A batch holds three kinds of records:
+///
+/// - **entries** ([`ViewRecord::payload`], the common case);
+/// - **deletions** ([`ViewRecord::deleted`]): the record's author deleted
+///   some of its earlier entries. Their payloads are erased from the log,
+///   and a view must end up exactly as if it had never folded them: the
+///   state must not depend on whether the view saw an entry before its
+///   deletion or only after (a peer that received the entry already erased
+///   never sees it at all). Keep what you need to undo an entry, keyed by
+///   `(author, seq)` (the [`crate::undo`] helpers do this in buckets), and
+///   treat a deletion naming an entry you never folded as nothing to do;
+/// - **forget markers** ([`ViewRecord::forgets`]): this node forgot the
+///   record's author's feed; undo every entry of it (a local choice, so
+///   here views may differ from peers that did not forget).
+///
+/// A view that cannot honour deletions is wrong on every peer that
+/// received a deleted entry erased. Erased and absent payloads never reach
+/// a view. [`ViewTx::entry`] reads any entry of the log back (for example
+/// to recompute a value a deleted entry superseded); read only entries
+/// your view folded, and treat an entry whose payload is gone as deleted
+/// (its deletion is in the log and is coming).
 pub trait View: Send + Sync + 'static {
     /// The view's name: 1 to 64 of `[a-z0-9_-]`.
     fn name(&self) -> &str;
@@ -87,7 +109,50 @@ pub trait View: Send + Sync + 'static {
     }
 }
 
-/// One entry with its payload, as a view sees it.
+/// What a [`ViewRecord`] is (see [`View`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Change {
+    Entry,
+    Deletion(Deleted),
+    Forget,
+}
+
+/// What a deletion removes: entries of the record's author.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    // Invariant: sorted, unique, each the seq of an entry of the author
+    // whose id the deletion named correctly.
+    seqs: Vec<u64>,
+    up_to: Option<u64>,
+}
+
+impl Deleted {
+    /// A deletion of `seqs` (each checked against the log) and of every
+    /// entry up to `up_to`.
+    pub fn new(mut seqs: Vec<u64>, up_to: Option<u64>) -> Self {
+        seqs.sort_unstable();
+        seqs.dedup();
+        Self { seqs, up_to }
+    }
+
+    /// The entries named one by one.
+    pub fn seqs(&self) -> &[u64] {
+        &self.seqs
+    }
+
+    /// Every entry with `seq <= up_to` is deleted too.
+    pub fn up_to(&self) -> Option<u64> {
+        self.up_to
+    }
+
+    /// Whether the entry at `seq` is deleted.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.up_to.is_some_and(|u| seq <= u) || self.seqs.binary_search(&seq).is_ok()
+    }
+}
+
+/// One record of the log as a view sees it: an entry with its payload, a
+/// deletion, or a forget marker (see [`View`]).
 #[derive(Debug)]
 pub struct ViewRecord {
     /// Log offset of the entry's record (local to this peer: never store it
@@ -101,10 +166,11 @@ pub struct ViewRecord {
     pub timestamp: u64,
     /// The entry's id.
     pub id: EntryId,
-    /// The payload.
+    /// The payload (empty for deletions and forget markers).
     pub payload: Vec<u8>,
     /// The payload parsed as JSON, once, shared by every view of a batch.
     json: OnceLock<Option<Value>>,
+    change: Change,
 }
 
 impl ViewRecord {
@@ -125,14 +191,62 @@ impl ViewRecord {
             id,
             payload,
             json: OnceLock::new(),
+            change: Change::Entry,
         }
     }
 
-    /// The payload parsed as JSON, or `None` if it is not JSON. Parsed at
-    /// most once per record, whatever the number of views.
+    /// A deletion entry of `author` at `seq`, deleting `deleted`.
+    pub fn deletion(
+        offset: u64,
+        author: FeedId,
+        seq: u64,
+        timestamp: u64,
+        id: EntryId,
+        deleted: Deleted,
+    ) -> Self {
+        Self {
+            change: Change::Deletion(deleted),
+            ..Self::new(offset, author, seq, timestamp, id, Vec::new())
+        }
+    }
+
+    /// This node forgot `feed`.
+    pub fn forget(offset: u64, feed: FeedId) -> Self {
+        Self {
+            change: Change::Forget,
+            ..Self::new(offset, feed, 0, 0, EntryId([0; 32]), Vec::new())
+        }
+    }
+
+    /// What this record deletes, if it is a deletion.
+    pub fn deleted(&self) -> Option<&Deleted> {
+        match &self.change {
+            Change::Deletion(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Whether this record says this node forgot the author's feed.
+    pub fn forgets(&self) -> bool {
+        self.change == Change::Forget
+    }
+
+    /// Whether this record is an entry (neither a deletion nor a forget
+    /// marker).
+    pub fn is_entry(&self) -> bool {
+        self.change == Change::Entry
+    }
+
+    /// The payload parsed as JSON, or `None` if it is not JSON (or this is
+    /// not an entry). Parsed at most once per record, whatever the number
+    /// of views.
     pub fn json(&self) -> Option<&Value> {
         self.json
-            .get_or_init(|| serde_json::from_slice(&self.payload).ok())
+            .get_or_init(|| {
+                self.is_entry()
+                    .then(|| serde_json::from_slice(&self.payload).ok())
+                    .flatten()
+            })
             .as_ref()
     }
 
@@ -162,6 +276,8 @@ pub(crate) type Writes = BTreeMap<Vec<u8>, Option<Bytes>>;
 /// checkpoint in one sled batch. Reads see the batch's own writes.
 pub struct ViewTx<'a> {
     generation: &'a Generation,
+    /// The database whose log is folded, for [`ViewTx::entry`].
+    db: &'a Db,
     /// Full stored keys (prefix included) -> new value, `None` = removed.
     overlay: Writes,
     /// Writes not committed yet, read only: the previous batch's (being
@@ -190,9 +306,10 @@ impl<'a> ViewTx<'a> {
     /// A transaction on `generation` that reads through `base` (the
     /// previous batch's writes, maybe not committed yet); the caller holds
     /// the generation's fold lock.
-    pub(crate) fn with_base(generation: &'a Generation, base: Arc<Writes>) -> Self {
+    pub(crate) fn with_base(generation: &'a Generation, db: &'a Db, base: Arc<Writes>) -> Self {
         Self {
             generation,
+            db,
             overlay: BTreeMap::new(),
             base,
             skipped: 0,
@@ -225,6 +342,14 @@ impl<'a> ViewTx<'a> {
         self.read(data_key(key))
     }
 
+    /// The entry of `author` at `seq`, read back from the log (see
+    /// [`View`] for when a view may need it). Its payload is
+    /// [`kappadb_core::Payload::Erased`] once a deletion named it, even if
+    /// this view has not folded that deletion yet.
+    pub fn entry(&self, author: &FeedId, seq: u64) -> Result<Option<Entry>, ViewError> {
+        Ok(self.db.get(author, seq)?)
+    }
+
     /// Whether `key` holds a value.
     pub fn contains_key(&self, key: &[u8]) -> Result<bool, ViewError> {
         Ok(self.read(data_key(key))?.is_some())
@@ -246,6 +371,7 @@ impl<'a> ViewTx<'a> {
         };
         ViewTx {
             generation: self.generation,
+            db: self.db,
             overlay: BTreeMap::new(),
             base,
             skipped: 0,

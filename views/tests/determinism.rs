@@ -2,18 +2,23 @@
 //! the order feeds were interleaved in, nor on batch boundaries.
 //!
 //! Several feeds make random kv puts and deletes (with links to earlier
-//! ops, of any feed, sometimes to ops a peer receives later) and other
-//! payloads; two fresh databases receive them in two random interleavings
-//! (each feed in seq order) and a third feed by feed. Every view's digest
-//! must be equal, and kv answers must match a model computed from the set.
+//! ops, of any feed, sometimes to ops a peer receives later), other
+//! payloads, and deletions of their own earlier entries (by seq and by
+//! prune point); two fresh databases receive them in two random
+//! interleavings (each feed in seq order, one folding as it goes), a third
+//! feed by feed, and a fourth with every deleted entry already erased (as a
+//! peer that joins after the deletions receives them). Every view's digest
+//! must be equal, also after a rebuild, and kv answers must match a model
+//! computed from the set of entries that are not deleted.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{create_db, digests};
+use kappadb_core::system::{DeleteTarget, Deletion};
 use kappadb_core::test_utils::TestPeer;
-use kappadb_core::{Db, Entry, EntryId, FeedId};
+use kappadb_core::{Db, Entry, EntryId, FeedId, Payload};
 use kappadb_views::{Indexer, IndexerConfig};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -48,7 +53,7 @@ struct OpSpec {
 fn op_spec() -> impl Strategy<Value = OpSpec> {
     (
         0usize..4,
-        0u8..8,
+        0u8..10,
         0u8..4,
         0u64..12,
         prop::collection::vec(0usize..1000, 0..3),
@@ -72,13 +77,62 @@ struct ModelOp {
     id: EntryId,
 }
 
+/// Entries deleted, by (feed, seq).
+type Deleted = BTreeSet<(FeedId, u64)>;
+
+/// The feeds and the model's ops (deleted ones left out).
 fn build(n_feeds: usize, specs: &[OpSpec]) -> (Vec<Vec<Entry>>, Vec<ModelOp>) {
+    let (feeds, model, _) = build_with_deleted(n_feeds, specs);
+    (feeds, model)
+}
+
+/// [`build`], and the entries that are deleted.
+fn build_with_deleted(
+    n_feeds: usize,
+    specs: &[OpSpec],
+) -> (Vec<Vec<Entry>>, Vec<ModelOp>, Deleted) {
     let mut peers: Vec<TestPeer> = (0..n_feeds)
         .map(|i| TestPeer::new(100 + i as u64))
         .collect();
     let mut made: Vec<Entry> = Vec::new();
     let mut model = Vec::new();
+    let mut deleted: BTreeSet<(FeedId, u64)> = BTreeSet::new();
+    let mut deletions: BTreeSet<(FeedId, u64)> = BTreeSet::new();
     for (i, spec) in specs.iter().enumerate() {
+        if spec.kind >= 8 {
+            // A deletion of some of this feed's earlier entries.
+            let peer = &mut peers[spec.feed % n_feeds];
+            let n = peer.entries.len() as u64;
+            if n == 0 {
+                continue;
+            }
+            let author = peer.key.feed_id();
+            let mut seqs: Vec<u64> = spec.links.iter().map(|l| 1 + (*l as u64 % n)).collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            seqs.retain(|s| !deletions.contains(&(author, *s)));
+            let up_to = (spec.kind == 9).then(|| 1 + u64::from(spec.key) % n);
+            if seqs.is_empty() && up_to.is_none() {
+                continue;
+            }
+            let targets = seqs
+                .iter()
+                .map(|&seq| DeleteTarget {
+                    seq,
+                    id: peer.entries[(seq - 1) as usize].id(),
+                })
+                .collect();
+            let d = Deletion { targets, up_to };
+            for s in seqs.iter().copied().chain(1..=up_to.unwrap_or(0)) {
+                if !deletions.contains(&(author, s)) {
+                    deleted.insert((author, s));
+                }
+            }
+            let entry = peer.make(spec.timestamp, d.encode());
+            deletions.insert((author, entry.header.seq));
+            made.push(entry);
+            continue;
+        }
         let key = format!("k{}", spec.key);
         let links: Vec<EntryId> = if made.is_empty() {
             Vec::new()
@@ -131,7 +185,31 @@ fn build(n_feeds: usize, specs: &[OpSpec]) -> (Vec<Vec<Entry>>, Vec<ModelOp>) {
         }
         made.push(entry);
     }
-    (peers.into_iter().map(|p| p.entries).collect(), model)
+    model.retain(|o| !deleted.contains(&(o.order.1, o.order.2)));
+    (
+        peers.into_iter().map(|p| p.entries).collect(),
+        model,
+        deleted,
+    )
+}
+
+/// The feeds as a peer that joins after the deletions receives them: the
+/// deleted entries come erased.
+fn erased(feeds: &[Vec<Entry>], deleted: &BTreeSet<(FeedId, u64)>) -> Vec<Vec<Entry>> {
+    feeds
+        .iter()
+        .map(|f| {
+            f.iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    if deleted.contains(&(e.header.author, e.header.seq)) {
+                        e.payload = Payload::Erased;
+                    }
+                    e
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Merge the feeds in a random order, each feed in seq order.
@@ -201,7 +279,7 @@ proptest! {
         specs in prop::collection::vec(op_spec(), 1..50),
         seed in 1u64..u64::MAX,
     ) {
-        let (feeds, model) = build(n_feeds, &specs);
+        let (feeds, model, deleted) = build_with_deleted(n_feeds, &specs);
         let mut rng = XorShift(seed);
 
         let dir1 = tempfile::tempdir().unwrap();
@@ -209,10 +287,16 @@ proptest! {
         deliver(&db1, &interleave(&feeds, &mut rng), &mut rng);
         let ix1 = fold(&db1, 1);
 
+        // Folding as entries arrive: deletions reach views that folded
+        // their targets long before.
         let dir2 = tempfile::tempdir().unwrap();
         let db2 = create_db(dir2.path(), 2);
-        deliver(&db2, &interleave(&feeds, &mut rng), &mut rng);
         let ix2 = fold(&db2, 7);
+        let mixed = interleave(&feeds, &mut rng);
+        for part in mixed.chunks(1 + rng.below(6)) {
+            deliver(&db2, part, &mut rng);
+            ix2.catch_up().unwrap();
+        }
 
         // Canonical order: feed by feed, sorted by feed id.
         let mut sorted = feeds.clone();
@@ -223,10 +307,22 @@ proptest! {
         db3.ingest(canonical).unwrap();
         let ix3 = fold(&db3, 5000);
 
+        // A late joiner: deleted entries arrive erased, never folded.
+        let dir4 = tempfile::tempdir().unwrap();
+        let db4 = create_db(dir4.path(), 4);
+        deliver(&db4, &interleave(&erased(&feeds, &deleted), &mut rng), &mut rng);
+        let ix4 = fold(&db4, 3);
+
         let d1 = digests(&ix1);
         prop_assert_eq!(d1.len(), 4);
         prop_assert_eq!(&d1, &digests(&ix2));
         prop_assert_eq!(&d1, &digests(&ix3));
+        prop_assert_eq!(&d1, &digests(&ix4));
+        // A rebuild reads the log with the deleted payloads erased.
+        for name in ix2.view_names() {
+            ix2.rebuild(&name, &mut |_, _| {}).unwrap();
+        }
+        prop_assert_eq!(&d1, &digests(&ix2));
 
         let keys: BTreeMap<String, ()> = model.iter().map(|o| (o.key.clone(), ())).collect();
         for ix in [&ix1, &ix2] {

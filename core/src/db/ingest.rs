@@ -32,6 +32,10 @@ pub struct IngestReport {
     /// True when nothing was stored because the page was invalid
     /// ([`Db::ingest_page`] only).
     pub dropped: bool,
+    /// Deletions stored whose rules they break, in whole or in part: they
+    /// were stored (the chain goes on) but erase nothing, or less than
+    /// they name.
+    pub deletion_issues: Vec<super::DeletionIssue>,
 }
 
 /// A record `ingest` will write: an input entry (by index) or a fork proof.
@@ -189,7 +193,8 @@ impl Db {
                 Pending::Fork(proof) => Some(RecordBody::Fork(*proof)),
             })
             .collect();
-        let stored = self.write_records(writer, records)?;
+        let (stored, issues) = self.write_records_reporting(writer, records)?;
+        report.deletion_issues = issues;
         let mut new_heads: HashMap<FeedId, u64> = HashMap::new();
         for rec in &stored {
             if let Some(e) = rec.entry() {

@@ -27,6 +27,7 @@
 //! assert_eq!(entry.id(), appended.id);
 //! ```
 
+mod delete;
 mod ingest;
 mod read;
 mod write;
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use self::delete::{DeletionIssue, ForgetError};
 pub use self::ingest::IngestReport;
 pub use self::write::Appended;
 pub use crate::dir::{CreateOptions, DEFAULT_MAX_PAYLOAD, DbConfig, files};
@@ -46,7 +48,7 @@ use self::write::Writer;
 use crate::dir::{self, io_err, lock_dir, open_sled};
 use crate::entry::ForkProof;
 use crate::error::StoreError;
-use crate::index::{ForkInfo, Head, Index, IndexBatch, IndexState, TREE};
+use crate::index::{ForkInfo, Head, Index, IndexState, TREE};
 use crate::keys::{FeedId, NetworkKey, SigningKey};
 use crate::log::{LogWriter, RecordBody, Recovery, Segments};
 use crate::watch::Watch;
@@ -79,6 +81,16 @@ pub struct Status {
     pub feeds: usize,
     /// Feeds forked.
     pub forked_feeds: usize,
+    /// Bytes the log's files take on disk (the active segment's
+    /// preallocated room included).
+    pub disk_bytes: u64,
+    /// Entries whose payloads were erased by deletions.
+    pub erased_entries: u64,
+    /// Payload bytes erased (as the entries' headers say).
+    pub erased_bytes: u64,
+    /// Bytes `Db::compact` would give back now (erased payloads and
+    /// dropped records in sealed segments).
+    pub reclaimable_bytes: u64,
     /// What opening the log repaired, if anything.
     pub recovery: Option<Recovery>,
 }
@@ -227,6 +239,10 @@ impl Db {
         let key = SigningKey::load(&dir.join(files::SECRET_KEY))?;
         let sled = open_sled(&dir.join(files::SLED))?;
         let index = Index::new(sled.open_tree(TREE)?);
+        if !reindex && !index.is_current()? {
+            tracing::info!("the feed index has another layout; rebuilding it from the log");
+            index.clear()?;
+        }
         let mut state = if reindex {
             index.clear()?;
             IndexState::default()
@@ -248,33 +264,8 @@ impl Db {
             index.clear()?;
             state = IndexState::default();
         }
-        // Catch up from the checkpoint to the log's end.
-        let it = segments.iter(state.checkpoint.next_offset, end);
-        let mut batch = IndexBatch::default();
-        let mut pending = 0usize;
-        for rec in it {
-            let rec = match rec {
-                Ok(r) => r,
-                Err(e) if state.checkpoint.records == 0 || reindex => return Err(e),
-                Err(e) => {
-                    // The checkpoint may not sit on a record boundary any
-                    // more: start over from 0 once.
-                    tracing::warn!(error = %e, "index checkpoint unusable; rebuilding");
-                    return Self::open_locked(dir, lock, Open::Reindex, progress);
-                }
-            };
-            state.apply(&rec, &mut batch);
-            pending += 1;
-            if pending >= 10_000 {
-                index.commit(std::mem::take(&mut batch), &state.checkpoint)?;
-                pending = 0;
-                progress(rec.next_offset, end);
-            }
-        }
-        index.commit(batch, &state.checkpoint)?;
-        progress(end, end);
-        let watch = Watch::new(end);
-        Ok(Self {
+        let resumed = state.checkpoint.records > 0;
+        let db = Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 config,
@@ -287,12 +278,75 @@ impl Db {
                 }),
                 segments,
                 state: RwLock::new(state),
-                watch,
+                watch: Watch::new(end),
                 recovery,
                 created: how == Open::Created,
                 _lock: lock,
             }),
-        })
+        };
+        match db.catch_up(progress) {
+            Ok(()) => Ok(db),
+            Err(e) if resumed && !reindex => {
+                // The checkpoint may not sit on a record boundary any
+                // more: start over from 0 once.
+                tracing::warn!(error = %e, "index checkpoint unusable; rebuilding");
+                db.inner.index.clear()?;
+                *db.inner.state.write().unwrap_or_else(|e| e.into_inner()) = IndexState::default();
+                db.catch_up(progress)?;
+                Ok(db)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fold the records the index has not folded yet (from its checkpoint
+    /// to the log's end) into it, finishing the edits their deletions and
+    /// forget markers call for, reporting `(offset, end)` as it goes.
+    fn catch_up(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        let end = writer.log.end();
+        let from = self.state().checkpoint.next_offset;
+        let mut it = self.inner.segments.iter(from, end);
+        loop {
+            let mut chunk = Vec::new();
+            for rec in it.by_ref() {
+                chunk.push(rec?);
+                if chunk.len() >= 10_000 {
+                    break;
+                }
+            }
+            let Some(last) = chunk.last().map(|r| r.next_offset) else {
+                break;
+            };
+            let (plan, applied) = self.edit_for(&mut writer, &chunk)?;
+            let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+            let mut batch = std::mem::take(&mut state.pending);
+            for rec in &chunk {
+                let segment = self.inner.segments.segment_start(rec.offset);
+                state.apply(rec, segment, &mut batch);
+            }
+            delete::account(
+                &mut state,
+                &plan,
+                &applied,
+                |o| self.inner.segments.segment_start(o),
+                &mut batch,
+            );
+            state.pending = batch;
+            write::commit_pending(&self.inner.index, &mut state)?;
+            drop(state);
+            progress(last, end);
+        }
+        // Everything up to the end is folded (padding at the very end is
+        // stepped over without a record to say so).
+        let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        state.checkpoint.next_offset = state.checkpoint.next_offset.max(end);
+        let batch = std::mem::take(&mut state.pending);
+        state.pending_records = 0;
+        self.inner.index.commit(batch, &state.checkpoint)?;
+        drop(state);
+        progress(end, end);
+        Ok(())
     }
 
     /// The log's segments, for readers in this crate.
@@ -406,7 +460,14 @@ impl Db {
 
     /// Counts for status displays.
     pub fn status(&self) -> Status {
+        let files = self.inner.segments.file_sizes();
         let state = self.state();
+        let erased = state.erased_total();
+        let sealed = files.len().saturating_sub(1);
+        let reclaimable_bytes = files[..sealed]
+            .iter()
+            .map(|(start, size)| size.saturating_sub(state.live.get(start).copied().unwrap_or(0)))
+            .sum();
         Status {
             dir: self.inner.dir.clone(),
             feed_id: self.feed_id(),
@@ -415,6 +476,10 @@ impl Db {
             entries: state.checkpoint.entries,
             feeds: state.heads.len(),
             forked_feeds: state.forks.len(),
+            disk_bytes: files.iter().map(|(_, size)| size).sum(),
+            erased_entries: erased.entries,
+            erased_bytes: erased.bytes,
+            reclaimable_bytes,
             recovery: self.inner.recovery.clone(),
         }
     }

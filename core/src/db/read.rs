@@ -25,7 +25,7 @@ impl Db {
 
     /// The log offset of `feed`'s entry at `seq`: its run, then a skip over
     /// the frame headers before it.
-    fn offset_of(&self, feed: &FeedId, seq: u64) -> Result<Option<u64>, StoreError> {
+    pub(super) fn offset_of(&self, feed: &FeedId, seq: u64) -> Result<Option<u64>, StoreError> {
         let run = self.run_for(feed, seq)?;
         self.offset_in_run(run, seq)
     }
@@ -75,7 +75,9 @@ impl Db {
     pub(super) fn entry_at(&self, offset: u64) -> Result<Entry, StoreError> {
         match self.record_at(offset)?.body {
             RecordBody::Entry(e) => Ok(e),
-            RecordBody::Fork(_) => Err(StoreError::IndexDamaged("index points at a fork proof")),
+            _ => Err(StoreError::IndexDamaged(
+                "index points at a record that is not an entry",
+            )),
         }
     }
 

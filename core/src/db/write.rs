@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use rayon::prelude::*;
 
-use crate::entry::{Entry, EntryId, HEADER_VERSION, Hash, Header};
+use crate::entry::{Entry, EntryId, HEADER_VERSION, Hash, Header, Payload};
 use crate::error::{AppendError, StoreError};
 use crate::index::{Index, IndexState};
-use crate::log::{LogRecord, LogWriter, RecordBody, encode_record};
+use crate::log::{Edited, LogRecord, LogWriter, RecordBody, encode_record};
+use crate::system::SystemPayload;
 use crate::validate::EntryError;
 
+use super::delete::{DeletionIssue, Plan, account};
 use super::{Db, Inner, now_ms};
 
 /// Index changes are committed to sled once this many records are pending
@@ -125,6 +127,20 @@ impl Db {
             headers.push(header);
             ids.push(id);
         }
+        // System payloads (deletions) must follow their rules here, before
+        // anything is written.
+        let first_seq = seq + 1 - payloads.len() as u64;
+        let batch: Vec<(EntryId, &[u8])> = ids
+            .iter()
+            .copied()
+            .zip(payloads.iter().map(Vec::as_slice))
+            .collect();
+        for (i, p) in payloads.iter().enumerate() {
+            if SystemPayload::is_system(p) {
+                let at = first_seq + i as u64;
+                self.check_own_system_payload(p, at, first_seq, &batch[..i])?;
+            }
+        }
         let key = &self.inner.key;
         let signatures: Vec<_> = if parallel {
             ids.par_iter().map(|id| key.sign(&id.0)).collect()
@@ -138,7 +154,7 @@ impl Db {
             .map(|((header, signature), payload)| Entry {
                 header,
                 signature,
-                payload: Some(payload),
+                payload: Payload::Held(payload),
             })
             .collect();
         let records: Vec<RecordBody> = entries.into_iter().map(RecordBody::Entry).collect();
@@ -160,17 +176,30 @@ impl Db {
             .collect())
     }
 
-    /// Write records durably, publish the new end, fold them into the
-    /// index, release the writer, then run the watch callbacks.
+    /// Write records durably, apply the edits the deletions and forget
+    /// markers among them call for, publish the new end, fold them into
+    /// the index, release the writer, then run the watch callbacks.
     ///
     /// The end is published before the index changes, so a reader that
     /// finds a record in the index always finds it below the end; the
-    /// callbacks run with no lock held, so they may read or append.
+    /// edits are done before either, so no reader ever sees a deleted
+    /// payload once its deletion is visible; the callbacks run with no
+    /// lock held, so they may read or append.
     pub(super) fn write_records(
+        &self,
+        writer: MutexGuard<'_, Writer>,
+        records: Vec<RecordBody>,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        Ok(self.write_records_reporting(writer, records)?.0)
+    }
+
+    /// [`Db::write_records`], also returning the deletions among the
+    /// records that had no effect (or not all of it), and why.
+    pub(super) fn write_records_reporting(
         &self,
         mut writer: MutexGuard<'_, Writer>,
         records: Vec<RecordBody>,
-    ) -> Result<Vec<LogRecord>, StoreError> {
+    ) -> Result<(Vec<LogRecord>, Vec<DeletionIssue>), StoreError> {
         let mut buf = Vec::new();
         let mut lens = Vec::with_capacity(records.len());
         for r in &records {
@@ -194,13 +223,31 @@ impl Db {
                 body,
             })
             .collect();
+        let edited = self.edit_for(&mut writer, &stored);
+        let (plan, applied) = match edited {
+            Ok(x) => x,
+            Err(e) => {
+                // The records are durable; their edits are finished when
+                // the database is opened again.
+                writer.poisoned = true;
+                return Err(e);
+            }
+        };
         self.inner.watch.advance(writer.log.end());
         {
             let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
             let mut pending = std::mem::take(&mut state.pending);
             for rec in &stored {
-                state.apply(rec, &mut pending);
+                let segment = self.inner.segments.segment_start(rec.offset);
+                state.apply(rec, segment, &mut pending);
             }
+            account(
+                &mut state,
+                &plan,
+                &applied,
+                |o| self.inner.segments.segment_start(o),
+                &mut pending,
+            );
             state.pending = pending;
             state.pending_records += stored.len();
             if state.pending_records >= INDEX_COMMIT_RECORDS
@@ -213,7 +260,26 @@ impl Db {
         }
         drop(writer);
         self.inner.watch.notify();
-        Ok(stored)
+        Ok((stored, plan.issues))
+    }
+
+    /// Plan and apply the edits `records` call for (see `delete.rs`).
+    pub(super) fn edit_for(
+        &self,
+        writer: &mut MutexGuard<'_, Writer>,
+        records: &[LogRecord],
+    ) -> Result<(Plan, Vec<Edited>), StoreError> {
+        let plan = self.plan_edits(records)?;
+        for issue in &plan.issues {
+            tracing::warn!(
+                feed = %issue.feed.fmt_short(),
+                seq = issue.seq,
+                error = %issue.error,
+                "a deletion has no effect"
+            );
+        }
+        let applied = writer.log.rewrite(&plan.edits)?;
+        Ok((plan, applied))
     }
 
     /// Block until the log end passes `offset` or `timeout` elapses.
@@ -235,7 +301,7 @@ impl Db {
 }
 
 /// Commit the pending index changes with the current checkpoint.
-fn commit_pending(index: &Index, state: &mut IndexState) -> Result<(), StoreError> {
+pub(super) fn commit_pending(index: &Index, state: &mut IndexState) -> Result<(), StoreError> {
     state.pending_records = 0;
     if state.pending.is_empty() {
         return Ok(());

@@ -34,10 +34,11 @@ use std::path::{Path, PathBuf};
 
 pub use self::read::LogIter;
 pub(crate) use self::read::Segments;
-pub(crate) use self::record::encode_record;
-pub(crate) use self::write::LogWriter;
+pub(crate) use self::record::{encode_record, live_len_of_body, payload_room};
+pub(crate) use self::write::{Edit, Edited, LogWriter};
 use crate::entry::{Entry, ForkProof};
 use crate::error::StoreError;
+use crate::keys::FeedId;
 
 /// Bytes of framing before each record body.
 pub const FRAME_LEN: u64 = 8;
@@ -53,15 +54,24 @@ const PREALLOC_CHUNK: u64 = 1024 * 1024;
 
 const KIND_ENTRY: u8 = 1;
 const KIND_FORK: u8 = 2;
+/// A dropped record's bytes: skipped by every reader.
+const KIND_PADDING: u8 = 3;
+/// A local marker: this node forgot a feed.
+const KIND_FORGET: u8 = 4;
 const SEG_EXT: &str = "seg";
 
 /// What a record holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecordBody {
     /// An entry of some feed.
     Entry(Entry),
     /// Proof that a feed forked.
     Fork(ForkProof),
+    /// This node forgot a feed (`Db::forget`): its earlier records were
+    /// dropped from the log, and views drop what they folded of it. Local:
+    /// never sent to peers.
+    Forget(FeedId),
 }
 
 /// One record of the log, with its position.
@@ -80,7 +90,7 @@ impl LogRecord {
     pub fn entry(&self) -> Option<&Entry> {
         match &self.body {
             RecordBody::Entry(e) => Some(e),
-            RecordBody::Fork(_) => None,
+            _ => None,
         }
     }
 }

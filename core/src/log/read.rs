@@ -7,7 +7,7 @@ use std::io::{BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::record::read_frame;
+use super::record::{Decoded, read_frame};
 use super::{FRAME_LEN, LogRecord, MAX_BODY_LEN, io_err, segment_path};
 use crate::error::StoreError;
 
@@ -28,6 +28,11 @@ impl Segments {
             starts: RwLock::new(starts),
             files: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The start of the segment holding `offset`.
+    pub(crate) fn segment_start(&self, offset: u64) -> u64 {
+        self.segment_for(offset).unwrap_or(0)
     }
 
     fn segment_for(&self, offset: u64) -> Option<u64> {
@@ -79,11 +84,57 @@ impl Segments {
         let (n, body) = read_frame(&mut record.as_slice(), record.len() as u64)
             .map_err(corrupt)?
             .ok_or_else(|| corrupt("empty record".into()))?;
-        Ok(LogRecord {
-            offset,
-            next_offset: offset + n,
-            body,
-        })
+        match body {
+            Decoded::Record(body) => Ok(LogRecord {
+                offset,
+                next_offset: offset + n,
+                body,
+            }),
+            Decoded::Padding => Err(corrupt("the record there was dropped".into())),
+        }
+    }
+
+    /// The raw frame and body of the record at `offset` (below `end`), for
+    /// rewriting it in place.
+    pub(crate) fn read_raw(&self, offset: u64, end: u64) -> Result<(u32, Vec<u8>), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let corrupt = |reason: String| StoreError::Corrupt { offset, reason };
+        if offset >= end {
+            return Err(corrupt("offset is past the end of the log".into()));
+        }
+        let start = self
+            .segment_for(offset)
+            .ok_or_else(|| corrupt("no segment holds this offset".into()))?;
+        let file = self.file(start)?;
+        let mut frame = [0u8; FRAME_LEN as usize];
+        file.read_exact_at(&mut frame, offset - start)
+            .map_err(|e| corrupt(format!("read failed: {e}")))?;
+        let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        if len == 0 || len > MAX_BODY_LEN || offset + FRAME_LEN + u64::from(len) > end {
+            return Err(corrupt(format!("impossible record length {len}")));
+        }
+        let mut body = vec![0u8; len as usize];
+        file.read_exact_at(&mut body, offset - start + FRAME_LEN)
+            .map_err(|e| corrupt(format!("read failed: {e}")))?;
+        Ok((crc, body))
+    }
+
+    /// Each segment's start and the size of its file (0 if it cannot be
+    /// read), in offset order.
+    pub(crate) fn file_sizes(&self) -> Vec<(u64, u64)> {
+        let starts = self
+            .starts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        starts
+            .into_iter()
+            .map(|start| {
+                let size = std::fs::metadata(segment_path(&self.dir, start)).map_or(0, |m| m.len());
+                (start, size)
+            })
+            .collect()
     }
 
     /// The offset `n` records after the record at `offset`, reading only
@@ -178,7 +229,22 @@ impl LogIter {
 impl Iterator for LogIter {
     type Item = Result<LogRecord, StoreError>;
 
+    /// The next record; dropped records (padding) are stepped over.
     fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.step()? {
+                Ok(Some(rec)) => return Some(Ok(rec)),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+impl LogIter {
+    /// The next record, `Ok(None)` for padding (already stepped over), or
+    /// `None` at the end.
+    fn step(&mut self) -> Option<Result<Option<LogRecord>, StoreError>> {
         if self.failed || self.offset >= self.end {
             return None;
         }
@@ -189,11 +255,16 @@ impl Iterator for LogIter {
                     if offset < *seg_end {
                         let available = *seg_end - offset;
                         return match read_frame(reader, available) {
-                            Ok(Some((n, body))) => Ok(LogRecord {
+                            Ok(Some((n, Decoded::Record(body)))) => Ok(Some(LogRecord {
                                 offset,
                                 next_offset: offset + n,
                                 body,
-                            }),
+                            })),
+                            // A dropped record: step over it.
+                            Ok(Some((n, Decoded::Padding))) => {
+                                self.offset = offset + n;
+                                Ok(None)
+                            }
                             Ok(None) => Err(StoreError::Corrupt {
                                 offset,
                                 reason: "unexpected end of segment".into(),
@@ -235,10 +306,11 @@ impl Iterator for LogIter {
             }
         })();
         match res {
-            Ok(rec) => {
+            Ok(Some(rec)) => {
                 self.offset = rec.next_offset;
-                Some(Ok(rec))
+                Some(Ok(Some(rec)))
             }
+            Ok(None) => Some(Ok(None)),
             Err(e) => {
                 self.failed = true;
                 Some(Err(e))

@@ -1,10 +1,32 @@
-//! The record format: how an entry or a fork proof is laid out in the log
-//! (see the module docs of [`crate::log`]), and reading one frame back.
+//! The record format: how an entry, a fork proof, a local forget marker or
+//! the padding left by a dropped record is laid out in the log (see the
+//! module docs of [`crate::log`]), reading one frame back, and the two
+//! in-place rewrites a record may undergo (erasing its payload, dropping
+//! it), which keep its length and so every offset.
 
 use std::io::Read;
 
-use super::{FRAME_LEN, KIND_ENTRY, KIND_FORK, MAX_BODY_LEN, RecordBody};
-use crate::entry::{Entry, ForkProof, Header, MAX_HEADER_LEN, UncheckedForkProof};
+use super::{
+    FRAME_LEN, KIND_ENTRY, KIND_FORGET, KIND_FORK, KIND_PADDING, MAX_BODY_LEN, RecordBody,
+};
+use crate::entry::{Entry, ForkProof, Header, MAX_HEADER_LEN, Payload, UncheckedForkProof};
+use crate::keys::FeedId;
+
+/// Payload flag: no payload bytes follow.
+const PAYLOAD_ABSENT: u8 = 0;
+/// Payload flag: the payload's bytes follow.
+const PAYLOAD_HELD: u8 = 1;
+/// Payload flag: erased; what follows (the old payload's room, or nothing
+/// for an entry stored erased) is zeros.
+const PAYLOAD_ERASED: u8 = 2;
+
+/// A decoded record body: a record, or the padding of a dropped one.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Padding is the rare case.
+pub(crate) enum Decoded {
+    Record(RecordBody),
+    Padding,
+}
 
 /// Encode a record body for an entry.
 pub(crate) fn encode_entry_body(entry: &Entry, out: &mut Vec<u8>) {
@@ -14,11 +36,12 @@ pub(crate) fn encode_entry_body(entry: &Entry, out: &mut Vec<u8>) {
     out.extend_from_slice(&header);
     out.extend_from_slice(&entry.signature.to_bytes());
     match &entry.payload {
-        Some(p) => {
-            out.push(1);
+        Payload::Held(p) => {
+            out.push(PAYLOAD_HELD);
             out.extend_from_slice(p);
         }
-        None => out.push(0),
+        Payload::Absent => out.push(PAYLOAD_ABSENT),
+        Payload::Erased => out.push(PAYLOAD_ERASED),
     }
 }
 
@@ -32,6 +55,10 @@ pub(crate) fn encode_record(body: &RecordBody, out: &mut Vec<u8>) {
             out.push(KIND_FORK);
             out.extend_from_slice(&postcard::to_stdvec(p).unwrap_or_default());
         }
+        RecordBody::Forget(feed) => {
+            out.push(KIND_FORGET);
+            out.extend_from_slice(feed.as_bytes());
+        }
     }
     let body_len = (out.len() - start) as u64 - FRAME_LEN;
     let crc = crc32fast::hash(&out[start + FRAME_LEN as usize..]);
@@ -39,8 +66,58 @@ pub(crate) fn encode_record(body: &RecordBody, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Where the payload flag of an entry body sits (`None` if `body` is not an
+/// entry body long enough to have one).
+fn payload_flag_at(body: &[u8]) -> Option<usize> {
+    if body.first() != Some(&KIND_ENTRY) || body.len() < 3 {
+        return None;
+    }
+    let header_len = u16::from_le_bytes([body[1], body[2]]) as usize;
+    let at = 3 + header_len + 64;
+    (at < body.len()).then_some(at)
+}
+
+/// The body an entry body becomes when its payload is erased in place:
+/// the same length, the flag set to erased, the payload's bytes zeroed.
+/// `None` if `body` is not an entry body.
+pub(crate) fn erased_body(body: &[u8]) -> Option<Vec<u8>> {
+    let at = payload_flag_at(body)?;
+    let mut out = body.to_vec();
+    out[at] = PAYLOAD_ERASED;
+    out[at + 1..].fill(0);
+    Some(out)
+}
+
+/// The bytes of an erased entry's body that held its payload (0 for any
+/// other body): what compaction gives back.
+pub(crate) fn payload_room(body: &[u8]) -> u64 {
+    match payload_flag_at(body) {
+        Some(at) if body[at] == PAYLOAD_ERASED => (body.len() - at - 1) as u64,
+        _ => 0,
+    }
+}
+
+/// The bytes a record with this body keeps after compaction (its
+/// compacted frame, its body without an erased payload's room; nothing for
+/// padding).
+pub(crate) fn live_len_of_body(body: &[u8]) -> u64 {
+    if body.first() == Some(&KIND_PADDING) {
+        return 0;
+    }
+    crate::index::COMPACT_FRAME_LEN + body.len() as u64 - payload_room(body)
+}
+
+/// The body a record of `len` bytes becomes when it is dropped: padding.
+pub(crate) fn padding_body(len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    if let Some(first) = out.first_mut() {
+        *first = KIND_PADDING;
+    }
+    out
+}
+
 /// Decode a record body (already checksummed).
-pub(crate) fn decode_body(body: &[u8]) -> Result<RecordBody, &'static str> {
+pub(crate) fn decode_body(body: &[u8]) -> Result<Decoded, &'static str> {
     let (&kind, rest) = body.split_first().ok_or("empty record")?;
     match kind {
         KIND_ENTRY => {
@@ -59,15 +136,17 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<RecordBody, &'static str> {
             let signature = ed25519_dalek::Signature::from_bytes(&sig);
             let rest = &rest[header_len + 64..];
             let payload = match rest[0] {
-                0 if rest.len() == 1 => None,
-                1 => Some(rest[1..].to_vec()),
+                PAYLOAD_ABSENT if rest.len() == 1 => Payload::Absent,
+                PAYLOAD_HELD => Payload::Held(rest[1..].to_vec()),
+                PAYLOAD_ERASED if rest[1..].iter().all(|&b| b == 0) => Payload::Erased,
+                PAYLOAD_ERASED => return Err("erased payload not zeroed"),
                 _ => return Err("bad payload flag"),
             };
-            Ok(RecordBody::Entry(Entry {
+            Ok(Decoded::Record(RecordBody::Entry(Entry {
                 header,
                 signature,
                 payload,
-            }))
+            })))
         }
         KIND_FORK => {
             let (parts, left) = postcard::take_from_bytes::<UncheckedForkProof>(rest)
@@ -75,8 +154,16 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<RecordBody, &'static str> {
             if !left.is_empty() {
                 return Err("trailing bytes after fork proof");
             }
-            Ok(RecordBody::Fork(ForkProof::from_stored(parts)?))
+            Ok(Decoded::Record(RecordBody::Fork(ForkProof::from_stored(
+                parts,
+            )?)))
         }
+        KIND_FORGET => {
+            let bytes: [u8; 32] = rest.try_into().map_err(|_| "bad forget marker")?;
+            Ok(Decoded::Record(RecordBody::Forget(FeedId(bytes))))
+        }
+        KIND_PADDING if rest.iter().all(|&b| b == 0) => Ok(Decoded::Padding),
+        KIND_PADDING => Err("padding not zeroed"),
         _ => Err("unknown record kind"),
     }
 }
@@ -86,7 +173,7 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<RecordBody, &'static str> {
 pub(crate) fn read_frame(
     reader: &mut impl Read,
     available: u64,
-) -> Result<Option<(u64, RecordBody)>, String> {
+) -> Result<Option<(u64, Decoded)>, String> {
     if available == 0 {
         return Ok(None);
     }
@@ -134,7 +221,9 @@ pub(crate) fn find_intact_record_after(data: &[u8], from: u64) -> Option<u64> {
         let body = &bytes[i + 8..i + 8 + body_len];
         let plausible = match body[0] {
             KIND_ENTRY => body.len() > 3 && body[3] == crate::entry::HEADER_VERSION,
-            KIND_FORK => true,
+            KIND_FORK | KIND_FORGET => true,
+            // Padding is all zeros past its kind: too easy to find by
+            // accident in zeroed space to count as an intact record.
             _ => false,
         };
         if !plausible {

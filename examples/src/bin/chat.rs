@@ -235,7 +235,7 @@ fn print_message(record: &LogRecord) -> anyhow::Result<()> {
     let Some(entry) = record.entry() else {
         return Ok(()); // a fork proof
     };
-    if let Some(msg) = entry.payload.as_deref().and_then(ChatMessage::from_payload) {
+    if let Some(msg) = entry.payload.bytes().and_then(ChatMessage::from_payload) {
         say(msg.format(entry.header.timestamp))?;
     }
     Ok(())

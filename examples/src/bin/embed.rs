@@ -117,7 +117,7 @@ fn main() -> anyhow::Result<()> {
     for _ in &appended {
         let record = tail.next_timeout(wait).context("no news from the log")??;
         if let Some(entry) = record.entry() {
-            let payload = entry.payload.as_deref().unwrap_or_default();
+            let payload = entry.payload.bytes().unwrap_or_default();
             println!(
                 "  seq {}: {}",
                 entry.header.seq,

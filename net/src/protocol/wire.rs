@@ -25,11 +25,17 @@
 //! assert_eq!(decode_request(&bytes, &Limits::default()).unwrap(), req);
 //! ```
 
-use kappadb_core::{Entry, EntryId, FeedId, UncheckedForkProof};
+use kappadb_core::{Entry, EntryId, FeedId, Payload, UncheckedForkProof};
 use serde::{Deserialize, Serialize};
 
-/// The libp2p protocol name of the sync protocol, version 1.
-pub const PROTOCOL_NAME: &str = "/kappadb/sync/1";
+/// The libp2p protocol name of the sync protocol, version 2: version 1
+/// plus erased entries (an entry's payload may be `Payload::Erased`).
+pub const PROTOCOL_NAME: &str = "/kappadb/sync/2";
+
+/// Version 1 of the sync protocol, still spoken to peers that know no
+/// other: the same messages, but an erased entry goes out as one whose
+/// payload is not held, which a version 1 peer understands.
+pub const PROTOCOL_V1: &str = "/kappadb/sync/1";
 
 /// Default number of entries in one page.
 pub const MAX_PAGE_ENTRIES: u64 = 512;
@@ -90,7 +96,7 @@ impl Limits {
 /// on both sides.
 pub fn entry_wire_size(entry: &Entry) -> usize {
     // Header (at most ~130 bytes), signature (64), option tag and length.
-    256 + entry.payload.as_ref().map_or(0, Vec::len)
+    256 + entry.payload.bytes().map_or(0, <[u8]>::len)
 }
 
 /// One feed's head as a peer holds it.
@@ -191,6 +197,24 @@ pub struct Announce {
     /// Fork proofs (at most [`MAX_FORK_PROOFS_PER_ANNOUNCE`]; checked by
     /// the receiver).
     pub forks: Vec<UncheckedForkProof>,
+}
+
+impl Response {
+    /// This response as a peer speaking version 1 of the protocol can
+    /// read it: erased payloads become absent ones.
+    pub fn for_v1(self) -> Response {
+        match self {
+            Response::Page(mut page) => {
+                for e in &mut page.entries {
+                    if e.payload.is_erased() {
+                        e.payload = Payload::Absent;
+                    }
+                }
+                Response::Page(page)
+            }
+            other => other,
+        }
+    }
 }
 
 /// Bytes that are not a valid message.

@@ -18,16 +18,27 @@
 //! link is remembered (the "superseded" set) and such an op never becomes a
 //! head.
 //!
+//! Deleting an op (its author's deletion entry, or this node forgetting its
+//! feed) recomputes the key as if the op had never existed: the ops it
+//! superseded may become heads again. So the view keeps, besides the heads,
+//! which ops each key holds and what each op linked.
+//!
 //! Keys (in the view's key space):
 //!
 //! ```text
-//! 'k' | escaped(key)             -> postcard(KvRecord { heads, linked })
-//! 's' | escaped(key) | id (32)   -> ""   an op on `key` that some op on `key` links
+//! 'k' | escaped(key)                      -> postcard(KvRecord { heads, linked, history })
+//! 's' | escaped(key) | id (32)            -> count (u32 BE): ops on `key` that link `id`
+//! 'o' | escaped(key) | author | seq BE    -> postcard(Vec<u64>): older seqs of the author's ops on `key`
+//! 'u' | author | seq / 64 BE              -> undo: each op's key and links (module `undo`)
 //! ```
 //!
 //! `heads` is sorted by `(timestamp, author, seq)`; `linked` says whether
-//! any op on the key has links (so the `'s'` keys need to be looked at). A
-//! record exists iff the key has heads or links.
+//! any op on the key has links (so the `'s'` keys need to be looked at);
+//! `history` holds, per author, the seqs of its ops on the key that are
+//! not deleted (the newest [`HISTORY_INLINE`] or so inline, older ones in
+//! `'o'` chunks named by their first seq). A record exists iff the key has
+//! ops or links. Only an author's newest op on a key can be a head, so a
+//! recomputation reads (from the log) one op per author.
 //!
 //! Values are stored as canonical JSON text (object keys sorted).
 //!
@@ -35,8 +46,6 @@
 //! let payload = kappadb_views::kv::put_payload("color", &serde_json::json!("blue"), &[]);
 //! assert_eq!(payload, br#"{"key":"color","type":"kv.put","value":"blue"}"#);
 //! ```
-
-use std::collections::HashMap;
 
 use kappadb_core::{EntryId, FeedId};
 use serde::{Deserialize, Serialize};
@@ -46,10 +55,12 @@ use crate::encoding::{canonical_json, put_escaped, put_escaped_prefix, take_esca
 use crate::error::ViewError;
 use crate::view::{View, ViewReader, ViewRecord, ViewTx};
 
+mod fold;
+
 /// The kv view's name.
 pub const NAME: &str = "kv";
-/// The kv view's version.
-pub const VERSION: u32 = 1;
+/// The kv view's version (2: history and undo records, deletions).
+pub const VERSION: u32 = 2;
 /// Payload type of a put.
 pub const PUT: &str = "kv.put";
 /// Payload type of a delete.
@@ -57,6 +68,12 @@ pub const DEL: &str = "kv.del";
 
 const RECORD: u8 = b'k';
 const SUPERSEDED: u8 = b's';
+const CHUNK: u8 = b'o';
+const UNDO: &[u8] = b"u";
+
+/// An author's newest op seqs on a key kept in its record; twice this many
+/// move the older half to a chunk.
+pub const HISTORY_INLINE: usize = 64;
 
 /// The built-in `kv` view.
 #[derive(Clone, Copy, Debug, Default)]
@@ -79,6 +96,26 @@ struct KvRecord {
     heads: Vec<StoredHead>,
     /// Some op on this key has links: superseded ids may be stored.
     linked: bool,
+    /// Per author (sorted by author), the seqs of its ops on this key.
+    history: Vec<History>,
+}
+
+/// One author's ops on a key. Field order is part of the view's format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct History {
+    author: FeedId,
+    /// The newest seqs, ascending.
+    recent: Vec<u64>,
+    /// How many older seqs sit in `'o'` chunks.
+    spilled: u64,
+}
+
+/// What the kv view keeps to undo an op. Field order is part of the
+/// view's format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Undo {
+    key: String,
+    links: Vec<EntryId>,
 }
 
 impl StoredHead {
@@ -94,7 +131,11 @@ struct Op<'a> {
 }
 
 fn parse_op(record: &ViewRecord) -> Option<Op<'_>> {
-    let obj = record.json()?.as_object()?;
+    parse_op_json(record.json()?)
+}
+
+fn parse_op_json(json: &Value) -> Option<Op<'_>> {
+    let obj = json.as_object()?;
     let is_put = match obj.get("type")?.as_str()? {
         PUT => true,
         DEL => false,
@@ -135,6 +176,14 @@ fn superseded_key(key: &str, id: &EntryId) -> Vec<u8> {
     out
 }
 
+fn chunk_prefix(key: &str, author: &FeedId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 43);
+    out.push(CHUNK);
+    put_escaped(&mut out, key.as_bytes());
+    out.extend_from_slice(author.as_bytes());
+    out
+}
+
 fn decode_record(bytes: &[u8]) -> Result<KvRecord, ViewError> {
     postcard::from_bytes(bytes).map_err(|_| ViewError::damaged(NAME, "a kv record does not decode"))
 }
@@ -153,108 +202,8 @@ impl View for KvView {
     }
 
     fn apply(&self, batch: &[ViewRecord], tx: &mut ViewTx<'_>) -> Result<(), ViewError> {
-        let mut ops = Vec::with_capacity(batch.len());
-        for record in batch {
-            match parse_op(record) {
-                Some(op) => ops.push((record, op)),
-                None => tx.skip(),
-            }
-        }
-        if ops.len() < PARALLEL_MIN || parallelism() < 2 {
-            return fold_ops(ops.iter(), tx);
-        }
-        // Ops on different keys commute and touch disjoint keys: fold two
-        // halves of the key space on two threads (sled reads run in
-        // parallel), then commit them together.
-        let mut fork = tx.fork();
-        let in_fork = |op: &Op<'_>| key_hash(op.key) & 1 == 1;
-        std::thread::scope(|s| {
-            let forked = s.spawn(|| fold_ops(ops.iter().filter(|(_, op)| in_fork(op)), &mut fork));
-            let here = fold_ops(ops.iter().filter(|(_, op)| !in_fork(op)), tx);
-            let there = forked
-                .join()
-                .unwrap_or_else(|_| Err(ViewError::fold(NAME, "the fold panicked")));
-            here.and(there)
-        })?;
-        tx.absorb(fork);
-        Ok(())
+        fold::apply(batch, tx)
     }
-}
-
-/// Below this many ops a batch is folded on one thread.
-const PARALLEL_MIN: usize = 512;
-
-fn parallelism() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// FNV-1a: which half of the key space a key falls in.
-fn key_hash(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// Fold ops (in log order) into `tx`. Each key's record is read once, in
-/// key order (neighbouring keys share sled pages), changed in memory by
-/// every op on it, and written once.
-fn fold_ops<'r>(
-    ops: impl Iterator<Item = &'r (&'r ViewRecord, Op<'r>)>,
-    tx: &mut ViewTx<'_>,
-) -> Result<(), ViewError> {
-    let ops: Vec<&(&ViewRecord, Op<'_>)> = ops.collect();
-    let mut keys: Vec<&str> = ops.iter().map(|(_, op)| op.key).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    // Key -> (record, whether it was stored before this batch).
-    let mut records: HashMap<&str, (KvRecord, bool)> = HashMap::with_capacity(keys.len());
-    for key in keys {
-        let entry = match tx.get(&record_key(key))? {
-            Some(bytes) => (decode_record(&bytes)?, true),
-            None => (KvRecord::default(), false),
-        };
-        records.insert(key, entry);
-    }
-    for (record, op) in ops {
-        let Some((rec, _)) = records.get_mut(op.key) else {
-            continue;
-        };
-        // The author's earlier ops on this key: a feed arrives in seq
-        // order, so every head of this author is older.
-        rec.heads.retain(|h| h.author != record.author);
-        // Whether an op folded earlier links this one.
-        let superseded = rec.linked && tx.contains_key(&superseded_key(op.key, &record.id))?;
-        for link in &op.links {
-            tx.insert(superseded_key(op.key, link), Vec::new());
-            rec.heads.retain(|h| h.id != *link);
-            rec.linked = true;
-        }
-        if !superseded {
-            let head = StoredHead {
-                timestamp: record.timestamp,
-                author: record.author,
-                seq: record.seq,
-                id: record.id,
-                value: op.value.map(canonical_json),
-            };
-            let at = rec.heads.partition_point(|h| h.order() < head.order());
-            rec.heads.insert(at, head);
-        }
-    }
-    for (key, (rec, existed)) in records {
-        let rkey = record_key(key);
-        if rec.heads.is_empty() && !rec.linked {
-            if existed {
-                tx.remove(&rkey);
-            }
-        } else {
-            let bytes =
-                postcard::to_stdvec(&rec).map_err(|e| ViewError::damaged(NAME, e.to_string()))?;
-            tx.insert(&rkey, bytes);
-        }
-    }
-    Ok(())
 }
 
 /// One head of a key: an op no other known op supersedes.
