@@ -351,7 +351,7 @@ pub(super) fn account(
                 if let Some((feed, bytes)) = plan.erasing.get(&offset) {
                     state.note_erased(*feed, *bytes, batch);
                 }
-                let room = crate::log::payload_room(&done.before);
+                let room = crate::log::payload_bytes_in(&done.before);
                 state.add_live(segment_of(offset), -(room as i64), batch);
             }
             Edit::Drop(offset) => {

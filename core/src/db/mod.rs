@@ -27,6 +27,7 @@
 //! assert_eq!(entry.id(), appended.id);
 //! ```
 
+mod compact;
 mod delete;
 mod ingest;
 mod read;
@@ -38,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use self::compact::CompactReport;
 pub use self::delete::{DeletionIssue, ForgetError};
 pub use self::ingest::IngestReport;
 pub use self::write::Appended;

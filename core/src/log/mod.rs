@@ -25,6 +25,7 @@
 //! `read.rs` (`Segments`, `LogIter`: readers, any number), `write.rs`
 //! (`LogWriter`: the one writer, preallocation, rolling, tail recovery).
 
+mod compact;
 mod read;
 mod record;
 mod write;
@@ -32,9 +33,10 @@ mod write;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+pub(crate) use self::compact::{SourceSegment, compact_segment};
 pub use self::read::LogIter;
 pub(crate) use self::read::Segments;
-pub(crate) use self::record::{encode_record, live_len_of_body, payload_room};
+pub(crate) use self::record::{encode_record, live_len_of_body, payload_bytes_in};
 pub(crate) use self::write::{Edit, Edited, LogWriter};
 use crate::entry::{Entry, ForkProof};
 use crate::error::StoreError;
@@ -132,7 +134,10 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
         let item = item.map_err(io_err(dir))?;
         let name = item.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(stem) = name.strip_suffix(".seg") else {
+        let Some(stem) = name
+            .strip_suffix(".seg")
+            .or_else(|| name.strip_suffix(".cseg"))
+        else {
             continue;
         };
         if let Ok(start) = stem.parse::<u64>() {
@@ -140,5 +145,6 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
         }
     }
     starts.sort_unstable();
+    starts.dedup();
     Ok(starts)
 }

@@ -97,6 +97,21 @@ pub(crate) fn payload_room(body: &[u8]) -> u64 {
     }
 }
 
+/// The bytes after an entry body's payload flag (its payload, or the room
+/// an erased payload left): what erasing it gives back to compaction.
+pub(crate) fn payload_bytes_in(body: &[u8]) -> u64 {
+    payload_flag_at(body).map_or(0, |at| (body.len() - at - 1) as u64)
+}
+
+/// How much of an erased entry's body a compacted segment keeps: up to
+/// and with its payload flag. `None` for any other body (kept whole).
+pub(crate) fn erased_len(body: &[u8]) -> Option<usize> {
+    match payload_flag_at(body) {
+        Some(at) if body[at] == PAYLOAD_ERASED => Some(at + 1),
+        _ => None,
+    }
+}
+
 /// The bytes a record with this body keeps after compaction (its
 /// compacted frame, its body without an erased payload's room; nothing for
 /// padding).

@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use super::compact::{CompactMap, compact_path};
 use super::read::Segments;
 use super::record::{erased_body, find_intact_record_after, padding_body, read_frame};
 use super::{FRAME_LEN, PREALLOC_CHUNK, Recovery, io_err, list_segments, segment_path, sync_dir};
@@ -72,6 +73,24 @@ pub(crate) struct Edited {
     pub(crate) before: Vec<u8>,
 }
 
+/// Tidy up after compactions a crash interrupted: a `.cseg` beside its
+/// `.seg` was put in place (the plain one goes), a `.cseg.tmp` was not
+/// (it goes).
+fn finish_compactions(dir: &Path, starts: &[u64]) -> Result<(), StoreError> {
+    for &start in starts {
+        let tmp = dir.join(format!("{start:020}.cseg.tmp"));
+        if tmp.exists() {
+            fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+        }
+        let plain = segment_path(dir, start);
+        if compact_path(dir, start).exists() && plain.exists() {
+            fs::remove_file(&plain).map_err(io_err(&plain))?;
+            sync_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
 /// Are all bytes of `path` from `from` on zero?
 fn zeros_after(path: &Path, from: u64) -> Result<bool, StoreError> {
     let mut f = File::open(path).map_err(io_err(path))?;
@@ -107,6 +126,7 @@ impl LogWriter {
     ) -> Result<(Self, Option<Recovery>), StoreError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut starts = list_segments(dir)?;
+        finish_compactions(dir, &starts)?;
         // Before anything reads the records: a rewrite a crash cut short
         // leaves a record whose checksum does not match yet.
         let replayed = replay_journal(dir, &starts)?;
@@ -124,6 +144,25 @@ impl LogWriter {
         }
         // Sealed segments must tile the offset space exactly.
         for pair in starts.windows(2) {
+            let cpath = compact_path(dir, pair[0]);
+            if cpath.exists() {
+                let f = File::open(&cpath).map_err(io_err(&cpath))?;
+                let map = CompactMap::load(&f, &cpath)?;
+                if map.start != pair[0] || map.end != pair[1] {
+                    return Err(StoreError::Corrupt {
+                        offset: pair[0],
+                        reason: format!(
+                            "compacted segment {} covers {}..{} but sits between {} and {}",
+                            cpath.display(),
+                            map.start,
+                            map.end,
+                            pair[0],
+                            pair[1]
+                        ),
+                    });
+                }
+                continue;
+            }
             let path = segment_path(dir, pair[0]);
             let mut len = fs::metadata(&path).map_err(io_err(&path))?.len();
             if pair[0] + len > pair[1] && zeros_after(&path, pair[1] - pair[0])? {
@@ -274,7 +313,7 @@ impl LogWriter {
         sorted.sort_by_key(|e| (e.offset(), matches!(e, Edit::Erase(_))));
         sorted.dedup_by_key(|e| e.offset());
         for edit in sorted {
-            let (_, body) = self.segments.read_raw(edit.offset(), end)?;
+            let body = self.segments.read_raw(edit.offset(), end)?.body;
             let after = match edit {
                 Edit::Erase(_) => match erased_body(&body) {
                     Some(b) => b,
@@ -308,7 +347,7 @@ impl LogWriter {
             .iter()
             .map(|(edit, _, after)| (edit.offset(), after.clone()))
             .collect();
-        self.write_bodies(&writes)?;
+        write_bodies(&self.segments, end, &writes)?;
         journal
             .set_len(0)
             .and_then(|_| journal.sync_data())
@@ -317,16 +356,6 @@ impl LogWriter {
             .into_iter()
             .map(|(edit, before, _)| Edited { edit, before })
             .collect())
-    }
-
-    fn write_bodies(&mut self, writes: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
-        let starts = self
-            .segments
-            .starts
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        write_bodies(&self.segments.dir, &starts, writes)
     }
 
     /// The offset the next record will get.
@@ -415,44 +444,37 @@ impl LogWriter {
     }
 }
 
-/// The segment file holding `offset` and the offset's position in it.
-fn locate(
-    dir: &Path,
-    starts: &[u64],
-    offset: u64,
-) -> Result<(std::path::PathBuf, u64), StoreError> {
-    let idx = starts.partition_point(|&s| s <= offset);
-    let start = idx
-        .checked_sub(1)
-        .map(|i| starts[i])
-        .ok_or(StoreError::Corrupt {
-            offset,
-            reason: "no segment holds this offset".into(),
-        })?;
-    Ok((segment_path(dir, start), offset - start))
-}
-
-/// Write new bodies (and their checksums) over records of the same length,
-/// and fsync every file touched.
-fn write_bodies(dir: &Path, starts: &[u64], writes: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+/// Write new bodies (and their checksums) over records of the same length
+/// (below `end`), and fsync every file touched.
+fn write_bodies(
+    segments: &Segments,
+    end: u64,
+    writes: &[(u64, Vec<u8>)],
+) -> Result<(), StoreError> {
     use std::os::unix::fs::FileExt;
     let mut files: Vec<(std::path::PathBuf, File)> = Vec::new();
     for (offset, body) in writes {
-        let (path, pos) = locate(dir, starts, *offset)?;
-        if !files.iter().any(|(p, _)| *p == path) {
+        let raw = segments.read_raw(*offset, end)?;
+        if raw.body.len() != body.len() {
+            return Err(StoreError::Corrupt {
+                offset: *offset,
+                reason: "an in-place rewrite would change the record's length".into(),
+            });
+        }
+        if !files.iter().any(|(p, _)| *p == raw.path) {
             let f = OpenOptions::new()
                 .write(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            files.push((path.clone(), f));
+                .open(&raw.path)
+                .map_err(io_err(&raw.path))?;
+            files.push((raw.path.clone(), f));
         }
-        let Some((_, file)) = files.iter().find(|(p, _)| *p == path) else {
+        let Some((_, file)) = files.iter().find(|(p, _)| *p == raw.path) else {
             continue;
         };
         // The body first, then the checksum that vouches for it.
-        file.write_all_at(body, pos + FRAME_LEN)
-            .and_then(|_| file.write_all_at(&crc32fast::hash(body).to_le_bytes(), pos + 4))
-            .map_err(io_err(&path))?;
+        file.write_all_at(body, raw.body_pos)
+            .and_then(|_| file.write_all_at(&raw.crc_for(body).to_le_bytes(), raw.crc_pos))
+            .map_err(io_err(&raw.path))?;
     }
     for (path, file) in &files {
         file.sync_data().map_err(io_err(path))?;
@@ -464,7 +486,6 @@ fn write_bodies(dir: &Path, starts: &[u64], writes: &[(u64, Vec<u8>)]) -> Result
 /// each journaled edit is worked out again from the record's frame and
 /// header, which no edit changes. Returns how many records were written.
 fn replay_journal(dir: &Path, starts: &[u64]) -> Result<usize, StoreError> {
-    use std::os::unix::fs::FileExt;
     let path = dir.join(JOURNAL);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -474,34 +495,23 @@ fn replay_journal(dir: &Path, starts: &[u64]) -> Result<usize, StoreError> {
     if bytes.is_empty() {
         return Ok(0);
     }
+    let segments = Segments::new(dir.to_path_buf(), starts.to_vec());
+    // Edits only ever name durable records, so their frames are whole.
+    let end = u64::MAX;
     // A torn last entry was never acted on: the journal is fsynced before
     // any record is touched.
     let mut writes = Vec::new();
     for edit in bytes.chunks(13).filter_map(Edit::decode) {
-        let offset = edit.offset();
-        let (seg, pos) = locate(dir, starts, offset)?;
-        let file = File::open(&seg).map_err(io_err(&seg))?;
-        let mut frame = [0u8; FRAME_LEN as usize];
-        file.read_exact_at(&mut frame, pos).map_err(io_err(&seg))?;
-        let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
-        if len == 0 || len > super::MAX_BODY_LEN {
-            return Err(StoreError::Corrupt {
-                offset,
-                reason: format!("a journaled rewrite names a record of length {len}"),
-            });
-        }
-        let mut body = vec![0u8; len as usize];
-        file.read_exact_at(&mut body, pos + FRAME_LEN)
-            .map_err(io_err(&seg))?;
+        let body = segments.read_raw(edit.offset(), end)?.body;
         let after = match edit {
             Edit::Erase(_) => erased_body(&body),
             Edit::Drop(_) => Some(padding_body(body.len())),
         };
         if let Some(after) = after {
-            writes.push((offset, after));
+            writes.push((edit.offset(), after));
         }
     }
-    write_bodies(dir, starts, &writes)?;
+    write_bodies(&segments, end, &writes)?;
     let f = OpenOptions::new()
         .write(true)
         .open(&path)
