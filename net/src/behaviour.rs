@@ -366,6 +366,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_version_1_peer_gets_erased_entries_as_absent() {
+        use kappadb_core::Payload;
+        let mut peer = kappadb_core::test_utils::TestPeer::new(4);
+        let mut e = peer.make(1, b"gone".to_vec());
+        e.payload = Payload::Erased;
+        let page = Response::Page(crate::protocol::Page {
+            feed: e.header.author,
+            entries: vec![e],
+        });
+        let mut codec = SyncCodec::new(Limits::default());
+        for (name, expect) in [
+            (PROTOCOL_NAME, Payload::Erased),
+            (PROTOCOL_V1, Payload::Absent),
+        ] {
+            let proto = StreamProtocol::new(name);
+            let mut out = Cursor::new(Vec::new());
+            codec
+                .write_response(&proto, &mut out, page.clone())
+                .await
+                .unwrap();
+            let back = codec
+                .read_response(&proto, &mut Cursor::new(out.into_inner()))
+                .await
+                .unwrap();
+            let Response::Page(p) = back else {
+                panic!("not a page")
+            };
+            assert_eq!(p.entries[0].payload, expect, "{name}");
+        }
+    }
+
+    #[tokio::test]
     async fn codec_refuses_oversized_and_garbage_frames() {
         let limits = Limits {
             max_message_bytes: 1000,

@@ -74,6 +74,7 @@ pub mod error;
 pub mod invite;
 pub mod node;
 pub mod peers;
+pub mod policy;
 pub mod protocol;
 pub mod subscription;
 

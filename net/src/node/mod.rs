@@ -71,6 +71,7 @@ use crate::behaviour::{
 use crate::blocklist::BlockList;
 use crate::error::NetError;
 use crate::peers::{AddressBook, PeerRecord};
+use crate::policy::FollowFile;
 use crate::protocol::{Engine, Limits, SyncConfig, SyncStats};
 
 /// Commands a handle may have waiting for the swarm task.
@@ -175,6 +176,16 @@ pub enum NodeEvent {
     },
     /// A feed was unblocked.
     FeedUnblocked {
+        /// The feed.
+        feed: FeedId,
+    },
+    /// A feed is followed again.
+    FeedFollowed {
+        /// The feed.
+        feed: FeedId,
+    },
+    /// A feed is no longer followed, and what was held of it is forgotten.
+    FeedUnfollowed {
         /// The feed.
         feed: FeedId,
     },
@@ -321,6 +332,11 @@ enum Command {
         block: bool,
         reply: oneshot::Sender<Result<bool, NetError>>,
     },
+    Follow {
+        feed: FeedId,
+        follow: bool,
+        reply: oneshot::Sender<Result<bool, NetError>>,
+    },
     Peers {
         reply: oneshot::Sender<Vec<PeerRecord>>,
     },
@@ -406,6 +422,29 @@ impl NodeHandle {
         self.set_blocked(feed, false).await
     }
 
+    /// Follow a feed again (see [`crate::policy`]). Returns false if it was
+    /// followed already.
+    pub async fn follow(&self, feed: FeedId) -> Result<bool, NetError> {
+        self.ask(|reply| Command::Follow {
+            feed,
+            follow: true,
+            reply,
+        })
+        .await?
+    }
+
+    /// Stop following a feed: it is neither requested nor stored any more,
+    /// and what was held of it is forgotten (its space comes back with
+    /// compaction). Returns false if it was not followed.
+    pub async fn unfollow(&self, feed: FeedId) -> Result<bool, NetError> {
+        self.ask(|reply| Command::Follow {
+            feed,
+            follow: false,
+            reply,
+        })
+        .await?
+    }
+
     async fn set_blocked(&self, feed: FeedId, block: bool) -> Result<bool, NetError> {
         self.ask(|reply| Command::Block { feed, block, reply })
             .await?
@@ -469,6 +508,7 @@ async fn spawn(b: NodeBuilder) -> Result<NodeHandle, NetError> {
     let local = keypair.public().to_peer_id();
     let network = db.network_key()?;
     let blocklist = BlockList::load(db.dir())?;
+    let follow = FollowFile::load(db.dir())?;
     let book = b.address_book.then(|| AddressBook::load(db.dir()));
     let limits = Limits::for_payload_limit(db.config().max_payload_bytes);
     let mut config = b.config;
@@ -518,8 +558,9 @@ async fn spawn(b: NodeBuilder) -> Result<NodeHandle, NetError> {
     let feed_id = db.feed_id();
     let engine = Engine::new(db, config.sync.clone())
         .map_err(|e| NetError::Setup(e.to_string()))?
-        .with_blocked(blocklist.feeds().copied());
-    let (to_check, from_sync) = pipeline::start(engine, blocklist)?;
+        .with_blocked(blocklist.feeds().copied())
+        .with_follow(follow.policy().clone());
+    let (to_check, from_sync) = pipeline::start(engine, blocklist, follow)?;
 
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_DEPTH);
     let (events, _) = broadcast::channel(4096);

@@ -27,14 +27,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use kappadb_core::{CheckedEntries, FeedId};
+use kappadb_core::{CheckedEntries, FeedId, ForgetError};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::blocklist::BlockList;
 use crate::error::NetError;
 use crate::node::NodeEvent;
-use crate::protocol::{Engine, Input, Output, Response, receive, receive_announce};
+use crate::policy::FollowFile;
+use crate::protocol::{Engine, Follow, Input, Output, Response, receive, receive_announce};
 
 /// Messages in flight on each queue between the swarm task and the two
 /// threads. Pages are bounded separately (by the engine's in-flight
@@ -44,9 +45,9 @@ pub(super) const PIPELINE_DEPTH: usize = 256;
 /// Most entries the check thread checks in one go.
 const CHECK_BATCH_ENTRIES: usize = 4096;
 
-/// How often the sync thread looks at `blocked.json` for edits by another
-/// process (`kappa block`).
-const BLOCKLIST_RELOAD: Duration = Duration::from_secs(2);
+/// How often the sync thread looks at `blocked.json` and `follow.json` for
+/// edits by another process (`kappa block`, `kappa unfollow`).
+const POLICY_RELOAD: Duration = Duration::from_secs(2);
 
 /// To the check thread (and on to the sync thread).
 pub(super) enum ToCheck {
@@ -70,6 +71,13 @@ pub(super) enum ToCheck {
         block: bool,
         reply: oneshot::Sender<Result<bool, NetError>>,
     },
+    /// Follow or unfollow a feed (unfollowing forgets what is held of it)
+    /// and say whether anything changed.
+    Follow {
+        feed: FeedId,
+        follow: bool,
+        reply: oneshot::Sender<Result<bool, NetError>>,
+    },
     /// Finish what is in hand and stop.
     Shutdown,
 }
@@ -80,6 +88,11 @@ enum ToSync {
     Block {
         feed: FeedId,
         block: bool,
+        reply: oneshot::Sender<Result<bool, NetError>>,
+    },
+    Follow {
+        feed: FeedId,
+        follow: bool,
         reply: oneshot::Sender<Result<bool, NetError>>,
     },
     /// The database grew (see `dirty`); nothing else to do.
@@ -100,6 +113,7 @@ pub(super) enum FromSync {
 pub(super) fn start(
     engine: Engine<PeerId>,
     blocklist: BlockList,
+    follow: FollowFile,
 ) -> Result<(mpsc::Sender<ToCheck>, mpsc::Receiver<FromSync>), NetError> {
     let (check_tx, check_rx) = mpsc::channel(PIPELINE_DEPTH);
     let (sync_tx, sync_rx) = std_mpsc::sync_channel(PIPELINE_DEPTH);
@@ -108,7 +122,10 @@ pub(super) fn start(
     let wake = sync_tx.clone();
     std::thread::Builder::new()
         .name("kappadb-sync".into())
-        .spawn(move || sync_loop(engine, blocklist, sync_rx, wake, out_tx))
+        .spawn(move || {
+            let files = Policies::new(blocklist, follow);
+            sync_loop(engine, files, sync_rx, wake, out_tx)
+        })
         .map_err(|e| NetError::Setup(format!("cannot start the sync thread: {e}")))?;
     std::thread::Builder::new()
         .name("kappadb-check".into())
@@ -117,10 +134,32 @@ pub(super) fn start(
     Ok((check_tx, out_rx))
 }
 
+/// The block list and the replication policy, and when their files were
+/// last seen changed.
+struct Policies {
+    blocklist: BlockList,
+    blocklist_mtime: Option<std::time::SystemTime>,
+    follow: FollowFile,
+    follow_mtime: Option<std::time::SystemTime>,
+    checked: Instant,
+}
+
+impl Policies {
+    fn new(blocklist: BlockList, follow: FollowFile) -> Self {
+        Self {
+            blocklist_mtime: blocklist.modified(),
+            follow_mtime: follow.modified(),
+            blocklist,
+            follow,
+            checked: Instant::now(),
+        }
+    }
+}
+
 /// The sync thread: feeds the engine, steps it, sends its outputs.
 fn sync_loop(
     mut engine: Engine<PeerId>,
-    mut blocklist: BlockList,
+    mut files: Policies,
     rx: std_mpsc::Receiver<ToSync>,
     wake: std_mpsc::SyncSender<ToSync>,
     out: mpsc::Sender<FromSync>,
@@ -136,8 +175,6 @@ fn sync_loop(
             }
         })
     };
-    let mut blocklist_mtime = blocklist.modified();
-    let mut blocklist_checked = Instant::now();
     loop {
         let wait = engine
             .next_deadline()
@@ -156,8 +193,17 @@ fn sync_loop(
             match msg {
                 ToSync::Input(input) => engine.handle(input),
                 ToSync::Block { feed, block, reply } => {
-                    let res = set_blocked(&mut engine, &mut blocklist, feed, block, &send);
-                    blocklist_mtime = blocklist.modified();
+                    let res = set_blocked(&mut engine, &mut files.blocklist, feed, block, &send);
+                    files.blocklist_mtime = files.blocklist.modified();
+                    let _ = reply.send(res);
+                }
+                ToSync::Follow {
+                    feed,
+                    follow,
+                    reply,
+                } => {
+                    let res = set_followed(&mut engine, &mut files.follow, feed, follow, &send);
+                    files.follow_mtime = files.follow.modified();
                     let _ = reply.send(res);
                 }
                 ToSync::Wake => {}
@@ -167,13 +213,9 @@ fn sync_loop(
         if dirty.swap(false, Ordering::AcqRel) {
             engine.handle(Input::LocalChanged);
         }
-        if blocklist_checked.elapsed() >= BLOCKLIST_RELOAD {
-            blocklist_checked = Instant::now();
-            let mtime = blocklist.modified();
-            if mtime != blocklist_mtime {
-                blocklist_mtime = mtime;
-                reload_blocklist(&mut engine, &mut blocklist, &send);
-            }
+        if files.checked.elapsed() >= POLICY_RELOAD {
+            files.checked = Instant::now();
+            reload_policies(&mut engine, &mut files, &send);
         }
         if let Err(e) = engine.step(Instant::now()) {
             tracing::error!(error = %e, "the sync engine stopped on a database error");
@@ -216,6 +258,100 @@ fn set_blocked(
         }
     }
     Ok(changed)
+}
+
+/// Follow or unfollow `feed`; unfollowing forgets what is held of it.
+fn set_followed(
+    engine: &mut Engine<PeerId>,
+    policy: &mut FollowFile,
+    feed: FeedId,
+    follow: bool,
+    send: &impl Fn(FromSync) -> bool,
+) -> Result<bool, NetError> {
+    let changed = if follow {
+        policy.follow(feed)?
+    } else {
+        policy.unfollow(feed)?
+    };
+    if changed {
+        apply_follow(engine, policy.policy(), Some((feed, follow)), send)?;
+    }
+    Ok(changed)
+}
+
+/// Tell the engine the policy; forget a feed no longer followed.
+fn apply_follow(
+    engine: &mut Engine<PeerId>,
+    policy: &Follow,
+    changed: Option<(FeedId, bool)>,
+    send: &impl Fn(FromSync) -> bool,
+) -> Result<(), NetError> {
+    engine.handle(Input::Follow(policy.clone()));
+    if let Some((feed, follow)) = changed {
+        if follow {
+            send(FromSync::Event(NodeEvent::FeedFollowed { feed }));
+        } else {
+            forget(engine, feed)?;
+            send(FromSync::Event(NodeEvent::FeedUnfollowed { feed }));
+        }
+    }
+    Ok(())
+}
+
+fn forget(engine: &Engine<PeerId>, feed: FeedId) -> Result<(), NetError> {
+    match engine.store().forget(&feed) {
+        Ok(_) => Ok(()),
+        Err(ForgetError::OwnFeed) => Ok(()),
+        Err(ForgetError::Store(e)) => Err(e.into()),
+        Err(e) => Err(NetError::Setup(e.to_string())),
+    }
+}
+
+/// Pick up changes another process (`kappa block`, `kappa unfollow`) made
+/// to `blocked.json` or `follow.json`.
+fn reload_policies(
+    engine: &mut Engine<PeerId>,
+    files: &mut Policies,
+    send: &impl Fn(FromSync) -> bool,
+) {
+    let mtime = files.blocklist.modified();
+    if mtime != files.blocklist_mtime {
+        files.blocklist_mtime = mtime;
+        reload_blocklist(engine, &mut files.blocklist, send);
+    }
+    let mtime = files.follow.modified();
+    if mtime != files.follow_mtime {
+        files.follow_mtime = mtime;
+        let dir = files
+            .follow
+            .path()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        match FollowFile::load(&dir) {
+            Ok(fresh) => {
+                let before = files.follow.policy().clone();
+                let dropped: Vec<FeedId> = engine
+                    .store()
+                    .feeds()
+                    .into_iter()
+                    .map(|f| f.feed)
+                    .filter(|f| before.wants(f) && !fresh.policy().wants(f))
+                    .collect();
+                files.follow = fresh;
+                if let Err(e) = apply_follow(engine, files.follow.policy(), None, send) {
+                    tracing::warn!(error = %e, "cannot apply the replication policy");
+                }
+                for feed in dropped {
+                    if let Err(e) = forget(engine, feed) {
+                        tracing::warn!(feed = %feed.fmt_short(), error = %e, "cannot forget an unfollowed feed");
+                    }
+                    send(FromSync::Event(NodeEvent::FeedUnfollowed { feed }));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "keeping the old replication policy"),
+        }
+    }
 }
 
 /// Pick up changes another process (`kappa block`) made to
@@ -305,6 +441,15 @@ fn check_loop(mut rx: mpsc::Receiver<ToCheck>, tx: std_mpsc::SyncSender<ToSync>,
                 ToCheck::Block { feed, block, reply } => {
                     held.push(Held::Other(ToSync::Block { feed, block, reply }))
                 }
+                ToCheck::Follow {
+                    feed,
+                    follow,
+                    reply,
+                } => held.push(Held::Other(ToSync::Follow {
+                    feed,
+                    follow,
+                    reply,
+                })),
                 ToCheck::Shutdown => held.push(Held::Other(ToSync::Shutdown)),
             }
             next = if all.len() < CHECK_BATCH_ENTRIES {

@@ -192,6 +192,17 @@ impl Runner {
             Command::Block { feed, block, reply } => {
                 self.send(ToCheck::Block { feed, block, reply });
             }
+            Command::Follow {
+                feed,
+                follow,
+                reply,
+            } => {
+                self.send(ToCheck::Follow {
+                    feed,
+                    follow,
+                    reply,
+                });
+            }
             Command::Peers { reply } => {
                 let peers = self.book.as_ref().map(|b| b.peers()).unwrap_or_default();
                 let _ = reply.send(peers);

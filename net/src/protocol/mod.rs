@@ -15,6 +15,7 @@
 //! ```
 
 pub mod engine;
+pub mod follow;
 pub mod store;
 pub mod wire;
 
@@ -22,6 +23,7 @@ pub use engine::{
     ConfigError, Engine, Input, Output, PeerKey, SyncConfig, SyncError, SyncEvent, SyncStats,
     check_page, check_proofs, receive, receive_announce,
 };
+pub use follow::Follow;
 pub use store::SyncStore;
 pub use wire::{
     Announce, HeadInfo, Heads, Limits, MAX_FORK_PROOFS_PER_ANNOUNCE, MAX_FORK_PROOFS_PER_MESSAGE,

@@ -62,6 +62,7 @@ use kappadb_core::{CheckedEntries, Db, EntryError, FeedId, ForkProof, StoreError
 
 pub use self::check::{SyncError, check_page, check_proofs, receive, receive_announce};
 use self::session::Session;
+use super::follow::Follow;
 use super::store::SyncStore;
 use super::wire::{HeadInfo, Heads, Limits, Request, Response, Want};
 
@@ -241,6 +242,8 @@ pub enum Input<P> {
     Block(FeedId),
     /// Pull and serve a feed again.
     Unblock(FeedId),
+    /// Replicate these feeds from now on.
+    Follow(Follow),
     /// Exchange heads with a peer again and report [`SyncEvent::Idle`]
     /// when done, even if it was already in sync.
     Resync(P),
@@ -348,6 +351,7 @@ pub struct Engine<P: PeerKey, S: SyncStore = Db> {
     store: S,
     config: SyncConfig,
     blocked: HashSet<FeedId>,
+    follow: Follow,
     sessions: BTreeMap<P, Session>,
     /// Which session pulls which feed.
     claims: HashMap<FeedId, P>,
@@ -392,6 +396,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             store,
             config,
             blocked: HashSet::new(),
+            follow: Follow::default(),
             sessions: BTreeMap::new(),
             claims: HashMap::new(),
             tags: HashMap::new(),
@@ -412,6 +417,17 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     pub fn with_blocked(mut self, feeds: impl IntoIterator<Item = FeedId>) -> Self {
         self.blocked.extend(feeds);
         self
+    }
+
+    /// The feeds to replicate, from the start.
+    pub fn with_follow(mut self, follow: Follow) -> Self {
+        self.follow = follow;
+        self
+    }
+
+    /// Whether `feed` is to be pulled and stored: followed, not blocked.
+    fn wanted(&self, feed: &FeedId) -> bool {
+        !self.blocked.contains(feed) && self.follow.wants(feed)
     }
 
     /// The store.
@@ -496,6 +512,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             Input::LocalChanged => self.local_dirty = true,
             Input::Block(feed) => self.block(feed),
             Input::Unblock(feed) => self.unblock(feed),
+            Input::Follow(follow) => self.set_follow(follow),
             Input::Resync(peer) => {
                 if let Some(s) = self.sessions.get_mut(&peer) {
                     s.restart();
@@ -561,6 +578,39 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             s.todo.remove(&feed);
             s.waiting.remove(&feed);
             s.proofs_wanted.remove(&feed);
+        }
+    }
+
+    /// Change the replication policy: stop pulling what is no longer
+    /// followed, reconsider what now is.
+    fn set_follow(&mut self, follow: Follow) {
+        let old = std::mem::replace(&mut self.follow, follow);
+        let known: Vec<FeedId> = self
+            .sessions
+            .values()
+            .flat_map(|s| s.remote.keys().copied())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        for feed in known {
+            match (old.wants(&feed), self.follow.wants(&feed)) {
+                (true, false) => {
+                    self.cancel_feed_everywhere(&feed);
+                    for s in self.sessions.values_mut() {
+                        s.todo.remove(&feed);
+                        s.waiting.remove(&feed);
+                        s.proofs_wanted.remove(&feed);
+                    }
+                }
+                (false, true) => {
+                    for s in self.sessions.values_mut() {
+                        if s.remote.contains_key(&feed) {
+                            s.todo.insert(feed);
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
     }
 

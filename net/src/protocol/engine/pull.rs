@@ -187,7 +187,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         let mut checked = Vec::new();
         for (feed, proof) in proofs {
             match proof {
-                Ok(p) if !self.blocked.contains(&feed) => checked.push(p),
+                Ok(p) if self.wanted(&feed) => checked.push(p),
                 Ok(_) => {}
                 Err(e) => {
                     self.end_session(&peer);
@@ -269,7 +269,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                 let Some(mut entries) = s.unbuffer(key) else {
                     continue;
                 };
-                if self.blocked.contains(&key.0) {
+                if self.blocked.contains(&key.0) || !self.follow.wants(&key.0) {
                     continue;
                 }
                 // An entry over this database's payload limit is a
@@ -500,7 +500,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
 
     /// The range of `feed` to pull from the session's peer, if any.
     fn needed(&self, s: &mut Session, feed: &FeedId) -> Result<Option<(u64, u64)>, StoreError> {
-        if self.blocked.contains(feed) {
+        if !self.wanted(feed) {
             return Ok(None);
         }
         let Some(&(r_seq, r_id)) = s.remote.get(feed) else {

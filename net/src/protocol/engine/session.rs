@@ -244,11 +244,14 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     /// announcement).
     pub(super) fn apply_heads(&mut self, peer: P, heads: &[HeadInfo], forks: &[(FeedId, u64)]) {
         let blocked = &self.blocked;
+        let follow = &self.follow;
         let store = &self.store;
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
         for h in heads.iter().take(MAX_HEADS_PER_MESSAGE) {
+            // Unfollowed heads are kept (a later follow pulls them at once)
+            // but not pulled: `needed` says no.
             if h.seq == 0 || blocked.contains(&h.feed) {
                 continue;
             }
@@ -258,11 +261,13 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             };
             if changed {
                 s.remote.insert(h.feed, (h.seq, h.id));
-                s.todo.insert(h.feed);
+                if follow.wants(&h.feed) {
+                    s.todo.insert(h.feed);
+                }
             }
         }
         for (feed, seq) in forks.iter().take(MAX_FORK_PROOFS_PER_MESSAGE) {
-            if blocked.contains(feed) {
+            if blocked.contains(feed) || !follow.wants(feed) {
                 continue;
             }
             if store.fork(feed).is_none_or(|f| f.seq > *seq) {
