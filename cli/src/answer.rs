@@ -327,8 +327,14 @@ pub struct AppendSummary {
 pub struct Status {
     /// The database directory.
     pub dir: String,
+    /// Bytes the log's files take on disk.
+    pub disk_bytes: u64,
     /// Entries held.
     pub entries: u64,
+    /// Payload bytes erased by deletions.
+    pub erased_bytes: u64,
+    /// Entries whose payloads were erased by deletions.
+    pub erased_entries: u64,
     /// This database's feed.
     pub feed: String,
     /// Feeds known.
@@ -339,6 +345,8 @@ pub struct Status {
     pub log_bytes: u64,
     /// The own feed's head seq (0 before the first append).
     pub own_seq: u64,
+    /// Bytes `kappa compact` would give back now.
+    pub reclaimable_bytes: u64,
     /// Records in the log.
     pub records: u64,
 }
@@ -729,3 +737,68 @@ pub type OpResult<T> = Result<T, OpError>;
 
 #[cfg(test)]
 mod tests;
+
+/// What a deletion appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteReply {
+    /// The feed (this node's).
+    pub feed: String,
+    /// The deletion entry's id.
+    pub id: String,
+    /// Its log offset.
+    pub offset: u64,
+    /// Its seq.
+    pub seq: u64,
+    /// Entries named one by one.
+    pub targets: usize,
+    /// Every entry up to this seq is deleted too.
+    pub up_to: Option<u64>,
+}
+
+/// What a compaction gave back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactReply {
+    /// Bytes of the rewritten segments after.
+    pub bytes_after: u64,
+    /// Bytes of the rewritten segments before.
+    pub bytes_before: u64,
+    /// Bytes given back.
+    pub reclaimed: u64,
+    /// Segments rewritten.
+    pub segments: usize,
+}
+
+/// What forgetting a feed did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetReply {
+    /// Whether it is blocked now (it is, after a forget).
+    pub blocked: bool,
+    /// The feed.
+    pub feed: String,
+    /// Whether anything of it was held.
+    pub forgotten: bool,
+}
+
+/// The replication policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowReply {
+    /// With `all`: the feeds not followed; with `only`: the feeds followed.
+    pub feeds: Vec<String>,
+    /// `all` (every feed but `feeds`) or `only` (only `feeds`).
+    pub mode: String,
+}
+
+impl FollowReply {
+    /// The reply for a policy.
+    pub fn of(follow: &kappadb_net::protocol::Follow) -> Self {
+        use kappadb_net::protocol::Follow;
+        let (mode, feeds) = match follow {
+            Follow::All { except } => ("all", except),
+            Follow::Only { feeds } => ("only", feeds),
+        };
+        Self {
+            feeds: feeds.iter().map(ToString::to_string).collect(),
+            mode: mode.to_string(),
+        }
+    }
+}

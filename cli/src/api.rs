@@ -44,8 +44,8 @@ use crate::answer::{NodeInfo, OpError, OpResult, PeerInfo, Record};
 use crate::ops::{Backend, Local};
 use crate::out::note;
 use crate::params::{
-    AppendBody, EventParams, FieldParams, KeyParam, KvListParams, KvWrite, LogParams, RangeParams,
-    TimelineParams, ViewAddBody,
+    AppendBody, DeleteBody, EventParams, FieldParams, FollowBody, KeyBody, KeyParam, KvListParams,
+    KvWrite, LogParams, RangeParams, TimelineParams, ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -328,6 +328,12 @@ fn router(state: Arc<AppState>) -> Router {
         .at(&routes::KV_PUT, kv_put)
         .at(&routes::KV_DEL, kv_del)
         .at(&routes::EVENTS, events)
+        .at(&routes::DELETE, delete)
+        .at(&routes::KV_PURGE, kv_purge)
+        .at(&routes::COMPACT, compact)
+        .at(&routes::FORGET, forget)
+        .at(&routes::FOLLOWING, following)
+        .at(&routes::FOLLOW, set_following)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -597,6 +603,87 @@ async fn kv_del(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
         return fail(OpError::bad("bad_request", "a delete takes no \"value\""));
     }
     blocking(&st, move |l| l.kv_write(w)).await
+}
+
+async fn delete(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: DeleteBody = try_op!(body(b));
+    blocking(&st, move |l| l.delete_entries(&b)).await
+}
+
+async fn kv_purge(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: KeyBody = try_op!(body(b));
+    blocking(&st, move |l| l.kv_purge(&b.key)).await
+}
+
+async fn compact(State(st): St) -> Response {
+    blocking(&st, |l| l.compact()).await
+}
+
+/// Forget a feed. With a node running, the node blocks it first, so that
+/// no page of it lands after it is forgotten.
+async fn forget(State(st): St, UrlPath(feed): UrlPath<String>) -> Response {
+    let Some(node) = st.service.node.clone() else {
+        return blocking(&st, move |l| l.forget(&feed, true)).await;
+    };
+    let id = try_op!(st.service.local.resolve_feed(&feed));
+    if id == st.service.local.db().feed_id() {
+        return blocking(&st, move |l| l.forget(&feed, false)).await;
+    }
+    {
+        let node = node.0.read().await;
+        let Some(n) = node.as_ref() else {
+            return fail(node_stopping());
+        };
+        try_op!(n.block(id).await.map_err(OpError::from));
+    }
+    blocking(&st, move |l| l.forget(&feed, false)).await
+}
+
+async fn following(State(st): St) -> Response {
+    blocking(&st, |l| l.following()).await
+}
+
+/// Change the replication policy. With a node running, following or
+/// unfollowing single feeds goes through the node (it forgets what it
+/// stops following at once); a whole new policy (`all`, `only`) is
+/// written to the file, which the node reads within seconds and applies
+/// the same way.
+async fn set_following(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: FollowBody = try_op!(body(b));
+    let Some(node) = st.service.node.clone() else {
+        return blocking(&st, move |l| l.set_following(&b, true)).await;
+    };
+    if b.all || b.only {
+        return blocking(&st, move |l| l.set_following(&b, false)).await;
+    }
+    let local = &st.service.local;
+    let own = local.db().feed_id();
+    let mut feeds = Vec::with_capacity(b.feeds.len());
+    for f in &b.feeds {
+        let id = try_op!(local.resolve_feed(f));
+        if id == own && !b.follow {
+            return fail(OpError::bad(
+                "own_feed",
+                "this node always replicates its own feed",
+            ));
+        }
+        feeds.push(id);
+    }
+    {
+        let node = node.0.read().await;
+        let Some(n) = node.as_ref() else {
+            return fail(node_stopping());
+        };
+        for id in feeds {
+            let r = if b.follow {
+                n.follow(id).await
+            } else {
+                n.unfollow(id).await
+            };
+            try_op!(r.map_err(OpError::from));
+        }
+    }
+    blocking(&st, |l| l.following()).await
 }
 
 /// Server-sent events: every log record from `since` on, as it lands

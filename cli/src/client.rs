@@ -13,15 +13,15 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::answer::{
-    AppendReply, Digest, Entry, ErrorBody, FeedInfo, FieldHit, Id, KvHead, KvItem, KvWritten,
-    LogPage, OpError, OpResult, PeerInfo, Record, Status, TimelineItem, ViewAdded, ViewInfo,
-    ViewRebuilt, ViewRemoved,
+    AppendReply, CompactReply, DeleteReply, Digest, Entry, ErrorBody, FeedInfo, FieldHit,
+    FollowReply, ForgetReply, Id, KvHead, KvItem, KvWritten, LogPage, OpError, OpResult, PeerInfo,
+    Record, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
 };
 use crate::api::ApiFile;
 use crate::ops::Backend;
 use crate::params::{
-    AppendBody, EventParams, FieldParams, KeyParam, KvListParams, KvWrite, LogParams,
-    TimelineParams, ViewAddBody,
+    AppendBody, DeleteBody, EventParams, FieldParams, FollowBody, KeyBody, KeyParam, KvListParams,
+    KvWrite, LogParams, TimelineParams, ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -265,6 +265,33 @@ impl Backend for Remote {
 
     fn field_query(&self, name: &str, p: &FieldParams) -> OpResult<Vec<FieldHit>> {
         self.read(&routes::FIELD_QUERY, [name], p)
+    }
+
+    fn delete(&self, body: &DeleteBody) -> OpResult<DeleteReply> {
+        self.call(&routes::DELETE, [], &(), body)
+    }
+
+    fn kv_purge(&self, key: &str) -> OpResult<DeleteReply> {
+        let key = KeyBody {
+            key: key.to_string(),
+        };
+        self.call(&routes::KV_PURGE, [], &(), &key)
+    }
+
+    fn compact(&self) -> OpResult<CompactReply> {
+        self.call(&routes::COMPACT, [], &(), &())
+    }
+
+    fn forget(&self, feed: &str) -> OpResult<ForgetReply> {
+        self.call(&routes::FORGET, [feed], &(), &())
+    }
+
+    fn following(&self) -> OpResult<FollowReply> {
+        self.read(&routes::FOLLOWING, [], &())
+    }
+
+    fn set_following(&self, body: &FollowBody) -> OpResult<FollowReply> {
+        self.call(&routes::FOLLOW, [], &(), body)
     }
 
     fn follow(

@@ -106,7 +106,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log(&*b, feed, since, limit, follow, &mut out)
         }
         Command::Get { feed, seq } => get(&*connect(&dir)?, &feed, seq, &mut out),
-        Command::Feeds => feeds(&*connect(&dir)?, &mut out),
+        Command::Feeds { drop: None } => feeds(&*connect(&dir)?, &mut out),
+        Command::Feeds { drop: Some(feed) } => {
+            crate::lifecycle_cmd::forget(&*connect(&dir)?, &feed, &mut out)
+        }
         Command::Verify => verify(&open(&dir)?, &mut out),
         Command::Reindex => reindex(&dir, &mut out),
         Command::Status => status(&*connect(&dir)?, &mut out),
@@ -126,6 +129,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Invite => crate::net_cmd::invite(&open(&dir)?, &mut out),
         Command::Peers => crate::net_cmd::peers(&*connect(&dir)?, &mut out),
+        Command::Delete(a) => crate::lifecycle_cmd::delete(&*connect(&dir)?, a, &mut out),
+        Command::Compact => crate::lifecycle_cmd::compact(&*connect(&dir)?, &mut out),
+        Command::Forget { feed } => crate::lifecycle_cmd::forget(&*connect(&dir)?, &feed, &mut out),
+        Command::Follow(a) => crate::lifecycle_cmd::follow(&*connect(&dir)?, a, &mut out),
+        Command::Unfollow { feeds } => {
+            crate::lifecycle_cmd::unfollow(&*connect(&dir)?, feeds, &mut out)
+        }
         Command::Block { feed } => {
             let db = open(&dir)?;
             let feed = resolve_feed(&db, &feed)?;
@@ -363,6 +373,9 @@ fn verify(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
             "feeds": report.feeds,
             "fork_proofs": report.fork_proofs,
             "missing_payloads": report.missing_payloads,
+            "erased_payloads": report.erased_payloads,
+            "deletions": report.deletions,
+            "ineffective_deletions": report.ineffective_deletions,
             "problems": report.problems.iter().map(|p| json!({"offset": p.offset, "problem": p.what})).collect::<Vec<_>>(),
         }))?;
     } else {
@@ -370,13 +383,15 @@ fn verify(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
             out.line(format!("offset {}: {}", p.offset, p.what))?;
         }
         out.line(format!(
-            "{}: {} records, {} entries in {} feeds, {} fork proofs, {} payloads not held",
+            "{}: {} records, {} entries in {} feeds, {} fork proofs, {} payloads not held, {} erased by {} deletions",
             if ok { "ok" } else { "FAILED" },
             report.records,
             report.entries,
             report.feeds,
             report.fork_proofs,
-            report.missing_payloads
+            report.missing_payloads,
+            report.erased_payloads,
+            report.deletions
         ))?;
     }
     Ok(if ok {

@@ -11,6 +11,8 @@ mod api;
 mod client;
 mod cmd;
 mod follow;
+mod lifecycle;
+mod lifecycle_cmd;
 mod net_cmd;
 mod ops;
 mod out;
@@ -89,7 +91,11 @@ pub enum Command {
         seq: u64,
     },
     /// List every known feed with its head.
-    Feeds,
+    Feeds {
+        /// Forget this feed instead (see `kappa forget`).
+        #[arg(long, value_name = "FEED")]
+        drop: Option<String>,
+    },
     /// Re-check every chain, signature and payload hash in the log.
     Verify,
     /// Rebuild the feed index from the log.
@@ -129,6 +135,24 @@ pub enum Command {
     Unblock {
         /// Feed id, or unique prefix of a known feed.
         feed: String,
+    },
+    /// Delete entries of this database's own feed: peers erase their
+    /// payloads, views forget them.
+    Delete(lifecycle_cmd::DeleteArgs),
+    /// Give back the disk space of erased payloads and forgotten feeds.
+    Compact,
+    /// Block a feed and remove everything held of it (entries, views).
+    Forget {
+        /// Feed id, or unique prefix of a known feed.
+        feed: String,
+    },
+    /// Print the replication policy, or follow feeds (again).
+    Follow(lifecycle_cmd::FollowArgs),
+    /// Stop replicating feeds; what was held of them is forgotten.
+    Unfollow {
+        /// Feed ids or unique prefixes.
+        #[arg(required = true)]
+        feeds: Vec<String>,
     },
 }
 

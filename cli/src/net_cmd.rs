@@ -35,6 +35,63 @@ pub struct ServeArgs {
     /// Do not serve the HTTP API.
     #[arg(long, conflicts_with = "api")]
     pub no_api: bool,
+    /// Store and serve every feed followed, but fold no views: a backup or
+    /// relay node (view queries answer that there are none).
+    #[arg(long)]
+    pub no_views: bool,
+    /// Compact the log on its own once this many bytes of it are
+    /// reclaimable (erased payloads, forgotten feeds); 0 never does.
+    #[arg(long, value_name = "BYTES", default_value_t = AUTO_COMPACT_BYTES)]
+    pub compact_at: u64,
+}
+
+/// `--compact-at`'s default: 64 MiB.
+pub const AUTO_COMPACT_BYTES: u64 = 64 << 20;
+
+/// How often `kappa serve` looks whether the log is worth compacting.
+const COMPACT_CHECK: Duration = Duration::from_secs(5);
+
+/// After a compaction that failed, how long before the next try.
+const COMPACT_RETRY: Duration = Duration::from_secs(600);
+
+/// Compact the log whenever `threshold` bytes of it are reclaimable,
+/// until `stop` turns true. A compaction in progress finishes first (it
+/// is crash-safe, but a clean finish keeps its work).
+async fn auto_compact(db: Db, threshold: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(COMPACT_CHECK) => {}
+        }
+        if db.status().reclaimable_bytes < threshold {
+            continue;
+        }
+        let d = db.clone();
+        // Segments worth less than this are left for a later pass.
+        let min_gain = (threshold / 64).max(1);
+        let res = tokio::task::spawn_blocking(move || d.compact(min_gain, &mut |_, _| {})).await;
+        match res {
+            Ok(Ok(r)) => note(format!(
+                "compacted {} segments, gave back {}",
+                r.segments,
+                out::bytes(r.reclaimed())
+            )),
+            Ok(Err(e)) => {
+                note(format!(
+                    "warning: automatic compaction failed: {e}; trying again in {} minutes",
+                    COMPACT_RETRY.as_secs() / 60
+                ));
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(COMPACT_RETRY) => {}
+                }
+            }
+            Err(e) => {
+                note(format!("warning: automatic compaction stopped: {e}"));
+                return;
+            }
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -76,8 +133,18 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         .iter()
         .map(|a| parse_addr(a))
         .collect::<anyhow::Result<_>>()?;
-    let indexer = Arc::new(Indexer::open_with(db.clone(), IndexerConfig::default())?);
-    let local = Arc::new(Local::with_indexer(db.clone(), indexer.clone()));
+    let indexer = if args.no_views {
+        None
+    } else {
+        Some(Arc::new(Indexer::open_with(
+            db.clone(),
+            IndexerConfig::default(),
+        )?))
+    };
+    let local = Arc::new(match &indexer {
+        Some(i) => Local::with_indexer(db.clone(), i.clone()),
+        None => Local::without_views(db.clone()),
+    });
     let rt = runtime()?;
     let json = out.json;
     let res: anyhow::Result<()> = rt.block_on(async {
@@ -100,6 +167,12 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         for a in node.listen_addrs() {
             note(format!("listening on {a}"));
         }
+        if args.no_views {
+            note("folding no views (--no-views): storing and serving feeds only");
+        }
+        let (stop_compact, compact_stop) = tokio::sync::watch::channel(false);
+        let compactor = (args.compact_at > 0)
+            .then(|| tokio::spawn(auto_compact(db.clone(), args.compact_at, compact_stop)));
         // The API's handlers borrow the node; it is taken back below to
         // shut it down.
         let node = Arc::new(SharedNode::new(node));
@@ -146,6 +219,10 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         }
         if let Some(node) = node.take().await {
             node.shutdown().await;
+        }
+        stop_compact.send_replace(true);
+        if let Some(c) = compactor {
+            let _ = c.await;
         }
         Ok(())
     });
@@ -348,7 +425,9 @@ pub fn block(db: &Db, feed: FeedId, on: bool, out: &mut Out) -> anyhow::Result<E
         };
         out.line(format!("feed {feed} {state}"))?;
         if on {
-            note("a running `kappa serve` picks this up when it restarts");
+            note(
+                "a running `kappa serve` picks this up within seconds; `kappa forget` also removes what is held of the feed",
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

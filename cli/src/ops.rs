@@ -20,13 +20,13 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::answer::{
-    AppendReply, Appended, Digest, Entry, FeedInfo, FeedRange, FieldHit, Id, KvHead, KvItem,
-    KvWritten, LogPage, OpError, OpResult, PeerInfo, Record, Status, TimelineItem, ViewAdded,
-    ViewInfo, ViewRebuilt, ViewRemoved,
+    AppendReply, Appended, CompactReply, DeleteReply, Digest, Entry, FeedInfo, FeedRange, FieldHit,
+    FollowReply, ForgetReply, Id, KvHead, KvItem, KvWritten, LogPage, OpError, OpResult, PeerInfo,
+    Record, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
 };
 use crate::params::{
-    AppendBody, FieldParams, KvListParams, KvWrite, LogParams, RangeParams, TimelineParams,
-    ViewAddBody,
+    AppendBody, DeleteBody, FieldParams, FollowBody, KvListParams, KvWrite, LogParams, RangeParams,
+    TimelineParams, ViewAddBody,
 };
 
 /// Records per page of `log` at most.
@@ -75,6 +75,18 @@ pub trait Backend {
     -> OpResult<ViewRebuilt>;
     /// Query a field index.
     fn field_query(&self, name: &str, p: &FieldParams) -> OpResult<Vec<FieldHit>>;
+    /// Delete entries of this node's own feed.
+    fn delete(&self, body: &DeleteBody) -> OpResult<DeleteReply>;
+    /// Delete this node's ops on a kv key.
+    fn kv_purge(&self, key: &str) -> OpResult<DeleteReply>;
+    /// Give back the space of erased payloads and dropped records.
+    fn compact(&self) -> OpResult<CompactReply>;
+    /// Block a feed and drop everything held of it.
+    fn forget(&self, feed: &str) -> OpResult<ForgetReply>;
+    /// The replication policy.
+    fn following(&self) -> OpResult<FollowReply>;
+    /// Change the replication policy.
+    fn set_following(&self, body: &FollowBody) -> OpResult<FollowReply>;
     /// Call `f` with every record from `since` on, waiting for new ones,
     /// until `f` returns false.
     fn follow(
@@ -121,6 +133,17 @@ impl Local {
         }
     }
 
+    /// Operations on `db` without views (`kappa serve --no-views`): the
+    /// view operations answer that this node folds none.
+    pub fn without_views(db: Db) -> Self {
+        Self {
+            db,
+            indexer: Arc::default(),
+            open_views: None,
+            stop: Arc::new(watch::channel(false).0),
+        }
+    }
+
     /// Make [`Backend::follow`] return (on Ctrl-C), now or as soon as it
     /// starts.
     pub fn interrupt(&self) {
@@ -136,15 +159,18 @@ impl Local {
         if let Some(i) = self.indexer.get() {
             return Ok(i);
         }
-        let open = self
-            .open_views
-            .ok_or_else(|| OpError::new(500, "view", "the views are not open here"))?;
+        let open = self.open_views.ok_or_else(|| {
+            OpError::not_found(
+                "no_views",
+                "this node folds no views (it runs with --no-views); ask a node that does",
+            )
+        })?;
         let i = open(&self.db)?;
         Ok(self.indexer.get_or_init(|| Arc::new(i)))
     }
 
     /// The indexer, caught up with the log as it is now for `view`.
-    fn caught_up(&self, view: &str) -> OpResult<&Indexer> {
+    pub(crate) fn caught_up(&self, view: &str) -> OpResult<&Indexer> {
         let i = self.indexer()?;
         i.wait_until_caught_up(view, CATCH_UP)?;
         Ok(i)
@@ -388,7 +414,35 @@ impl Backend for Local {
             log_bytes: s.log_bytes,
             own_seq: self.db.head(&s.feed_id).map_or(0, |h| h.seq),
             records: s.records,
+            disk_bytes: s.disk_bytes,
+            erased_bytes: s.erased_bytes,
+            erased_entries: s.erased_entries,
+            reclaimable_bytes: s.reclaimable_bytes,
         })
+    }
+
+    fn delete(&self, body: &DeleteBody) -> OpResult<DeleteReply> {
+        self.delete_entries(body)
+    }
+
+    fn kv_purge(&self, key: &str) -> OpResult<DeleteReply> {
+        Local::kv_purge(self, key)
+    }
+
+    fn compact(&self) -> OpResult<CompactReply> {
+        Local::compact(self)
+    }
+
+    fn forget(&self, feed: &str) -> OpResult<ForgetReply> {
+        Local::forget(self, feed, true)
+    }
+
+    fn following(&self) -> OpResult<FollowReply> {
+        Local::following(self)
+    }
+
+    fn set_following(&self, body: &FollowBody) -> OpResult<FollowReply> {
+        Local::set_following(self, body, true)
     }
 
     fn peers(&self) -> OpResult<Vec<PeerInfo>> {

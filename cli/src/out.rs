@@ -142,6 +142,21 @@ pub fn short(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
+/// A byte count for humans: 1.5 MiB.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// A payload for humans: compact JSON, or quoted text, or a note.
 pub fn payload_text(payload: &Value, format: PayloadFormat) -> String {
     match format {
@@ -252,7 +267,16 @@ pub fn status_lines(s: &Status) -> Vec<String> {
         format!("feed      {}", s.feed),
         format!("own seq   {}", s.own_seq),
         format!("log       {} bytes, {} records", s.log_bytes, s.records),
+        format!("on disk   {} bytes", s.disk_bytes),
         format!("entries   {} in {} feeds", s.entries, s.feeds),
+        format!(
+            "erased    {} entries, {} payload bytes",
+            s.erased_entries, s.erased_bytes
+        ),
+        format!(
+            "reclaim   {} bytes (`kappa compact` gives them back)",
+            s.reclaimable_bytes
+        ),
     ];
     if s.forked_feeds > 0 {
         lines.push(format!(

@@ -174,3 +174,49 @@ pub struct KeyParam {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
+
+/// Body of a deletion of this node's own entries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeleteBody {
+    /// Entries by seq.
+    pub seqs: Vec<u64>,
+    /// Entries by id.
+    pub ids: Vec<String>,
+    /// Every entry with a seq below this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+}
+
+/// Body of a kv purge: delete this node's ops on a key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBody {
+    /// The key.
+    pub key: String,
+}
+
+/// Body of a change of the replication policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FollowBody {
+    /// Follow (`true`) or stop following (`false`) these feeds.
+    pub feeds: Vec<String>,
+    /// Whether to follow them (else unfollow); true if not given.
+    pub follow: bool,
+    /// Switch to following every feed (but those unfollowed since).
+    pub all: bool,
+    /// Switch to following only `feeds` (and this node's own).
+    pub only: bool,
+}
+
+impl Default for FollowBody {
+    fn default() -> Self {
+        Self {
+            feeds: Vec::new(),
+            follow: true,
+            all: false,
+            only: false,
+        }
+    }
+}

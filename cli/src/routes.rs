@@ -144,6 +144,18 @@ routes! {
     KV_DEL: 0 = Post "/v1/kv/del";
     /// Server-sent events: log records as they land.
     EVENTS: 0 = Get "/v1/events";
+    /// Delete entries of this node's own feed.
+    DELETE: 0 = Post "/v1/delete";
+    /// Delete this node's ops on a kv key.
+    KV_PURGE: 0 = Post "/v1/kv/purge";
+    /// Give back the space of erased and dropped records.
+    COMPACT: 0 = Post "/v1/compact";
+    /// Block a feed and drop what is held of it.
+    FORGET: 1 = Post "/v1/feeds/{feed}/forget";
+    /// The replication policy.
+    FOLLOWING: 0 = Get "/v1/follow";
+    /// Change the replication policy.
+    FOLLOW: 0 = Post "/v1/follow";
 }
 
 #[cfg(test)]

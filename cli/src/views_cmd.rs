@@ -42,6 +42,13 @@ pub enum KvCommand {
         #[arg(long = "link")]
         links: Vec<String>,
     },
+    /// Delete this feed's whole history on KEY (its puts and deletes,
+    /// not only the value): peers erase them, and the key shows what
+    /// other feeds wrote, if anything.
+    Purge {
+        /// The key.
+        key: String,
+    },
     /// List live keys and their values.
     List {
         /// Only keys starting with this.
@@ -187,6 +194,7 @@ pub fn kv(b: &dyn Backend, cmd: KvCommand, out: &mut Out) -> anyhow::Result<Exit
                 note(out::kv_written_note("deleted", &w));
             }
         }
+        KvCommand::Purge { key } => return crate::lifecycle_cmd::kv_purge(b, &key, out),
         KvCommand::Get { key, heads: false } => {
             out.json_line(&b.kv_get(&key)?)?;
         }
@@ -271,7 +279,7 @@ pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<
             out.answer(&v, |v| vec![out::rebuilt_line(v)])?;
         }
         ViewCommand::Digest { name } => {
-            out.line(b.view_digest(&name)?.digest)?;
+            out.answer(&b.view_digest(&name)?, |d| vec![d.digest.clone()])?;
         }
         ViewCommand::Add { name, field } => {
             let v = b.view_add(ViewAddBody { name, field })?;

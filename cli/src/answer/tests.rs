@@ -78,13 +78,40 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
     });
     sorted(&Status {
         dir: "d".into(),
+        disk_bytes: 10,
         entries: 1,
+        erased_bytes: 0,
+        erased_entries: 0,
         feed: "f".into(),
         feeds: 1,
         forked_feeds: 0,
         log_bytes: 9,
         own_seq: 1,
+        reclaimable_bytes: 0,
         records: 1,
+    });
+    sorted(&DeleteReply {
+        feed: "f".into(),
+        id: "i".into(),
+        offset: 3,
+        seq: 2,
+        targets: 1,
+        up_to: None,
+    });
+    sorted(&CompactReply {
+        bytes_after: 1,
+        bytes_before: 2,
+        reclaimed: 1,
+        segments: 1,
+    });
+    sorted(&ForgetReply {
+        blocked: true,
+        feed: "f".into(),
+        forgotten: true,
+    });
+    sorted(&FollowReply {
+        feeds: vec![],
+        mode: "all".into(),
     });
     sorted(&NodeInfo {
         connected: vec!["c".into()],

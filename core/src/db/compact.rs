@@ -50,7 +50,8 @@ impl Db {
                 .enumerate()
                 .filter_map(|(i, (start, size))| {
                     let live = state.live.get(start).copied().unwrap_or(*size);
-                    (size.saturating_sub(live) >= min_gain.max(1)).then(|| (*start, sizes[i + 1].0))
+                    (crate::log::compact_gain(*size, live) >= min_gain.max(1))
+                        .then(|| (*start, sizes[i + 1].0))
                 })
                 .collect()
         };

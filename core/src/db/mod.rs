@@ -468,7 +468,9 @@ impl Db {
         let sealed = files.len().saturating_sub(1);
         let reclaimable_bytes = files[..sealed]
             .iter()
-            .map(|(start, size)| size.saturating_sub(state.live.get(start).copied().unwrap_or(0)))
+            .map(|(start, size)| {
+                crate::log::compact_gain(*size, state.live.get(start).copied().unwrap_or(0))
+            })
             .sum();
         Status {
             dir: self.inner.dir.clone(),

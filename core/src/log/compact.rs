@@ -47,6 +47,21 @@ pub(crate) const CFRAME_LEN: u64 = 20;
 /// Frames between two entries of the index.
 const INDEX_EVERY: usize = 256;
 
+/// At most the bytes a compacted segment holds beside its frames (header,
+/// index, footer), given `live`, the bytes of its frames: a frame takes at
+/// least [`CFRAME_LEN`] bytes, so there are at most `live / CFRAME_LEN`
+/// frames and one index entry per [`INDEX_EVERY`] of them.
+pub(crate) fn overhead_bound(live: u64) -> u64 {
+    let index_entries = live / (CFRAME_LEN * INDEX_EVERY as u64) + 1;
+    HEADER_LEN + 8 + index_entries * 16 + 20
+}
+
+/// The bytes compacting a segment of `size` bytes with `live` bytes of
+/// frames would give back (never counting what its own overhead takes).
+pub(crate) fn gain(size: u64, live: u64) -> u64 {
+    size.saturating_sub(live + overhead_bound(live))
+}
+
 /// A compacted segment's path.
 pub(crate) fn compact_path(dir: &Path, start: u64) -> PathBuf {
     dir.join(format!("{start:020}.cseg"))

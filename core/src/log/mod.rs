@@ -33,7 +33,7 @@ mod write;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-pub(crate) use self::compact::{SourceSegment, compact_segment};
+pub(crate) use self::compact::{SourceSegment, compact_segment, gain as compact_gain};
 pub use self::read::LogIter;
 pub(crate) use self::read::Segments;
 pub(crate) use self::record::{encode_record, live_len_of_body, payload_bytes_in};

@@ -290,6 +290,29 @@ impl KvReader {
         }
     }
 
+    /// The seqs of `author`'s ops on `key` that are not deleted, ascending
+    /// (what `kappa kv purge` deletes for this node's own feed).
+    pub fn ops_of(&self, key: &str, author: &FeedId) -> Result<Vec<u64>, ViewError> {
+        let Some(bytes) = self.reader.get(&record_key(key))? else {
+            return Ok(Vec::new());
+        };
+        let rec = decode_record(&bytes)?;
+        let Some(h) = rec.history.iter().find(|h| h.author == *author) else {
+            return Ok(Vec::new());
+        };
+        let mut seqs = Vec::new();
+        if h.spilled > 0 {
+            for item in self.reader.scan_prefix(&chunk_prefix(key, author)) {
+                let (_, v) = item?;
+                let chunk: Vec<u64> = postcard::from_bytes(&v)
+                    .map_err(|_| ViewError::damaged(NAME, "a history chunk does not decode"))?;
+                seqs.extend(chunk);
+            }
+        }
+        seqs.extend(&h.recent);
+        Ok(seqs)
+    }
+
     /// Every concurrent head of `key`, oldest first (the last one wins).
     /// Deletes are heads too.
     pub fn heads(&self, key: &str) -> Result<Vec<KvHead>, ViewError> {
