@@ -45,12 +45,19 @@ impl FeedId {
         hex(&self.0[..4])
     }
 
-    /// The ed25519 verifying key, or an error if the bytes are not a valid,
-    /// non-weak curve point.
+    /// The ed25519 verifying key, or an error if the bytes are not an
+    /// author key: the canonical encoding of a curve point
+    /// ([`crate::canonical_encoding`]) in the prime-order subgroup
+    /// other than the identity (neither of small order nor with a
+    /// small-order component). This costs a scalar multiplication; the
+    /// signature checks cache its result per key.
     pub fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
+        if !crate::sig::canonical_encoding(&self.0) {
+            return Err(KeyError::InvalidPublicKey);
+        }
         let key = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
             .map_err(|_| KeyError::InvalidPublicKey)?;
-        if key.is_weak() {
+        if key.is_weak() || !key.to_edwards().is_torsion_free() {
             return Err(KeyError::InvalidPublicKey);
         }
         Ok(key)

@@ -3,17 +3,24 @@
 //!
 //! A signature `(R, s)` by the key `A` over the message `M` (an entry id) is
 //! valid iff
-//! 1. `A` decodes to a curve point that is not of small order
-//!    ([`FeedId::verifying_key`]);
+//! 1. `A` is the canonical encoding of a curve point ([`canonical_encoding`])
+//!    that lies in the prime-order subgroup and is not the identity: no
+//!    small order, no small-order component ([`FeedId::verifying_key`];
+//!    checked once per key and cached);
 //! 2. `s` is a canonical scalar (`s < ℓ`);
-//! 3. `R` decodes to a curve point that is not of small order;
+//! 3. `R` is the canonical encoding of a curve point that is not of small
+//!    order;
 //! 4. `[8]([s]B − R − [k]A)` is the identity, where
 //!    `k = SHA-512(R ‖ A ‖ M) mod ℓ` and `B` is the base point.
 //!
-//! This is ed25519 (RFC 8032) with the *cofactored* equation. It accepts
-//! every signature that ed25519-dalek's `verify_strict` accepts; it also
-//! accepts the ones whose `R` carries a small-order component, which no
-//! honest signer produces. The reason for the cofactor: a batch check
+//! This is ed25519 (RFC 8032) with the *cofactored* equation. On keys it is
+//! stricter than RFC 8032 and as strict as libsodium: a key with a
+//! small-order component (a point of mixed order) is refused, so a
+//! signature by such a key, which cofactorless verifiers refuse, is
+//! refused here too. It accepts every signature that ed25519-dalek's
+//! `verify_strict` accepts; it also accepts the ones whose `R` carries a
+//! small-order component, which no honest signer produces (checking `R`'s
+//! subgroup would cost a scalar multiplication per signature). The reason for the cofactor: a batch check
 //! `Σ zᵢ([sᵢ]B − Rᵢ − [kᵢ]Aᵢ) = 0` with random `zᵢ` cannot tell a
 //! small-order error term from none, so with the cofactorless equation a
 //! crafted signature would pass or fail depending on the random
@@ -31,6 +38,8 @@ use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use sha2::{Digest, Sha512};
+use std::collections::HashMap;
+use std::sync::{LazyLock, RwLock};
 
 use crate::entry::{EntryId, SignedHeader};
 use crate::keys::FeedId;
@@ -46,9 +55,46 @@ struct Parts {
     k: Scalar,
 }
 
+/// p = 2²⁵⁵ − 19, little-endian.
+const P_BYTES: [u8; 32] = {
+    let mut p = [0xff; 32];
+    p[0] = 0xed;
+    p[31] = 0x7f;
+    p
+};
+
+/// Whether 32 bytes are the canonical encoding of a curve point's `y`
+/// and sign: `y` (the low 255 bits, little-endian) is below p, and the sign
+/// bit is clear when `x` is 0 (`y` = 1 or `y` = p − 1). Other encodings of
+/// the same point are refused, for keys and for `R` alike. Whether the
+/// point exists at all is the decoder's business.
+pub fn canonical_encoding(bytes: &[u8; 32]) -> bool {
+    let mut y = *bytes;
+    y[31] &= 0x7f;
+    let sign = bytes[31] >> 7;
+    // y < p, compared from the most significant byte.
+    let below_p = y
+        .iter()
+        .rev()
+        .zip(P_BYTES.iter().rev())
+        .find(|(a, b)| a != b)
+        .is_some_and(|(a, b)| a < b);
+    if !below_p {
+        return false;
+    }
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    let mut p_minus_one = P_BYTES;
+    p_minus_one[0] -= 1;
+    !(sign == 1 && (y == one || y == p_minus_one))
+}
+
 /// Decode `R` and `s` and compute `k`; `None` breaks rule 2 or 3.
 fn parts(key: &[u8; 32], msg: &[u8; 32], sig: &ed25519_dalek::Signature) -> Option<Parts> {
     let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes()))?;
+    if !canonical_encoding(sig.r_bytes()) {
+        return None;
+    }
     let r = CompressedEdwardsY(*sig.r_bytes()).decompress()?;
     if r.is_small_order() {
         return None;
@@ -102,16 +148,34 @@ impl<'a> ToVerify<'a> {
     }
 }
 
-fn key_point(author: &FeedId) -> Result<EdwardsPoint, EntryError> {
-    author
+/// Author keys that passed rule 1, with their points. Bounded: when full
+/// it starts again empty (a key costs one scalar multiplication to check
+/// again).
+static KEYS: LazyLock<RwLock<HashMap<FeedId, EdwardsPoint>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
+const KEYS_CACHED: usize = 16_384;
+
+/// Rule 1: the author's key as a point, or [`EntryError::BadAuthor`].
+pub(crate) fn author_point(author: &FeedId) -> Result<EdwardsPoint, EntryError> {
+    if let Some(point) = KEYS.read().ok().and_then(|keys| keys.get(author).copied()) {
+        return Ok(point);
+    }
+    let point = author
         .verifying_key()
         .map(|k| k.to_edwards())
-        .map_err(|_| EntryError::BadAuthor(*author))
+        .map_err(|_| EntryError::BadAuthor(*author))?;
+    if let Ok(mut keys) = KEYS.write() {
+        if keys.len() >= KEYS_CACHED {
+            keys.clear();
+        }
+        keys.insert(*author, point);
+    }
+    Ok(point)
 }
 
 /// Check one signature.
 pub(crate) fn verify_one(item: &ToVerify<'_>) -> Result<(), EntryError> {
-    let a = key_point(item.author)?;
+    let a = author_point(item.author)?;
     let p = parts(item.author.as_bytes(), &item.id.0, item.signature).ok_or_else(|| item.bad())?;
     if equation_holds(&a, &p) {
         Ok(())
@@ -135,7 +199,7 @@ pub(crate) fn verify_batch(batch: &[ToVerify<'_>]) -> Vec<Result<(), EntryError>
         // Pages usually hold one feed: look at the latest key first.
         let slot = match keys.iter().rposition(|(k, _)| *k == author) {
             Some(slot) => slot,
-            None => match key_point(&author) {
+            None => match author_point(&author) {
                 Ok(a) => {
                     keys.push((author, a));
                     keys.len() - 1
@@ -354,6 +418,115 @@ mod tests {
             batch_results(&batch)[69],
             Err(EntryError::BadAuthor(_))
         ));
+    }
+
+    /// `y` as 32 little-endian bytes, plus `add` (no carry out of the
+    /// top byte), with the sign bit.
+    fn y_bytes(y: u8, add_p: bool, sign: bool) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[0] = y;
+        if add_p {
+            // y + p, for y < 19: p's low byte is 0xed.
+            b = P_BYTES;
+            b[0] = 0xed + y;
+        }
+        if sign {
+            b[31] |= 0x80;
+        }
+        b
+    }
+
+    #[test]
+    fn canonical_encodings() {
+        assert!(canonical_encoding(
+            &ED25519_BASEPOINT_POINT.compress().to_bytes()
+        ));
+        assert!(canonical_encoding(&y_bytes(1, false, false)));
+        assert!(canonical_encoding(&y_bytes(0, false, true)));
+        let mut p_minus_one = P_BYTES;
+        p_minus_one[0] -= 1;
+        assert!(canonical_encoding(&p_minus_one));
+        // y >= p.
+        for y in 0..19 {
+            assert!(!canonical_encoding(&y_bytes(y, true, false)), "y = p + {y}");
+            assert!(
+                !canonical_encoding(&y_bytes(y, true, true)),
+                "y = p + {y}, signed"
+            );
+        }
+        assert!(!canonical_encoding(&[0xff; 32]));
+        // x = 0 with the sign bit set.
+        assert!(!canonical_encoding(&y_bytes(1, false, true)));
+        p_minus_one[31] |= 0x80;
+        assert!(!canonical_encoding(&p_minus_one));
+    }
+
+    #[test]
+    fn mixed_order_keys_are_refused_by_both_paths() {
+        // A key A + T with T of order 8: a signature with s = r + k·a
+        // passes the cofactored equation, and cofactorless verifiers
+        // refuse it; the key is refused as an author.
+        let honest = HandKey::new(30);
+        for t in 1..8 {
+            let public = (EdwardsPoint::mul_base(&honest.a) + EIGHT_TORSION[t])
+                .compress()
+                .to_bytes();
+            let key = HandKey {
+                a: honest.a,
+                public,
+            };
+            let signed = key.sign(1);
+            assert!(
+                matches!(single(&signed), Err(EntryError::BadAuthor(_))),
+                "torsion {t}"
+            );
+            let batch = vec![honest.sign(1), signed, honest.sign(2)];
+            let results = batch_results(&batch);
+            assert!(
+                matches!(results[1], Err(EntryError::BadAuthor(_))),
+                "torsion {t}"
+            );
+            assert_eq!(batch_of(&batch), vec![true, false, true]);
+            assert!(FeedId(public).verifying_key().is_err());
+            // The header check refuses it too (an append by such a key).
+            assert!(matches!(
+                crate::validate::validate_header(&key.header(1), 1024),
+                Err(EntryError::BadAuthor(_))
+            ));
+        }
+        assert!(FeedId(honest.public).verifying_key().is_ok());
+    }
+
+    #[test]
+    fn non_canonical_keys_and_r_are_refused() {
+        // Every point with a second encoding (y < 19, or x = 0): the other
+        // encoding is refused as a key and as R, though ed25519-dalek's
+        // decoder takes some of them.
+        let key = HandKey::new(31);
+        let good = key.sign(1);
+        let mut refused = 0;
+        for y in 0..19u8 {
+            for (add_p, sign) in [(true, false), (true, true), (false, true)] {
+                let bytes = y_bytes(y, add_p, sign);
+                if canonical_encoding(&bytes) {
+                    continue;
+                }
+                refused += 1;
+                assert!(
+                    FeedId(bytes).verifying_key().is_err(),
+                    "key y={y} {add_p} {sign}"
+                );
+                let mut sig = good.signature.to_bytes();
+                sig[..32].copy_from_slice(&bytes);
+                let bad_r = SignedHeader {
+                    header: good.header.clone(),
+                    signature: ed25519_dalek::Signature::from_bytes(&sig),
+                };
+                assert!(single(&bad_r).is_err());
+                assert_eq!(batch_of(&[good.clone(), bad_r]), vec![true, false]);
+            }
+        }
+        assert!(refused >= 38, "{refused}");
     }
 
     proptest! {

@@ -124,10 +124,7 @@ impl EntryError {
 /// and the size limit (rule 6).
 pub fn validate_header(header: &Header, max_payload: u32) -> Result<(), EntryError> {
     validate_header_shape(header, max_payload)?;
-    header
-        .author
-        .verifying_key()
-        .map_err(|_| EntryError::BadAuthor(header.author))?;
+    crate::sig::author_point(&header.author)?;
     Ok(())
 }
 
