@@ -137,14 +137,61 @@ pub struct Entry {
     pub payload: Value,
     /// How `payload` is given.
     pub payload_format: PayloadFormat,
+    /// blake3 of the payload, as the header says (hex).
+    pub payload_hash: String,
     /// The payload's length in bytes, as the header says.
     pub payload_len: u32,
     /// The previous entry's id (`null` at seq 1).
     pub prev: Option<String>,
+    /// The entry exactly as signed (only when asked for: `get --raw`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawEntry>,
     /// 1-based position in the feed.
     pub seq: u64,
+    /// The author's ed25519 signature of the id (hex, `R || s`).
+    pub signature: String,
     /// The author's clock, ms since the epoch.
     pub timestamp: u64,
+    /// The header's format version.
+    pub version: u8,
+}
+
+/// An entry's bytes exactly as signed and stored, so that it can be
+/// verified from the API alone (see `docs/FORMAT.md`): the id is
+/// blake3("kappadb/entry-id/v1\0" || header), the signature signs the id,
+/// and the payload hashes to the header's `payload_hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawEntry {
+    /// The canonical encoding of the signed header (hex).
+    pub header: String,
+    /// The stored payload's bytes, as `payload_encoding` says (`null` when
+    /// not held or erased).
+    pub payload: Option<String>,
+    /// `utf8` (the bytes are this text) or `base64` (standard alphabet,
+    /// padded); `null` with no payload.
+    pub payload_encoding: Option<String>,
+}
+
+impl RawEntry {
+    /// The raw form of an entry.
+    pub fn of(e: &kappadb_core::Entry) -> Self {
+        use base64::Engine as _;
+        let (payload, payload_encoding) = match e.payload.bytes() {
+            None => (None, None),
+            Some(b) => match std::str::from_utf8(b) {
+                Ok(text) => (Some(text.to_string()), Some("utf8".to_string())),
+                Err(_) => (
+                    Some(base64::engine::general_purpose::STANDARD.encode(b)),
+                    Some("base64".to_string()),
+                ),
+            },
+        };
+        Self {
+            header: kappadb_core::keys::hex(&e.header.encode()),
+            payload,
+            payload_encoding,
+        }
+    }
 }
 
 impl Entry {
@@ -159,10 +206,14 @@ impl Entry {
             offset,
             payload,
             payload_format,
+            payload_hash: h.payload_hash.to_string(),
             payload_len: h.payload_len,
             prev: h.prev.map(|p| p.to_string()),
+            raw: None,
             seq: h.seq,
+            signature: kappadb_core::keys::hex(&e.signature.to_bytes()),
             timestamp: h.timestamp,
+            version: h.version,
         }
     }
 }

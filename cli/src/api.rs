@@ -44,8 +44,8 @@ use crate::answer::{NodeInfo, OpError, OpResult, PeerInfo, Record};
 use crate::ops::{Backend, Local};
 use crate::out::note;
 use crate::params::{
-    AppendBody, DeleteBody, EventParams, FieldParams, FollowBody, KeyBody, KeyParam, KvListParams,
-    KvWrite, LogParams, RangeParams, TimelineParams, ViewAddBody,
+    AppendBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody, KeyParam,
+    KvListParams, KvWrite, LogParams, RangeParams, TimelineParams, ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -506,12 +506,17 @@ async fn feed_range(
     blocking(&st, move |l| l.feed_range(&feed, &p)).await
 }
 
-async fn entry(State(st): St, UrlPath((feed, seq)): UrlPath<(String, String)>) -> Response {
+async fn entry(
+    State(st): St,
+    UrlPath((feed, seq)): UrlPath<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let seq: u64 = try_op!(seq.parse().map_err(|_| OpError::bad(
         "bad_seq",
         format!("'{seq}' is not a seq (a whole number from 1)")
     )));
-    blocking(&st, move |l| l.get(&feed, seq)).await
+    let p: EntryParams = try_op!(query(q));
+    blocking(&st, move |l| l.get(&feed, seq, &p)).await
 }
 
 async fn peers(State(st): St) -> Response {

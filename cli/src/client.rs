@@ -20,8 +20,8 @@ use crate::answer::{
 use crate::api::ApiFile;
 use crate::ops::Backend;
 use crate::params::{
-    AppendBody, DeleteBody, EventParams, FieldParams, FollowBody, KeyBody, KeyParam, KvListParams,
-    KvWrite, LogParams, TimelineParams, ViewAddBody,
+    AppendBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody, KeyParam,
+    KvListParams, KvWrite, LogParams, TimelineParams, ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -192,8 +192,8 @@ impl Backend for Remote {
         self.read(&routes::LOG, [], p)
     }
 
-    fn get(&self, feed: &str, seq: u64) -> OpResult<Entry> {
-        self.read(&routes::ENTRY, [feed, &seq.to_string()], &())
+    fn get(&self, feed: &str, seq: u64, p: &EntryParams) -> OpResult<Entry> {
+        self.read(&routes::ENTRY, [feed, &seq.to_string()], p)
     }
 
     fn feeds(&self) -> OpResult<Vec<FeedInfo>> {

@@ -8,11 +8,11 @@ use anyhow::{Context, anyhow, bail};
 use kappadb_core::{CreateOptions, Db, DbConfig, FeedId, StoreError};
 use serde_json::{Value, json};
 
-use crate::answer::{AppendSummary, AppendedOne, Record};
+use crate::answer::{AppendSummary, AppendedOne, PayloadFormat, Record};
 use crate::client::Remote;
 use crate::ops::{Backend, Local};
 use crate::out::{self, Out, note};
-use crate::params::{AppendBody, LogParams};
+use crate::params::{AppendBody, EntryParams, LogParams};
 use crate::{Cli, Command};
 
 /// Entries per batch when appending lines.
@@ -105,7 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             log(&*b, feed, since, limit, follow, &mut out)
         }
-        Command::Get { feed, seq } => get(&*connect(&dir)?, &feed, seq, &mut out),
+        Command::Get { feed, seq, raw } => get(&*connect(&dir)?, &feed, seq, raw, &mut out),
         Command::Feeds { drop: None } => feeds(&*connect(&dir)?, &mut out),
         Command::Feeds { drop: Some(feed) } => {
             crate::lifecycle_cmd::forget(&*connect(&dir)?, &feed, &mut out)
@@ -345,8 +345,37 @@ fn print_record(r: &Record, out: &mut Out) -> anyhow::Result<()> {
     out.answer(r, |r| vec![out::record_line(r)])
 }
 
-fn get(b: &dyn Backend, feed: &str, seq: u64, out: &mut Out) -> anyhow::Result<ExitCode> {
-    out.answer(&b.get(feed, seq)?, out::entry_lines)?;
+fn get(
+    b: &dyn Backend,
+    feed: &str,
+    seq: u64,
+    raw: bool,
+    out: &mut Out,
+) -> anyhow::Result<ExitCode> {
+    let entry = b.get(feed, seq, &EntryParams { raw })?;
+    if raw && !out.json {
+        // The payload's bytes, exactly as stored (and hashed).
+        let Some(r) = &entry.raw else {
+            anyhow::bail!("the node did not send the raw entry");
+        };
+        let bytes = match (r.payload.as_deref(), r.payload_encoding.as_deref()) {
+            (Some(text), Some("utf8")) => text.as_bytes().to_vec(),
+            (Some(b64), Some("base64")) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.decode(b64)?
+            }
+            _ => anyhow::bail!(
+                "entry {seq} has no payload here ({}); --json --raw shows its header",
+                match entry.payload_format {
+                    PayloadFormat::Erased => "erased by its author",
+                    _ => "not held",
+                }
+            ),
+        };
+        out.raw(&bytes)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    out.answer(&entry, out::entry_lines)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -80,7 +80,8 @@ fn delete_body(b: &dyn Backend, a: DeleteArgs) -> anyhow::Result<DeleteBody> {
 fn deleted_line(d: &DeleteReply) -> Vec<String> {
     let mut what = Vec::new();
     if d.targets > 0 {
-        what.push(format!("{} entries", d.targets));
+        let s = if d.targets == 1 { "y" } else { "ies" };
+        what.push(format!("{} entr{s}", d.targets));
     }
     if let Some(n) = d.up_to {
         what.push(format!("every entry up to seq {n}"));
@@ -111,8 +112,10 @@ pub fn kv_purge(b: &dyn Backend, key: &str, out: &mut Out) -> anyhow::Result<Exi
     let d = b.kv_purge(key)?;
     out.answer(&d, |d| {
         vec![format!(
-            "purged {} ops of this feed on {key:?} (deletion entry seq {})",
-            d.targets, d.seq
+            "purged {} op{} of this feed on {key:?} (deletion entry seq {})",
+            d.targets,
+            if d.targets == 1 { "" } else { "s" },
+            d.seq
         )]
     })?;
     Ok(ExitCode::SUCCESS)

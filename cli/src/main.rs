@@ -89,6 +89,10 @@ pub enum Command {
         feed: String,
         /// Sequence number (1-based).
         seq: u64,
+        /// The entry exactly as stored: the payload's bytes on stdout, or
+        /// with --json the signed header's bytes and the payload too.
+        #[arg(long)]
+        raw: bool,
     },
     /// List every known feed with its head.
     Feeds {

@@ -22,11 +22,11 @@ use tokio::sync::watch;
 use crate::answer::{
     AppendReply, Appended, CompactReply, DeleteReply, Digest, Entry, FeedInfo, FeedRange, FieldHit,
     FollowReply, ForgetReply, Id, KvHead, KvItem, KvWritten, LogPage, OpError, OpResult, PeerInfo,
-    Record, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
+    RawEntry, Record, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
 };
 use crate::params::{
-    AppendBody, DeleteBody, FieldParams, FollowBody, KvListParams, KvWrite, LogParams, RangeParams,
-    TimelineParams, ViewAddBody,
+    AppendBody, DeleteBody, EntryParams, FieldParams, FollowBody, KvListParams, KvWrite, LogParams,
+    RangeParams, TimelineParams, ViewAddBody,
 };
 
 /// Records per page of `log` at most.
@@ -45,7 +45,7 @@ pub trait Backend {
     /// A page of log records.
     fn log(&self, p: &LogParams) -> OpResult<LogPage>;
     /// One entry.
-    fn get(&self, feed: &str, seq: u64) -> OpResult<Entry>;
+    fn get(&self, feed: &str, seq: u64, p: &EntryParams) -> OpResult<Entry>;
     /// Every known feed and its head.
     fn feeds(&self) -> OpResult<Vec<FeedInfo>>;
     /// The database's state.
@@ -364,10 +364,16 @@ impl Backend for Local {
         Ok(LogPage { records, next, end })
     }
 
-    fn get(&self, feed: &str, seq: u64) -> OpResult<Entry> {
+    fn get(&self, feed: &str, seq: u64, p: &EntryParams) -> OpResult<Entry> {
         let feed = self.resolve_feed(feed)?;
         match self.db.get(&feed, seq)? {
-            Some(entry) => Ok(Entry::of(None, &entry)),
+            Some(entry) => {
+                let mut answer = Entry::of(None, &entry);
+                if p.raw {
+                    answer.raw = Some(RawEntry::of(&entry));
+                }
+                Ok(answer)
+            }
             None => Err(match self.db.head(&feed) {
                 None => OpError::not_found(
                     "unknown_feed",

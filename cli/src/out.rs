@@ -53,6 +53,19 @@ impl Out {
         }
     }
 
+    /// Write bytes to stdout as they are (no newline added).
+    pub fn raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let res = self
+            .stdout
+            .write_all(bytes)
+            .and_then(|()| self.stdout.flush());
+        match res {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(BrokenPipe.into()),
+            Err(e) => Err(e.into()),
+            Ok(()) => Ok(()),
+        }
+    }
+
     /// Print lines to stdout.
     pub fn lines(&mut self, lines: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
         lines.into_iter().try_for_each(|l| self.line(l))
@@ -216,7 +229,11 @@ pub fn entry_lines(e: &Entry) -> Vec<String> {
         format!("id        {}", e.id),
         format!("prev      {}", e.prev.as_deref().unwrap_or("(none)")),
         format!("timestamp {} ({})", e.timestamp, fmt_time(e.timestamp)),
-        format!("payload   {} bytes", e.payload_len),
+        format!("signature {}", e.signature),
+        format!(
+            "payload   {} bytes, blake3 {}",
+            e.payload_len, e.payload_hash
+        ),
         payload_text(&e.payload, e.payload_format),
     ]
 }

@@ -23,6 +23,14 @@ pub struct LogParams {
     pub feed: Option<String>,
 }
 
+/// Parameters of a one-entry read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EntryParams {
+    /// Add the entry exactly as signed ([`crate::answer::RawEntry`]).
+    pub raw: bool,
+}
+
 /// Parameters of a feed range read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -467,8 +467,8 @@ mod tests {
         // passes the cofactored equation, and cofactorless verifiers
         // refuse it; the key is refused as an author.
         let honest = HandKey::new(30);
-        for t in 1..8 {
-            let public = (EdwardsPoint::mul_base(&honest.a) + EIGHT_TORSION[t])
+        for (t, torsion) in EIGHT_TORSION.iter().enumerate().skip(1) {
+            let public = (EdwardsPoint::mul_base(&honest.a) + torsion)
                 .compress()
                 .to_bytes();
             let key = HandKey {

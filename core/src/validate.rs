@@ -5,10 +5,12 @@
 //! 1. its header version is known ([`EntryError::UnsupportedVersion`]);
 //! 2. `prev` is `None` exactly when `seq == 1`, and `seq >= 1`
 //!    ([`EntryError::BadBacklink`]);
-//! 3. the author is a valid ed25519 key ([`EntryError::BadAuthor`]);
+//! 3. the author is an ed25519 key in canonical encoding, of prime order
+//!    (no small-order component) ([`EntryError::BadAuthor`]);
 //! 4. the signature verifies over the recomputed id: ed25519 with the
-//!    cofactored equation, canonical `s`, and `R` not of small order
-//!    (`sig.rs` spells it out) ([`EntryError::BadSignature`]);
+//!    cofactored equation, canonical `s`, and `R` canonically encoded and
+//!    not of small order (`sig.rs` spells it out; `docs/FORMAT.md` too)
+//!    ([`EntryError::BadSignature`]);
 //! 5. it extends the feed's head: `seq == head.seq + 1` and
 //!    `prev == head.id` ([`EntryError::SeqGap`], [`EntryError::PrevMismatch`]);
 //! 6. `payload_len` is within the database's limit

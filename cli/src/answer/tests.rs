@@ -21,15 +21,24 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
         offset: Some(3),
         payload: json!({"b": 1, "a": [2.5, null]}),
         payload_format: PayloadFormat::Json,
+        payload_hash: "h".into(),
         payload_len: 9,
         prev: None,
+        raw: None,
         seq: 1,
+        signature: "s".into(),
         timestamp: 2,
+        version: 1,
     };
     sorted(&entry);
     sorted(&Entry {
         offset: None,
         prev: Some("p".into()),
+        raw: Some(RawEntry {
+            header: "01".into(),
+            payload: Some("x".into()),
+            payload_encoding: Some("utf8".into()),
+        }),
         ..entry.clone()
     });
     sorted(&Record::Fork(Fork {
@@ -199,10 +208,14 @@ fn records_round_trip_and_are_told_apart_by_kind() {
         offset: Some(7),
         payload: json!({"n": 12345678901234567890u64, "x": 1.5, "s": "t"}),
         payload_format: PayloadFormat::Json,
+        payload_hash: "h".into(),
         payload_len: 40,
         prev: Some("p".into()),
+        raw: None,
         seq: 2,
+        signature: "s".into(),
         timestamp: 3,
+        version: 1,
     });
     let fork = Record::Fork(Fork {
         feed: "f".into(),

@@ -169,6 +169,10 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Decoded, &'static str> {
             if !left.is_empty() {
                 return Err("trailing bytes after fork proof");
             }
+            // One encoding per proof, like headers in entry records.
+            if postcard::to_stdvec(&parts).ok().as_deref() != Some(rest) {
+                return Err("fork proof not canonically encoded");
+            }
             Ok(Decoded::Record(RecordBody::Fork(ForkProof::from_stored(
                 parts,
             )?)))
