@@ -338,6 +338,7 @@ fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
 }
 
@@ -359,7 +360,23 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(t) if token_ok(t.as_bytes(), st.service.token.as_bytes()) => next.run(req).await,
+        Some(t) if token_ok(t.as_bytes(), st.service.token.as_bytes()) => {
+            // A body announced as over the limit is refused before it is
+            // waited for (the limit itself applies while reading).
+            let announced = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if announced.is_some_and(|n| n > MAX_BODY as u64) {
+                return fail(OpError::new(
+                    413,
+                    "body_too_large",
+                    format!("request bodies are limited to {MAX_BODY} bytes"),
+                ));
+            }
+            next.run(req).await
+        }
         _ => {
             let mut res = fail(OpError::new(
                 401,
@@ -399,6 +416,37 @@ fn reply<T: Serialize>(r: OpResult<T>) -> Response {
 }
 
 /// An error as a response: its status and its JSON body.
+/// Every error answer is a JSON error body: an extractor's rejection
+/// (a path segment that is not UTF-8, a body over the limit, ...) comes as
+/// plain text and is wrapped here, with its text as the message.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let text = match axum::body::to_bytes(res.into_body(), 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    };
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "bad_content_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    fail(OpError::new(status.as_u16(), code, message))
+}
+
 fn fail(e: OpError) -> Response {
     (
         StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
