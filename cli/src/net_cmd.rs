@@ -96,6 +96,10 @@ async fn auto_compact(db: Db, threshold: u64, mut stop: tokio::sync::watch::Rece
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        // API requests and log reads run on the blocking pool; bounded, so
+        // a burst of requests queues instead of growing threads (and the
+        // allocator's per-thread memory) without limit.
+        .max_blocking_threads(32)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

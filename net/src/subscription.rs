@@ -26,6 +26,10 @@ pub const BATCH_RECORDS: usize = 256;
 /// after the record that reaches it).
 pub const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Subscriptions of this process reading the log at once, at most.
+pub const READERS: usize = 8;
+static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(READERS);
+
 type Item = Result<LogRecord, StoreError>;
 
 /// The log's records from an offset on, then each new record as it becomes
@@ -130,17 +134,31 @@ impl Subscription {
                 }
                 continue;
             }
-            let Some(tail) = self.tail.take() else {
+            let Some(offset) = self.tail.as_ref().map(Tail::offset) else {
                 // Neither here nor in flight: cannot happen, but end
                 // rather than wait forever.
                 self.done = true;
                 continue;
             };
-            if self.db.log_end() > tail.offset() {
-                self.pending = Some(tokio::task::spawn_blocking(move || read_batch(tail)));
+            if self.db.log_end() > offset {
+                // At most READERS subscriptions read at once, so a hundred
+                // subscribers woken by one append do not become a hundred
+                // blocking threads. Waiting here is cancel-safe: the tail
+                // is taken only once the permit is held.
+                let Ok(permit) = READS.acquire().await else {
+                    self.done = true;
+                    continue;
+                };
+                let Some(tail) = self.tail.take() else {
+                    self.done = true;
+                    continue;
+                };
+                self.pending = Some(tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    read_batch(tail)
+                }));
                 continue;
             }
-            self.tail = Some(tail);
             // A write between the check above and this wait left a permit
             // (`notify_one`), so the wake-up is not lost.
             self.notify.notified().await;
