@@ -1,8 +1,9 @@
 //! The signature rule (validation rule 4), checked one at a time or in
 //! batches, with the same verdict either way.
 //!
-//! A signature `(R, s)` by the key `A` over the message `M` (an entry id) is
-//! valid iff
+//! A signature `(R, s)` by the key `A` over the message `M` (an entry id;
+//! `test_utils::verify_message` applies the same rule to any byte
+//! string, for external vectors) is valid iff
 //! 1. `A` is the canonical encoding of a curve point ([`canonical_encoding`])
 //!    that lies in the prime-order subgroup and is not the identity: no
 //!    small order, no small-order component ([`FeedId::verifying_key`];
@@ -24,7 +25,9 @@
 //! whose `R` carries a small-order component, which no honest signer
 //! produces (checking `R`'s subgroup would cost a scalar multiplication
 //! per signature). `core/tests/vectors.rs` pins the verdict on every
-//! external vector, with these relations. The reason for the cofactor: a batch check
+//! external vector, and asserts these relations.
+//!
+//! The reason for the cofactor: a batch check
 //! `Σ zᵢ([sᵢ]B − Rᵢ − [kᵢ]Aᵢ) = 0` with random `zᵢ` cannot tell a
 //! small-order error term from none, so with the cofactorless equation a
 //! crafted signature would pass or fail depending on the random
@@ -263,7 +266,7 @@ impl Claim for ToVerify<'_> {
 }
 
 /// A signature over any byte string, for checking external vectors against
-/// this rule ([`crate::test_utils::verify_message`]).
+/// this rule (`test_utils::verify_message`).
 #[derive(Clone, Copy)]
 pub(crate) struct Message<'a> {
     pub key: &'a FeedId,
