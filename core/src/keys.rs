@@ -52,15 +52,9 @@ impl FeedId {
     /// small-order component). This costs a scalar multiplication; the
     /// signature checks cache its result per key.
     pub fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
-        if !crate::sig::canonical_encoding(&self.0) {
-            return Err(KeyError::InvalidPublicKey);
-        }
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
-            .map_err(|_| KeyError::InvalidPublicKey)?;
-        if key.is_weak() || !key.to_edwards().is_torsion_free() {
-            return Err(KeyError::InvalidPublicKey);
-        }
-        Ok(key)
+        crate::sig::key_point(&self.0)
+            .map(ed25519_dalek::VerifyingKey::from)
+            .map_err(|_| KeyError::InvalidPublicKey)
     }
 }
 

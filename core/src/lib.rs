@@ -44,7 +44,7 @@ pub mod index;
 pub mod keys;
 pub mod log;
 mod sig;
-pub use sig::canonical_encoding;
+pub use sig::{Refusal, canonical_encoding};
 pub mod system;
 pub mod tail;
 pub mod validate;

@@ -1,8 +1,9 @@
 //! The signature rule (validation rule 4), checked one at a time or in
 //! batches, with the same verdict either way.
 //!
-//! A signature `(R, s)` by the key `A` over the message `M` (an entry id) is
-//! valid iff
+//! A signature `(R, s)` by the key `A` over the message `M` (an entry id;
+//! `test_utils::verify_message` applies the same rule to any byte
+//! string, for external vectors) is valid iff
 //! 1. `A` is the canonical encoding of a curve point ([`canonical_encoding`])
 //!    that lies in the prime-order subgroup and is not the identity: no
 //!    small order, no small-order component ([`FeedId::verifying_key`];
@@ -17,10 +18,16 @@
 //! stricter than RFC 8032 and as strict as libsodium: a key with a
 //! small-order component (a point of mixed order) is refused, so a
 //! signature by such a key, which cofactorless verifiers refuse, is
-//! refused here too. It accepts every signature that ed25519-dalek's
-//! `verify_strict` accepts; it also accepts the ones whose `R` carries a
-//! small-order component, which no honest signer produces (checking `R`'s
-//! subgroup would cost a scalar multiplication per signature). The reason for the cofactor: a batch check
+//! refused here too. Against ed25519-dalek's `verify_strict`: every
+//! signature it accepts by a torsion-free key is accepted here (its
+//! signatures by mixed-order keys, whose small-order parts happen to
+//! cancel, are refused here by rule 1); this rule also accepts the ones
+//! whose `R` carries a small-order component, which no honest signer
+//! produces (checking `R`'s subgroup would cost a scalar multiplication
+//! per signature). `core/tests/vectors.rs` pins the verdict on every
+//! external vector, and asserts these relations.
+//!
+//! The reason for the cofactor: a batch check
 //! `Σ zᵢ([sᵢ]B − Rᵢ − [kᵢ]Aᵢ) = 0` with random `zᵢ` cannot tell a
 //! small-order error term from none, so with the cofactorless equation a
 //! crafted signature would pass or fail depending on the random
@@ -53,6 +60,76 @@ struct Parts {
     r: EdwardsPoint,
     s: Scalar,
     k: Scalar,
+}
+
+/// Which part of the rule a signature breaks, checked in this order. The
+/// entry path reports the key classes as [`EntryError::BadAuthor`] and the
+/// others as [`EntryError::BadSignature`]; the two length classes only
+/// arise for signatures over arbitrary bytes (an entry holds exactly 32
+/// and 64 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The key is not 32 bytes.
+    #[error("key is not 32 bytes")]
+    KeyLength,
+    /// The signature is not 64 bytes.
+    #[error("signature is not 64 bytes")]
+    SignatureLength,
+    /// Rule 1: the key is not a canonical point encoding.
+    #[error("key is not a canonical point encoding")]
+    KeyEncoding,
+    /// Rule 1: the key's bytes decode to no curve point.
+    #[error("key is not a curve point")]
+    KeyNotAPoint,
+    /// Rule 1: the key is a point of small order (the identity included).
+    #[error("key has small order")]
+    KeySmallOrder,
+    /// Rule 1: the key has a small-order component (mixed order).
+    #[error("key has a small-order component")]
+    KeyTorsion,
+    /// Rule 2: `s` is not below ℓ.
+    #[error("s is not a canonical scalar")]
+    ScalarNotCanonical,
+    /// Rule 3: `R` is not a canonical point encoding.
+    #[error("R is not a canonical point encoding")]
+    REncoding,
+    /// Rule 3: `R`'s bytes decode to no curve point.
+    #[error("R is not a curve point")]
+    RNotAPoint,
+    /// Rule 3: `R` has small order.
+    #[error("R has small order")]
+    RSmallOrder,
+    /// Rule 4: the cofactored equation does not hold.
+    #[error("the verification equation does not hold")]
+    Equation,
+}
+
+impl Refusal {
+    /// Whether rule 1 (the key) is what fails.
+    pub fn is_key(self) -> bool {
+        matches!(
+            self,
+            Refusal::KeyLength
+                | Refusal::KeyEncoding
+                | Refusal::KeyNotAPoint
+                | Refusal::KeySmallOrder
+                | Refusal::KeyTorsion
+        )
+    }
+}
+
+/// One signature as the rule sees it: a key, a message, a signature, and
+/// how a refusal is reported. Entries sign their 32-byte id
+/// ([`ToVerify`]); any byte string can be checked the same way
+/// ([`Message`]).
+pub(crate) trait Claim {
+    /// What a refusal becomes.
+    type Error;
+    fn key(&self) -> &FeedId;
+    fn msg(&self) -> &[u8];
+    fn signature(&self) -> &ed25519_dalek::Signature;
+    fn refused(&self, why: Refusal) -> Self::Error;
 }
 
 /// p = 2²⁵⁵ − 19, little-endian.
@@ -89,22 +166,42 @@ pub fn canonical_encoding(bytes: &[u8; 32]) -> bool {
     !(sign == 1 && (y == one || y == p_minus_one))
 }
 
-/// Decode `R` and `s` and compute `k`; `None` breaks rule 2 or 3.
-fn parts(key: &[u8; 32], msg: &[u8; 32], sig: &ed25519_dalek::Signature) -> Option<Parts> {
-    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes()))?;
-    if !canonical_encoding(sig.r_bytes()) {
-        return None;
+/// Rule 1 for a key's bytes: its point, or the reason it is refused.
+pub(crate) fn key_point(bytes: &[u8; 32]) -> Result<EdwardsPoint, Refusal> {
+    if !canonical_encoding(bytes) {
+        return Err(Refusal::KeyEncoding);
     }
-    let r = CompressedEdwardsY(*sig.r_bytes()).decompress()?;
+    let point = CompressedEdwardsY(*bytes)
+        .decompress()
+        .ok_or(Refusal::KeyNotAPoint)?;
+    if point.is_small_order() {
+        return Err(Refusal::KeySmallOrder);
+    }
+    if !point.is_torsion_free() {
+        return Err(Refusal::KeyTorsion);
+    }
+    Ok(point)
+}
+
+/// Decode `R` and `s` and compute `k`; an error breaks rule 2 or 3.
+fn parts(key: &[u8; 32], msg: &[u8], sig: &ed25519_dalek::Signature) -> Result<Parts, Refusal> {
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes()))
+        .ok_or(Refusal::ScalarNotCanonical)?;
+    if !canonical_encoding(sig.r_bytes()) {
+        return Err(Refusal::REncoding);
+    }
+    let r = CompressedEdwardsY(*sig.r_bytes())
+        .decompress()
+        .ok_or(Refusal::RNotAPoint)?;
     if r.is_small_order() {
-        return None;
+        return Err(Refusal::RSmallOrder);
     }
     let k = challenge(sig.r_bytes(), key, msg);
-    Some(Parts { r, s, k })
+    Ok(Parts { r, s, k })
 }
 
 /// `k = SHA-512(R ‖ A ‖ M) mod ℓ`.
-fn challenge(r: &[u8; 32], key: &[u8; 32], msg: &[u8; 32]) -> Scalar {
+fn challenge(r: &[u8; 32], key: &[u8; 32], msg: &[u8]) -> Scalar {
     let mut h = Sha512::new();
     h.update(r);
     h.update(key);
@@ -139,12 +236,61 @@ impl<'a> ToVerify<'a> {
             signature: &signed.signature,
         }
     }
+}
 
-    fn bad(&self) -> EntryError {
-        EntryError::BadSignature {
-            author: *self.author,
-            seq: self.seq,
+impl Claim for ToVerify<'_> {
+    type Error = EntryError;
+
+    fn key(&self) -> &FeedId {
+        self.author
+    }
+
+    fn msg(&self) -> &[u8] {
+        &self.id.0
+    }
+
+    fn signature(&self) -> &ed25519_dalek::Signature {
+        self.signature
+    }
+
+    fn refused(&self, why: Refusal) -> EntryError {
+        if why.is_key() {
+            EntryError::BadAuthor(*self.author)
+        } else {
+            EntryError::BadSignature {
+                author: *self.author,
+                seq: self.seq,
+            }
         }
+    }
+}
+
+/// A signature over any byte string, for checking external vectors against
+/// this rule (`test_utils::verify_message`).
+#[derive(Clone, Copy)]
+pub(crate) struct Message<'a> {
+    pub key: &'a FeedId,
+    pub msg: &'a [u8],
+    pub signature: &'a ed25519_dalek::Signature,
+}
+
+impl Claim for Message<'_> {
+    type Error = Refusal;
+
+    fn key(&self) -> &FeedId {
+        self.key
+    }
+
+    fn msg(&self) -> &[u8] {
+        self.msg
+    }
+
+    fn signature(&self) -> &ed25519_dalek::Signature {
+        self.signature
+    }
+
+    fn refused(&self, why: Refusal) -> Refusal {
+        why
     }
 }
 
@@ -155,15 +301,12 @@ static KEYS: LazyLock<RwLock<HashMap<FeedId, EdwardsPoint>>> =
     LazyLock::new(|| RwLock::new(HashMap::new()));
 const KEYS_CACHED: usize = 16_384;
 
-/// Rule 1: the author's key as a point, or [`EntryError::BadAuthor`].
-pub(crate) fn author_point(author: &FeedId) -> Result<EdwardsPoint, EntryError> {
+/// Rule 1 through the cache: the key as a point, or why it is refused.
+fn cached_key_point(author: &FeedId) -> Result<EdwardsPoint, Refusal> {
     if let Some(point) = KEYS.read().ok().and_then(|keys| keys.get(author).copied()) {
         return Ok(point);
     }
-    let point = author
-        .verifying_key()
-        .map(|k| k.to_edwards())
-        .map_err(|_| EntryError::BadAuthor(*author))?;
+    let point = key_point(author.as_bytes())?;
     if let Ok(mut keys) = KEYS.write() {
         if keys.len() >= KEYS_CACHED {
             keys.clear();
@@ -173,51 +316,60 @@ pub(crate) fn author_point(author: &FeedId) -> Result<EdwardsPoint, EntryError> 
     Ok(point)
 }
 
+/// Rule 1: the author's key as a point, or [`EntryError::BadAuthor`].
+pub(crate) fn author_point(author: &FeedId) -> Result<EdwardsPoint, EntryError> {
+    cached_key_point(author).map_err(|_| EntryError::BadAuthor(*author))
+}
+
 /// Check one signature.
-pub(crate) fn verify_one(item: &ToVerify<'_>) -> Result<(), EntryError> {
-    let a = author_point(item.author)?;
-    let p = parts(item.author.as_bytes(), &item.id.0, item.signature).ok_or_else(|| item.bad())?;
+pub(crate) fn verify_one<C: Claim>(item: &C) -> Result<(), C::Error> {
+    let key = item.key();
+    let a = cached_key_point(key).map_err(|why| item.refused(why))?;
+    let p = parts(key.as_bytes(), item.msg(), item.signature()).map_err(|why| item.refused(why))?;
     if equation_holds(&a, &p) {
         Ok(())
     } else {
-        Err(item.bad())
+        Err(item.refused(Refusal::Equation))
     }
 }
 
 /// Check a batch of signatures with one multiscalar multiplication. Returns
 /// one result per input, in order; if the batch equation fails, each
 /// signature is re-checked alone so the bad ones are named exactly.
-pub(crate) fn verify_batch(batch: &[ToVerify<'_>]) -> Vec<Result<(), EntryError>> {
-    let mut results: Vec<Result<(), EntryError>> = vec![Ok(()); batch.len()];
+pub(crate) fn verify_batch<C: Claim>(batch: &[C]) -> Vec<Result<(), C::Error>> {
+    let mut results: Vec<Result<(), C::Error>> = batch.iter().map(|_| Ok(())).collect();
     // Distinct keys, in first-seen order.
     let mut keys: Vec<(FeedId, EdwardsPoint)> = Vec::new();
     // (input index, key slot, parts) of the signatures that reach rule 4.
     let mut items: Vec<(usize, usize, Parts)> = Vec::with_capacity(batch.len());
     let mut seed = blake3::Hasher::new_derive_key(BATCH_CONTEXT);
     for (i, item) in batch.iter().enumerate() {
-        let author = *item.author;
+        let author = *item.key();
         // Pages usually hold one feed: look at the latest key first.
         let slot = match keys.iter().rposition(|(k, _)| *k == author) {
             Some(slot) => slot,
-            None => match author_point(&author) {
+            None => match cached_key_point(&author) {
                 Ok(a) => {
                     keys.push((author, a));
                     keys.len() - 1
                 }
-                Err(e) => {
-                    results[i] = Err(e);
+                Err(why) => {
+                    results[i] = Err(item.refused(why));
                     continue;
                 }
             },
         };
-        match parts(author.as_bytes(), &item.id.0, item.signature) {
-            Some(p) => {
+        let msg = item.msg();
+        match parts(author.as_bytes(), msg, item.signature()) {
+            Ok(p) => {
                 seed.update(author.as_bytes());
-                seed.update(&item.id.0);
-                seed.update(&item.signature.to_bytes());
+                // The length keeps messages of any length apart.
+                seed.update(&(msg.len() as u64).to_le_bytes());
+                seed.update(msg);
+                seed.update(&item.signature().to_bytes());
                 items.push((i, slot, p));
             }
-            None => results[i] = Err(item.bad()),
+            Err(why) => results[i] = Err(item.refused(why)),
         }
     }
     if items.is_empty() {
@@ -245,7 +397,7 @@ pub(crate) fn verify_batch(batch: &[ToVerify<'_>]) -> Vec<Result<(), EntryError>
     if !sum.mul_by_cofactor().is_identity() {
         for (i, slot, p) in &items {
             if !equation_holds(&keys[*slot].1, p) {
-                results[*i] = Err(batch[*i].bad());
+                results[*i] = Err(batch[*i].refused(Refusal::Equation));
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Helpers for tests in this crate and others (feature `test_utils`).
 
 use crate::entry::Entry;
-use crate::keys::SigningKey;
+use crate::keys::{FeedId, SigningKey};
+use crate::sig::{Message, Refusal};
 
 /// A peer with a deterministic key that signs entries without a database.
 #[derive(Debug, Clone)]
@@ -30,4 +31,54 @@ impl TestPeer {
         self.entries.push(e.clone());
         e
     }
+}
+
+/// Check a signature over any byte string `msg` with exactly the rule
+/// entries are checked with (`core/src/sig.rs`; entries sign their 32-byte
+/// id), for external test vectors. Keys and signatures of the wrong length
+/// are refused as such.
+pub fn verify_message(key: &[u8], msg: &[u8], signature: &[u8]) -> Result<(), Refusal> {
+    let (key, signature) = sized(key, signature)?;
+    crate::sig::verify_one(&Message {
+        key: &key,
+        msg,
+        signature: &signature,
+    })
+}
+
+/// [`verify_message`] for many `(key, msg, signature)` at once, through the
+/// batch verifier: one result per input, in order.
+pub fn verify_messages(batch: &[(&[u8], &[u8], &[u8])]) -> Vec<Result<(), Refusal>> {
+    let sized: Vec<Result<(FeedId, ed25519_dalek::Signature), Refusal>> =
+        batch.iter().map(|(k, _, s)| sized(k, s)).collect();
+    let claims: Vec<Message<'_>> = sized
+        .iter()
+        .zip(batch)
+        .filter_map(|(s, (_, msg, _))| {
+            s.as_ref().ok().map(|(key, signature)| Message {
+                key,
+                msg,
+                signature,
+            })
+        })
+        .collect();
+    // The length refusals, then the batch's verdicts in the other slots.
+    let mut results: Vec<Result<(), Refusal>> = sized
+        .iter()
+        .map(|s| s.as_ref().map(|_| ()).map_err(|why| *why))
+        .collect();
+    let open = results.iter_mut().filter(|r| r.is_ok());
+    for (slot, verdict) in open.zip(crate::sig::verify_batch(&claims)) {
+        *slot = verdict;
+    }
+    results
+}
+
+fn sized(key: &[u8], signature: &[u8]) -> Result<(FeedId, ed25519_dalek::Signature), Refusal> {
+    let key: [u8; 32] = key.try_into().map_err(|_| Refusal::KeyLength)?;
+    let signature: [u8; 64] = signature.try_into().map_err(|_| Refusal::SignatureLength)?;
+    Ok((
+        FeedId(key),
+        ed25519_dalek::Signature::from_bytes(&signature),
+    ))
 }
