@@ -22,19 +22,14 @@ struct Api {
 
 impl Api {
     fn of(dir: &Path) -> Self {
-        let file: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("api.json")).unwrap()).unwrap();
-        let token = std::fs::read_to_string(dir.join("api.token"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let (addr, token) = common::api_endpoint(dir);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
         Self {
-            base: format!("http://{}", file["addr"].as_str().unwrap()),
+            base: format!("http://{addr}"),
             token,
             agent,
         }

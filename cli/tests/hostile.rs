@@ -21,15 +21,8 @@ struct Raw {
 
 impl Raw {
     fn of(dir: &Path) -> Self {
-        let file: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("api.json")).unwrap()).unwrap();
-        Raw {
-            addr: file["addr"].as_str().unwrap().to_string(),
-            token: std::fs::read_to_string(dir.join("api.token"))
-                .unwrap()
-                .trim()
-                .to_string(),
-        }
+        let (addr, token) = common::api_endpoint(dir);
+        Raw { addr, token }
     }
 
     /// Send one request (the body written in a thread, so a server that

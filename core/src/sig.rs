@@ -122,7 +122,7 @@ impl Refusal {
 /// One signature as the rule sees it: a key, a message, a signature, and
 /// how a refusal is reported. Entries sign their 32-byte id
 /// ([`ToVerify`]); any byte string can be checked the same way
-/// ([`Message`]).
+/// (`Message`).
 pub(crate) trait Claim {
     /// What a refusal becomes.
     type Error;
@@ -267,6 +267,7 @@ impl Claim for ToVerify<'_> {
 
 /// A signature over any byte string, for checking external vectors against
 /// this rule (`test_utils::verify_message`).
+#[cfg(any(test, feature = "test_utils"))]
 #[derive(Clone, Copy)]
 pub(crate) struct Message<'a> {
     pub key: &'a FeedId,
@@ -274,6 +275,7 @@ pub(crate) struct Message<'a> {
     pub signature: &'a ed25519_dalek::Signature,
 }
 
+#[cfg(any(test, feature = "test_utils"))]
 impl Claim for Message<'_> {
     type Error = Refusal;
 

@@ -174,3 +174,15 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The running node's API address (`host:port`) and bearer token, from
+/// `api.json` and `api.token` in its database directory.
+pub fn api_endpoint(dir: &Path) -> (String, String) {
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("api.json")).unwrap()).unwrap();
+    let token = std::fs::read_to_string(dir.join("api.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (file["addr"].as_str().unwrap().to_string(), token)
+}
