@@ -197,7 +197,9 @@ impl LogWriter {
             .map_err(io_err(&path))?;
         let file_len = active.metadata().map_err(io_err(&path))?.len();
         // Scan the active segment for the last good record. Its tail is
-        // preallocated zeros: an all-zero frame header is the clean end.
+        // preallocated zeros: an all-zero frame header is the clean end, and
+        // so is a run of zeros too short to hold one (the preallocated room
+        // can end a few bytes past the last record).
         let mut data = Vec::new();
         active
             .seek(SeekFrom::Start(0))
@@ -207,6 +209,9 @@ impl LogWriter {
         let mut failure = None;
         loop {
             let rest = &data[good as usize..];
+            if rest.len() < FRAME_LEN as usize && rest.iter().all(|&b| b == 0) {
+                break;
+            }
             if rest.len() >= FRAME_LEN as usize
                 && rest[..FRAME_LEN as usize].iter().all(|&b| b == 0)
             {
@@ -524,7 +529,37 @@ fn replay_journal(dir: &Path, starts: &[u64]) -> Result<usize, StoreError> {
 
 #[cfg(test)]
 mod journal_tests {
-    use super::Edit;
+    use super::{Edit, FRAME_LEN, LogWriter, segment_path};
+
+    /// A clean log whose preallocated zeros end fewer than a frame
+    /// header's bytes past the last record is not torn: nothing is cut and
+    /// no recovery is reported (found by `core/tests/model.rs`).
+    #[test]
+    fn a_short_run_of_zeros_after_the_last_record_is_a_clean_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, recovery) = LogWriter::open(dir.path(), 1 << 20, None).unwrap();
+        assert!(recovery.is_none());
+        let mut buf = Vec::new();
+        crate::log::record::encode_record(
+            &crate::log::RecordBody::Forget(crate::keys::FeedId([7; 32])),
+            &mut buf,
+        );
+        log.append(&buf, &[buf.len()]).unwrap();
+        let end = log.end();
+        drop(log);
+        let path = segment_path(dir.path(), 0);
+        for zeros in 0..FRAME_LEN {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(end + zeros)
+                .unwrap();
+            let (log, recovery) = LogWriter::open(dir.path(), 1 << 20, Some(end)).unwrap();
+            assert!(recovery.is_none(), "{zeros} zeros: {recovery:?}");
+            assert_eq!(log.end(), end);
+        }
+    }
 
     #[test]
     fn journal_entries_round_trip_and_refuse_damage() {
