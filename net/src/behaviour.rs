@@ -36,8 +36,9 @@ use libp2p::pnet::{PnetConfig, PnetError, PnetOutput, PreSharedKey};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{PeerId, StreamProtocol, Transport, gossipsub, identify, mdns, noise, ping};
-use libp2p::{request_response, tcp, yamux};
+use libp2p::{connection_limits, request_response, tcp, yamux};
 
+use crate::admission::PendingPerIp;
 use crate::error::NetError;
 use crate::protocol::{
     Limits, PROTOCOL_NAME, PROTOCOL_V1, Request, Response, decode_request, decode_response,
@@ -266,17 +267,51 @@ impl request_response::Codec for SyncCodec {
     }
 }
 
+/// Caps on connections, so that many of them (idle, slow or hostile)
+/// cannot exhaust the node's memory or crowd out honest peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimitsConfig {
+    /// Inbound connections in the handshake at once, in all.
+    pub max_pending_incoming: u32,
+    /// Inbound connections in the handshake at once from one remote IP
+    /// address (see [`crate::admission`]).
+    pub max_pending_incoming_per_ip: u32,
+    /// Established inbound connections.
+    pub max_established_incoming: u32,
+    /// Established connections, both directions.
+    pub max_established: u32,
+    /// Established connections with one peer.
+    pub max_established_per_peer: u32,
+}
+
+impl Default for ConnectionLimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_pending_incoming: 256,
+            max_pending_incoming_per_ip: 8,
+            max_established_incoming: 256,
+            max_established: 512,
+            max_established_per_peer: 4,
+        }
+    }
+}
+
 /// Settings of [`Behaviour`].
 #[derive(Clone, Debug)]
 pub(crate) struct BehaviourConfig {
     pub(crate) limits: Limits,
     pub(crate) request_timeout: Duration,
     pub(crate) mdns: Option<Duration>,
+    pub(crate) connections: ConnectionLimitsConfig,
 }
 
 /// Everything a kappadb node speaks.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    // The limits come first: a connection they refuse costs the other
+    // behaviours nothing.
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) pending_per_ip: PendingPerIp,
     pub(crate) sync: request_response::Behaviour<SyncCodec>,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) identify: identify::Behaviour,
@@ -339,7 +374,17 @@ impl Behaviour {
             }
             None => None,
         };
+        let c = &config.connections;
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(c.max_pending_incoming))
+                .with_max_established_incoming(Some(c.max_established_incoming))
+                .with_max_established(Some(c.max_established))
+                .with_max_established_per_peer(Some(c.max_established_per_peer)),
+        );
         Ok(Self {
+            limits,
+            pending_per_ip: PendingPerIp::new(c.max_pending_incoming_per_ip),
             sync,
             gossipsub,
             identify,

@@ -68,6 +68,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 
+pub mod admission;
 pub mod behaviour;
 pub mod blocklist;
 pub mod error;
@@ -81,6 +82,7 @@ pub mod subscription;
 #[cfg(any(test, feature = "test_utils"))]
 pub mod test_utils;
 
+pub use behaviour::ConnectionLimitsConfig;
 pub use error::NetError;
 pub use invite::Invite;
 pub use libp2p::{Multiaddr, PeerId, multiaddr};

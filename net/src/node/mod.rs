@@ -66,7 +66,8 @@ use self::dialer::{Dialer, split_peer};
 use self::swarm::{Runner, Shared};
 use self::waiters::Waiters;
 use crate::behaviour::{
-    Behaviour, BehaviourConfig, MAX_GOSSIP_BYTES, build_transport, gossip_topic, identity_keypair,
+    Behaviour, BehaviourConfig, ConnectionLimitsConfig, MAX_GOSSIP_BYTES, build_transport,
+    gossip_topic, identity_keypair,
 };
 use crate::blocklist::BlockList;
 use crate::error::NetError;
@@ -102,6 +103,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Longest wait between two redials of a known peer.
     pub max_redial_backoff: Duration,
+    /// Caps on inbound and established connections.
+    pub connections: ConnectionLimitsConfig,
 }
 
 impl Default for NodeConfig {
@@ -113,6 +116,7 @@ impl Default for NodeConfig {
             idle_connection_timeout: Duration::from_secs(24 * 60 * 60),
             request_timeout: Duration::from_secs(60),
             max_redial_backoff: Duration::from_secs(5 * 60),
+            connections: ConnectionLimitsConfig::default(),
         }
     }
 }
@@ -521,6 +525,7 @@ async fn spawn(b: NodeBuilder) -> Result<NodeHandle, NetError> {
             limits: limits.clone(),
             request_timeout: config.request_timeout,
             mdns: b.mdns.then_some(config.mdns_query_interval),
+            connections: config.connections.clone(),
         },
     )?;
     let mut swarm = Swarm::new(

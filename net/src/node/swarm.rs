@@ -418,6 +418,7 @@ impl Runner {
 
     fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
         match ev {
+            BehaviourEvent::Limits(never) | BehaviourEvent::PendingPerIp(never) => match never {},
             BehaviourEvent::Sync(ev) => self.on_sync_event(ev),
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
