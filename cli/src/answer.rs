@@ -745,6 +745,9 @@ impl From<StoreError> for OpError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Locked { .. } => Self::new(409, "locked", e.to_string()),
+            // 507 Insufficient Storage: the node refuses writes until it
+            // is restarted with room on its disk.
+            StoreError::DiskFull { .. } => Self::new(507, "disk_full", e.to_string()),
             _ => Self::new(500, "store", e.to_string()),
         }
     }

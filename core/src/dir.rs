@@ -94,10 +94,7 @@ pub struct CreateOptions {
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StoreError::io(path, source)
 }
 
 /// Take the directory lock (and write this process's PID into it), or say
@@ -152,6 +149,9 @@ pub(crate) fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
                     && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(Err(sled::Error::Io(e))) if crate::error::is_disk_full(&e) => {
+                return Err(StoreError::io(path, e));
             }
             Ok(Err(e)) => return Err(unavailable(e.to_string())),
             Err(_) => return Err(unavailable("sled panicked while opening its files".into())),

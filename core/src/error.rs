@@ -83,7 +83,17 @@ pub enum StoreError {
     },
     /// A sled operation failed.
     #[error("index error: {0}")]
-    Index(#[from] sled::Error),
+    Index(sled::Error),
+    /// The file system is full (or a quota is reached). The write that
+    /// met it failed and the database refuses writes until it is opened
+    /// again; nothing acknowledged is lost.
+    #[error(
+        "no space left on the device while writing {what}; free some space, then open the database again (nothing acknowledged was lost)"
+    )]
+    DiskFull {
+        /// The file (or part of the database) being written.
+        what: String,
+    },
     /// A stored index value does not decode.
     #[error("index entry is damaged ({0}); run `kappa reindex` to rebuild the index")]
     IndexDamaged(&'static str),
@@ -106,4 +116,45 @@ pub enum StoreError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+/// Whether an I/O error means the file system has no room left.
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+impl StoreError {
+    /// An I/O error on `path`; [`StoreError::DiskFull`] when the disk is
+    /// full.
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        if is_disk_full(&source) {
+            StoreError::DiskFull {
+                what: path.display().to_string(),
+            }
+        } else {
+            StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+
+    /// Whether this is [`StoreError::DiskFull`].
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. })
+    }
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) if is_disk_full(&io) => StoreError::DiskFull {
+                what: "the index (sled)".into(),
+            },
+            other => StoreError::Index(other),
+        }
+    }
 }

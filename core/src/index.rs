@@ -418,7 +418,7 @@ impl Index {
     /// Commit a batch of changes together with the new checkpoint.
     pub(crate) fn commit(
         &self,
-        batch: IndexBatch,
+        batch: &IndexBatch,
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
@@ -429,33 +429,33 @@ impl Index {
                 }
             }
         }
-        for (feed, erased) in batch.erased {
+        for (feed, erased) in &batch.erased {
             b.insert(
-                &feed_key(b'e', &feed)[..],
-                postcard::to_stdvec(&erased).unwrap_or_default(),
+                &feed_key(b'e', feed)[..],
+                postcard::to_stdvec(erased).unwrap_or_default(),
             );
         }
-        for (start, live) in batch.live {
+        for (start, live) in &batch.live {
             let mut key = vec![b'g'];
             key.extend_from_slice(&start.to_be_bytes());
-            b.insert(key, postcard::to_stdvec(&live).unwrap_or_default());
+            b.insert(key, postcard::to_stdvec(live).unwrap_or_default());
         }
-        for ((feed, first_seq), run) in batch.runs {
+        for ((feed, first_seq), run) in &batch.runs {
             b.insert(
-                &seq_key(&feed, first_seq)[..],
-                postcard::to_stdvec(&run).unwrap_or_default(),
+                &seq_key(feed, *first_seq)[..],
+                postcard::to_stdvec(run).unwrap_or_default(),
             );
         }
-        for (feed, head) in batch.heads {
+        for (feed, head) in &batch.heads {
             b.insert(
-                &feed_key(b'h', &feed)[..],
-                postcard::to_stdvec(&head).unwrap_or_default(),
+                &feed_key(b'h', feed)[..],
+                postcard::to_stdvec(head).unwrap_or_default(),
             );
         }
-        for (feed, fork) in batch.forks {
+        for (feed, fork) in &batch.forks {
             b.insert(
-                &feed_key(b'f', &feed)[..],
-                postcard::to_stdvec(&fork).unwrap_or_default(),
+                &feed_key(b'f', feed)[..],
+                postcard::to_stdvec(fork).unwrap_or_default(),
             );
         }
         b.insert(b"c", postcard::to_stdvec(checkpoint).unwrap_or_default());

@@ -343,9 +343,9 @@ impl Db {
         // stepped over without a record to say so).
         let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
         state.checkpoint.next_offset = state.checkpoint.next_offset.max(end);
-        let batch = std::mem::take(&mut state.pending);
+        self.inner.index.commit(&state.pending, &state.checkpoint)?;
+        state.pending = Default::default();
         state.pending_records = 0;
-        self.inner.index.commit(batch, &state.checkpoint)?;
         drop(state);
         progress(end, end);
         Ok(())

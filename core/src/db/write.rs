@@ -301,13 +301,17 @@ impl Db {
 }
 
 /// Commit the pending index changes with the current checkpoint.
+///
+/// The pending changes are dropped only once sled has them: if the commit
+/// fails (a full disk), readers of this handle still find every record
+/// written so far.
 pub(super) fn commit_pending(index: &Index, state: &mut IndexState) -> Result<(), StoreError> {
-    state.pending_records = 0;
-    if state.pending.is_empty() {
-        return Ok(());
+    if !state.pending.is_empty() {
+        index.commit(&state.pending, &state.checkpoint)?;
+        state.pending = Default::default();
     }
-    let batch = std::mem::take(&mut state.pending);
-    index.commit(batch, &state.checkpoint)
+    state.pending_records = 0;
+    Ok(())
 }
 
 impl Drop for Inner {

@@ -384,10 +384,9 @@ pub(crate) fn compact_segment(
     out.write_all(&index_bytes)
         .and_then(|_| out.write_all(&footer))
         .map_err(io_err(&tmp))?;
-    let file = out.into_inner().map_err(|e| StoreError::Io {
-        path: tmp.clone(),
-        source: e.into_error(),
-    })?;
+    let file = out
+        .into_inner()
+        .map_err(|e| StoreError::io(&tmp, e.into_error()))?;
     file.sync_all().map_err(io_err(&tmp))?;
     let bytes_after = file.metadata().map_err(io_err(&tmp))?.len();
     drop(file);

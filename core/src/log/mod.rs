@@ -115,10 +115,7 @@ pub(crate) fn segment_path(dir: &Path, start: u64) -> PathBuf {
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StoreError::io(path, source)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -495,7 +495,7 @@ fn replay_journal(dir: &Path, starts: &[u64]) -> Result<usize, StoreError> {
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(StoreError::Io { path, source: e }),
+        Err(e) => return Err(StoreError::io(&path, e)),
     };
     if bytes.is_empty() {
         return Ok(0);
