@@ -90,7 +90,14 @@ pub struct Pair<S: SyncStore = Db> {
     pub frame_budget: Option<usize>,
     /// Frames delivered so far.
     pub frames: usize,
+    /// Called on every frame just before it is delivered to the side
+    /// given, to tamper with it (a hostile network in fuzz tests).
+    pub tamper: Option<Tamper>,
 }
+
+/// A hook that may change a frame on its way to a side (see
+/// [`Pair::tamper`]).
+pub type Tamper = Box<dyn FnMut(Side, &mut Frame) + Send>;
 
 impl<S: SyncStore> std::fmt::Debug for Pair<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,6 +131,7 @@ impl<S: SyncStore> Pair<S> {
             connected: false,
             frame_budget: None,
             frames: 0,
+            tamper: None,
         }
     }
 
@@ -254,6 +262,10 @@ impl<S: SyncStore> Pair<S> {
                     }
                     self.frames += 1;
                     moved = true;
+                    let mut f = f;
+                    if let Some(tamper) = self.tamper.as_mut() {
+                        tamper(side, &mut f);
+                    }
                     self.deliver(side, f);
                 }
                 self.step(side);
