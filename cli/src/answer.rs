@@ -392,6 +392,10 @@ pub struct Status {
     pub feeds: usize,
     /// Forked feeds.
     pub forked_feeds: usize,
+    /// Why appends are held (a restored copy that has not synced yet, or
+    /// one whose own feed a peer holds further), if they are.
+    #[serde(default)]
+    pub held: Option<String>,
     /// Size of the log.
     pub log_bytes: u64,
     /// The own feed's head seq (0 before the first append).
@@ -758,6 +762,7 @@ impl From<AppendError> for OpError {
         match e {
             AppendError::Rejected(e) => e.into(),
             AppendError::Store(e) => e.into(),
+            AppendError::Held(h) => Self::new(409, "held", h.to_string()),
             other => Self::new(500, "store", other.to_string()),
         }
     }
@@ -820,6 +825,26 @@ pub struct CompactReply {
     pub reclaimed: u64,
     /// Segments rewritten.
     pub segments: usize,
+}
+
+/// What a backup wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReply {
+    /// The backup's directory (absolute).
+    pub dest: String,
+    /// Files written.
+    pub files: usize,
+    /// Log bytes copied.
+    pub log_bytes: u64,
+    /// The own feed's length in the backup.
+    pub own_seq: u64,
+}
+
+/// The publishing hold after a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldReply {
+    /// Why appends are held, if they still are.
+    pub held: Option<String>,
 }
 
 /// What forgetting a feed did.

@@ -44,8 +44,8 @@ use crate::answer::{NodeInfo, OpError, OpResult, PeerInfo, Record};
 use crate::ops::{Backend, Local};
 use crate::out::note;
 use crate::params::{
-    AppendBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody, KeyParam,
-    KvListParams, KvWrite, LogParams, RangeParams, TimelineParams, ViewAddBody,
+    AppendBody, BackupBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody,
+    KeyParam, KvListParams, KvWrite, LogParams, RangeParams, TimelineParams, ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -331,6 +331,8 @@ fn router(state: Arc<AppState>) -> Router {
         .at(&routes::DELETE, delete)
         .at(&routes::KV_PURGE, kv_purge)
         .at(&routes::COMPACT, compact)
+        .at(&routes::BACKUP, backup)
+        .at(&routes::RELEASE_HOLD, release_hold)
         .at(&routes::FORGET, forget)
         .at(&routes::FOLLOWING, following)
         .at(&routes::FOLLOW, set_following)
@@ -670,6 +672,15 @@ async fn kv_purge(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
 
 async fn compact(State(st): St) -> Response {
     blocking(&st, |l| l.compact()).await
+}
+
+async fn backup(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: BackupBody = try_op!(body(b));
+    blocking(&st, move |l| l.backup(&b)).await
+}
+
+async fn release_hold(State(st): St) -> Response {
+    blocking(&st, |l| l.release_hold()).await
 }
 
 /// Forget a feed. With a node running, the node blocks it first, so that

@@ -13,15 +13,16 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::answer::{
-    AppendReply, CompactReply, DeleteReply, Digest, Entry, ErrorBody, FeedInfo, FieldHit,
-    FollowReply, ForgetReply, Id, KvHead, KvItem, KvWritten, LogPage, OpError, OpResult, PeerInfo,
-    Record, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
+    AppendReply, BackupReply, CompactReply, DeleteReply, Digest, Entry, ErrorBody, FeedInfo,
+    FieldHit, FollowReply, ForgetReply, HoldReply, Id, KvHead, KvItem, KvWritten, LogPage, OpError,
+    OpResult, PeerInfo, Record, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt,
+    ViewRemoved,
 };
 use crate::api::ApiFile;
 use crate::ops::Backend;
 use crate::params::{
-    AppendBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody, KeyParam,
-    KvListParams, KvWrite, LogParams, TimelineParams, ViewAddBody,
+    AppendBody, BackupBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody,
+    KeyParam, KvListParams, KvWrite, LogParams, TimelineParams, ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -280,6 +281,14 @@ impl Backend for Remote {
 
     fn compact(&self) -> OpResult<CompactReply> {
         self.call(&routes::COMPACT, [], &(), &())
+    }
+
+    fn backup(&self, body: &BackupBody) -> OpResult<BackupReply> {
+        self.call(&routes::BACKUP, [], &(), body)
+    }
+
+    fn release_hold(&self) -> OpResult<HoldReply> {
+        self.call(&routes::RELEASE_HOLD, [], &(), &())
     }
 
     fn forget(&self, feed: &str) -> OpResult<ForgetReply> {

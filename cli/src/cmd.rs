@@ -131,6 +131,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Peers => crate::net_cmd::peers(&*connect(&dir)?, &mut out),
         Command::Delete(a) => crate::lifecycle_cmd::delete(&*connect(&dir)?, a, &mut out),
         Command::Compact => crate::lifecycle_cmd::compact(&*connect(&dir)?, &mut out),
+        Command::Backup { dest } => crate::lifecycle_cmd::backup(&*connect(&dir)?, &dest, &mut out),
+        Command::Restore(a) => match a.src {
+            Some(src) => crate::lifecycle_cmd::restore(&dir, &src, &mut out),
+            None => crate::lifecycle_cmd::release_hold(&*connect(&dir)?, &mut out),
+        },
         Command::Forget { feed } => crate::lifecycle_cmd::forget(&*connect(&dir)?, &feed, &mut out),
         Command::Follow(a) => crate::lifecycle_cmd::follow(&*connect(&dir)?, a, &mut out),
         Command::Unfollow { feeds } => {

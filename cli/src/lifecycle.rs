@@ -14,9 +14,11 @@ use kappadb_net::blocklist::BlockList;
 use kappadb_net::policy::FollowFile;
 use kappadb_net::protocol::Follow;
 
-use crate::answer::{CompactReply, DeleteReply, FollowReply, ForgetReply, OpError, OpResult};
+use crate::answer::{
+    BackupReply, CompactReply, DeleteReply, FollowReply, ForgetReply, HoldReply, OpError, OpResult,
+};
 use crate::ops::Local;
-use crate::params::{DeleteBody, FollowBody};
+use crate::params::{BackupBody, DeleteBody, FollowBody};
 
 fn net_err(e: kappadb_net::NetError) -> OpError {
     OpError::new(500, "policy", e.to_string())
@@ -112,6 +114,46 @@ impl Local {
         self.delete_entries(&DeleteBody {
             seqs,
             ..DeleteBody::default()
+        })
+    }
+
+    /// Write a backup to `body.dest` (absolute: a relative path would
+    /// depend on the node's working directory).
+    pub fn backup(&self, body: &BackupBody) -> OpResult<BackupReply> {
+        let dest = std::path::Path::new(&body.dest);
+        if !dest.is_absolute() {
+            return Err(OpError::bad(
+                "bad_dest",
+                format!(
+                    "the backup destination must be an absolute path, not {:?}",
+                    body.dest
+                ),
+            ));
+        }
+        let r = self.db().backup(dest).map_err(|e| match e {
+            kappadb_core::StoreError::AlreadyExists { .. } => OpError::new(
+                409,
+                "dest_exists",
+                format!(
+                    "{} exists and is not empty; back up into a new directory",
+                    dest.display()
+                ),
+            ),
+            other => other.into(),
+        })?;
+        Ok(BackupReply {
+            dest: r.dest.display().to_string(),
+            files: r.files,
+            log_bytes: r.log_bytes,
+            own_seq: r.own_seq,
+        })
+    }
+
+    /// Lift the publishing hold.
+    pub fn release_hold(&self) -> OpResult<HoldReply> {
+        self.db().release_hold()?;
+        Ok(HoldReply {
+            held: self.db().publish_hold().map(|h| h.to_string()),
         })
     }
 

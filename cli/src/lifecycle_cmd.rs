@@ -3,14 +3,15 @@
 //! `kappa follow`, `kappa unfollow`. Each runs through a [`Backend`], so
 //! it works the same with and without a node running.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::bail;
 
-use crate::answer::{CompactReply, DeleteReply, FollowReply, ForgetReply};
+use crate::answer::{BackupReply, CompactReply, DeleteReply, FollowReply, ForgetReply, HoldReply};
 use crate::ops::Backend;
 use crate::out::{self, Out, note};
-use crate::params::{DeleteBody, FollowBody};
+use crate::params::{BackupBody, DeleteBody, FollowBody};
 
 /// Options of `kappa delete`.
 #[derive(clap::Args, Debug)]
@@ -40,6 +41,22 @@ pub struct FollowArgs {
     /// held is forgotten.
     #[arg(long)]
     pub only: bool,
+}
+
+/// Options of `kappa restore`.
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["src", "release"]))]
+pub struct RestoreArgs {
+    /// The backup to restore (from `kappa backup`).
+    pub src: Option<PathBuf>,
+    /// Instead of restoring, lift the hold of --dir's restored database:
+    /// let it append before it has synced with a peer.
+    #[arg(long, requires = "i_know_this_is_the_newest", conflicts_with = "src")]
+    pub release: bool,
+    /// With --release: no other copy of this database appended after the
+    /// backup was made (if one did, appending here forks the feed for good).
+    #[arg(long)]
+    pub i_know_this_is_the_newest: bool,
 }
 
 /// Split `kappa delete`'s positional arguments into the feed (if the
@@ -195,5 +212,69 @@ pub fn unfollow(b: &dyn Backend, feeds: Vec<String>, out: &mut Out) -> anyhow::R
     if !out.json {
         note("what was held of those feeds is forgotten; `kappa compact` gives the space back");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kappa backup DEST`: through the node when one runs, else directly.
+pub fn backup(b: &dyn Backend, dest: &Path, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let dest = std::path::absolute(dest)
+        .map_err(|e| anyhow::anyhow!("cannot use {} as a destination: {e}", dest.display()))?;
+    let r = b.backup(&BackupBody {
+        dest: dest.display().to_string(),
+    })?;
+    out.answer(&r, |r: &BackupReply| {
+        vec![
+            format!(
+                "backed up {} of log (own feed at seq {}) to {}",
+                out::bytes(r.log_bytes),
+                r.own_seq,
+                r.dest
+            ),
+            format!("restore it with: kappa --dir NEW_DIR restore {}", r.dest),
+        ]
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kappa restore SRC` into `dir`.
+pub fn restore(dir: &Path, src: &Path, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let db = kappadb_core::Db::restore(src, dir).map_err(|e| match e {
+        kappadb_core::StoreError::AlreadyExists { .. } => anyhow::anyhow!(
+            "{} already holds a database (or other files); restore into a new directory with --dir",
+            dir.display()
+        ),
+        kappadb_core::StoreError::NotADatabase { .. } => anyhow::anyhow!(
+            "{} is not a kappadb backup (no config.json, keys and log)",
+            src.display()
+        ),
+        other => anyhow::Error::new(other).context(format!(
+            "cannot restore {} into {}",
+            src.display(),
+            dir.display()
+        )),
+    })?;
+    let seq = db.head(&db.feed_id()).map_or(0, |h| h.seq);
+    let held = db.publish_hold().map(|h| h.to_string());
+    let r = HoldReply { held };
+    out.answer(&r, |_| {
+        vec![
+            format!(
+                "restored {} into {} (own feed at seq {seq})",
+                src.display(),
+                dir.display()
+            ),
+            "appends wait until this database has synced with a peer (`kappa sync ADDR` or `kappa serve`), so that it cannot fork its own feed".to_string(),
+        ]
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kappa restore --release --i-know-this-is-the-newest`.
+pub fn release_hold(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let r = b.release_hold()?;
+    out.answer(&r, |r: &HoldReply| match &r.held {
+        None => vec!["appends are no longer held".to_string()],
+        Some(why) => vec![format!("still held: {why}")],
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -152,6 +152,16 @@ pub enum Command {
     },
     /// Print the replication policy, or follow feeds (again).
     Follow(lifecycle_cmd::FollowArgs),
+    /// Write a consistent copy of the database (log, keys, config) to
+    /// DEST, also while `kappa serve` runs. Restore it with `kappa restore`.
+    Backup {
+        /// A directory that does not exist yet (or is empty).
+        dest: PathBuf,
+    },
+    /// Restore a backup into --dir (which must hold no database). The
+    /// restored database appends only once it has synced with a peer, so
+    /// that it cannot fork its own feed.
+    Restore(lifecycle_cmd::RestoreArgs),
     /// Stop replicating feeds; what was held of them is forgotten.
     Unfollow {
         /// Feed ids or unique prefixes.

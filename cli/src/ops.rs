@@ -20,13 +20,14 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::answer::{
-    AppendReply, Appended, CompactReply, DeleteReply, Digest, Entry, FeedInfo, FeedRange, FieldHit,
-    FollowReply, ForgetReply, Id, KvHead, KvItem, KvWritten, LogPage, OpError, OpResult, PeerInfo,
-    RawEntry, Record, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
+    AppendReply, Appended, BackupReply, CompactReply, DeleteReply, Digest, Entry, FeedInfo,
+    FeedRange, FieldHit, FollowReply, ForgetReply, HoldReply, Id, KvHead, KvItem, KvWritten,
+    LogPage, OpError, OpResult, PeerInfo, RawEntry, Record, Status, TimelineItem, ViewAdded,
+    ViewInfo, ViewRebuilt, ViewRemoved,
 };
 use crate::params::{
-    AppendBody, DeleteBody, EntryParams, FieldParams, FollowBody, KvListParams, KvWrite, LogParams,
-    RangeParams, TimelineParams, ViewAddBody,
+    AppendBody, BackupBody, DeleteBody, EntryParams, FieldParams, FollowBody, KvListParams,
+    KvWrite, LogParams, RangeParams, TimelineParams, ViewAddBody,
 };
 
 /// Records per page of `log` at most.
@@ -81,6 +82,10 @@ pub trait Backend {
     fn kv_purge(&self, key: &str) -> OpResult<DeleteReply>;
     /// Give back the space of erased payloads and dropped records.
     fn compact(&self) -> OpResult<CompactReply>;
+    /// Write a consistent copy of the database to a directory.
+    fn backup(&self, body: &BackupBody) -> OpResult<BackupReply>;
+    /// Lift the publishing hold (the user vouches no other copy appended).
+    fn release_hold(&self) -> OpResult<HoldReply>;
     /// Block a feed and drop everything held of it.
     fn forget(&self, feed: &str) -> OpResult<ForgetReply>;
     /// The replication policy.
@@ -417,6 +422,7 @@ impl Backend for Local {
             feed: s.feed_id.to_string(),
             feeds: s.feeds,
             forked_feeds: s.forked_feeds,
+            held: self.db.publish_hold().map(|h| h.to_string()),
             log_bytes: s.log_bytes,
             own_seq: self.db.head(&s.feed_id).map_or(0, |h| h.seq),
             records: s.records,
@@ -437,6 +443,14 @@ impl Backend for Local {
 
     fn compact(&self) -> OpResult<CompactReply> {
         Local::compact(self)
+    }
+
+    fn backup(&self, body: &BackupBody) -> OpResult<BackupReply> {
+        Local::backup(self, body)
+    }
+
+    fn release_hold(&self) -> OpResult<HoldReply> {
+        Local::release_hold(self)
     }
 
     fn forget(&self, feed: &str) -> OpResult<ForgetReply> {

@@ -295,6 +295,9 @@ pub fn status_lines(s: &Status) -> Vec<String> {
             s.reclaimable_bytes
         ),
     ];
+    if let Some(why) = &s.held {
+        lines.push(format!("held      appends wait: {why}"));
+    }
     if s.forked_feeds > 0 {
         lines.push(format!(
             "forked    {} feeds (see `kappa feeds`)",

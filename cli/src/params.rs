@@ -204,6 +204,15 @@ pub struct KeyBody {
     pub key: String,
 }
 
+/// Body of a backup: where to write it (an absolute path on the node's
+/// machine; the CLI sends its argument made absolute).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupBody {
+    /// The destination directory.
+    pub dest: String,
+}
+
 /// Body of a change of the replication policy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -150,6 +150,10 @@ routes! {
     KV_PURGE: 0 = Post "/v1/kv/purge";
     /// Give back the space of erased and dropped records.
     COMPACT: 0 = Post "/v1/compact";
+    /// Write a backup of the database to a directory.
+    BACKUP: 0 = Post "/v1/backup";
+    /// Lift the publishing hold of a restored database.
+    RELEASE_HOLD: 0 = Post "/v1/hold/release";
     /// Block a feed and drop what is held of it.
     FORGET: 1 = Post "/v1/feeds/{feed}/forget";
     /// The replication policy.

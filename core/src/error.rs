@@ -24,6 +24,10 @@ pub enum AppendError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Appends are held until this copy has synced its own feed (see
+    /// [`crate::PublishHold`]); nothing was written.
+    #[error(transparent)]
+    Held(#[from] crate::PublishHold),
 }
 
 impl AppendError {
@@ -31,7 +35,7 @@ impl AppendError {
     pub fn rejection(&self) -> Option<&EntryError> {
         match self {
             AppendError::Rejected(e) => Some(e),
-            AppendError::Store(_) => None,
+            AppendError::Store(_) | AppendError::Held(_) => None,
         }
     }
 }

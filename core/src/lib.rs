@@ -55,8 +55,8 @@ pub mod watch;
 pub mod test_utils;
 
 pub use db::{
-    Appended, CompactReport, CreateOptions, Db, DbConfig, DeletionIssue, FeedInfo, ForgetError,
-    IngestReport, Problem, Status, VerifyReport, now_ms,
+    Appended, BackupReport, CompactReport, CreateOptions, Db, DbConfig, DeletionIssue, FeedInfo,
+    ForgetError, IngestReport, Problem, PublishHold, Status, VerifyReport, now_ms,
 };
 pub use entry::{
     BadEntryId, Entry, EntryId, ForkProof, Hash, Header, Payload, SignedHeader, UncheckedForkProof,

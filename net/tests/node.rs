@@ -286,6 +286,47 @@ async fn sync_once_syncs_both_ways_without_p2p_suffix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_fetches_its_own_feed_before_it_appends() {
+    use kappadb_core::{AppendError, PublishHold};
+    let net = NetworkKey::from_bytes([16; 32]);
+    let (a, b) = (peer(&net), peer(&net));
+    append_n(&a.db, 5, 20);
+    let backup = tempfile::tempdir().unwrap();
+    let backup_dir = backup.path().join("backup");
+    a.db.backup(&backup_dir).unwrap();
+    // After the backup, the original appends on and syncs to B; then the
+    // original is lost.
+    append_n(&a.db, 3, 20);
+    let na = node(&a.db).await;
+    sync_once(b.db.clone(), addr(&na), WAIT).await.unwrap();
+    na.shutdown().await;
+    let feed = a.db.feed_id();
+    drop(a);
+
+    let restored = tempfile::tempdir().unwrap();
+    let c = Db::restore(&backup_dir, &restored.path().join("c")).unwrap();
+    assert_eq!(c.feed_id(), feed);
+    assert_eq!(c.head(&feed).map(|h| h.seq), Some(5));
+    assert!(matches!(
+        c.append(b"too early".to_vec()),
+        Err(AppendError::Held(PublishHold::Restored { .. }))
+    ));
+    // Syncing with B brings the own feed to 8 and lifts the hold.
+    let nb = node(&b.db).await;
+    let summary = sync_once(c.clone(), addr(&nb), WAIT).await.unwrap();
+    assert_eq!(summary.pulled, 3);
+    assert_eq!(c.head(&feed).map(|h| h.seq), Some(8));
+    assert_eq!(c.publish_hold(), None);
+    let next = c.append(b"continued".to_vec()).unwrap();
+    assert_eq!(next.seq, 9);
+    sync_once(c.clone(), addr(&nb), WAIT).await.unwrap();
+    assert_eq!(b.db.head(&feed).map(|h| h.seq), Some(9));
+    assert!(b.db.fork(&feed).is_none(), "no fork anywhere");
+    assert!(c.fork(&feed).is_none());
+    nb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forks_are_found_stored_and_spread() {
     let net = NetworkKey::from_bytes([7; 32]);
     let author = SigningKey::from_seed([77; 32]);

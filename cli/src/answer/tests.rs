@@ -94,6 +94,7 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
         feed: "f".into(),
         feeds: 1,
         forked_feeds: 0,
+        held: Some("h".into()),
         log_bytes: 9,
         own_seq: 1,
         reclaimable_bytes: 0,
@@ -107,6 +108,13 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
         targets: 1,
         up_to: None,
     });
+    sorted(&BackupReply {
+        dest: "/b".into(),
+        files: 4,
+        log_bytes: 9,
+        own_seq: 1,
+    });
+    sorted(&HoldReply { held: None });
     sorted(&CompactReply {
         bytes_after: 1,
         bytes_before: 2,

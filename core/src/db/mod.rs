@@ -27,6 +27,7 @@
 //! assert_eq!(entry.id(), appended.id);
 //! ```
 
+mod backup;
 mod compact;
 mod delete;
 mod ingest;
@@ -39,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use self::backup::{BackupReport, PublishHold, RESTORED};
 pub use self::compact::CompactReport;
 pub use self::delete::{DeletionIssue, ForgetError};
 pub use self::ingest::IngestReport;
@@ -123,6 +125,8 @@ struct Inner {
     recovery: Option<Recovery>,
     /// True when this handle created the database.
     created: bool,
+    /// Appends held until this copy has synced (see `backup.rs`).
+    holds: Mutex<backup::Holds>,
     /// Held for the life of the handle: the directory lock.
     _lock: File,
 }
@@ -283,6 +287,10 @@ impl Db {
                 watch: Watch::new(end),
                 recovery,
                 created: how == Open::Created,
+                holds: Mutex::new(backup::Holds {
+                    restored: backup::load_restored(dir)?,
+                    remote_seq: 0,
+                }),
                 _lock: lock,
             }),
         };

@@ -89,6 +89,9 @@ impl Db {
         if writer.poisoned {
             return Err(StoreError::Poisoned.into());
         }
+        if let Some(hold) = self.publish_hold() {
+            return Err(hold.into());
+        }
         let author = self.feed_id();
         let (mut seq, mut prev, mut ts) = {
             let state = self.state();

@@ -53,6 +53,15 @@ pub trait SyncStore {
 
     /// Store fork proofs; for each, whether it was news.
     fn ingest_fork_proofs(&self, proofs: Vec<ForkProof>) -> Result<Vec<bool>, StoreError>;
+
+    /// A peer reported `feed` at length `seq`. A database holds its own
+    /// appends while its own feed is longer elsewhere
+    /// ([`Db::note_remote_head`]).
+    fn note_remote_head(&self, _feed: &FeedId, _seq: u64) {}
+
+    /// A sync with a peer completed: both hold what the other has
+    /// ([`Db::note_synced`] lifts a restored database's hold).
+    fn note_synced(&self) {}
 }
 
 impl SyncStore for Db {
@@ -104,5 +113,15 @@ impl SyncStore for Db {
 
     fn ingest_fork_proofs(&self, proofs: Vec<ForkProof>) -> Result<Vec<bool>, StoreError> {
         Db::ingest_fork_proofs(self, proofs)
+    }
+
+    fn note_remote_head(&self, feed: &FeedId, seq: u64) {
+        Db::note_remote_head(self, feed, seq);
+    }
+
+    fn note_synced(&self) {
+        if let Err(e) = Db::note_synced(self) {
+            tracing::warn!(error = %e, "could not lift the hold of a restored database");
+        }
     }
 }

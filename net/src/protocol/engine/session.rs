@@ -250,6 +250,8 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             return;
         };
         for h in heads.iter().take(MAX_HEADS_PER_MESSAGE) {
+            // Our own feed longer there: hold appends until it is here.
+            store.note_remote_head(&h.feed, h.seq);
             // Unfollowed heads are kept (a later follow pulls them at once)
             // but not pulled: `needed` says no.
             if h.seq == 0 || blocked.contains(&h.feed) {
@@ -386,6 +388,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         let synced = s.idle && s.remote_idle && !s.heads_in_flight && !s.heads_pending;
         if synced && !s.synced {
             tracing::debug!(?peer, stats = ?s.stats, "in sync");
+            self.store.note_synced();
             self.out.push(Output::Event(SyncEvent::Idle {
                 peer,
                 stats: s.stats,
