@@ -398,6 +398,10 @@ pub struct Status {
     pub held: Option<String>,
     /// Size of the log.
     pub log_bytes: u64,
+    /// Where the own feed forked, if it did (two entries at this seq,
+    /// both signed with this database's key): it takes no more appends.
+    #[serde(default)]
+    pub own_forked_at: Option<u64>,
     /// The own feed's head seq (0 before the first append).
     pub own_seq: u64,
     /// Bytes `kappa compact` would give back now.

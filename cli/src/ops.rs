@@ -424,6 +424,7 @@ impl Backend for Local {
             forked_feeds: s.forked_feeds,
             held: self.db.publish_hold().map(|h| h.to_string()),
             log_bytes: s.log_bytes,
+            own_forked_at: self.db.fork(&s.feed_id).map(|f| f.seq),
             own_seq: self.db.head(&s.feed_id).map_or(0, |h| h.seq),
             records: s.records,
             disk_bytes: s.disk_bytes,

@@ -295,6 +295,17 @@ pub fn status_lines(s: &Status) -> Vec<String> {
             s.reclaimable_bytes
         ),
     ];
+    if let Some(seq) = s.own_forked_at {
+        lines.push(format!(
+            "FORKED    your own feed is forked at seq {seq}: another copy of this database \
+             (a backup restored without syncing, or a copied directory) appended there too. \
+             Every peer now refuses new entries of this feed, so this database cannot append \
+             any more. What it holds is safe and still syncs. To write again, create a new \
+             database in this network (`kappa invite` here, then `kappa --dir NEW init --join \
+             INVITE`) and write from that one; to prevent this, use `kappa backup` and \
+             `kappa restore`, never a copy of the directory."
+        ));
+    }
     if let Some(why) = &s.held {
         lines.push(format!("held      appends wait: {why}"));
     }

@@ -113,3 +113,48 @@ fn cli_restore_refuses_what_it_cannot_do_and_release_needs_the_flag() {
     let appended = json(&d, &["append", r#""two""#]);
     assert_eq!(appended["seq"], 2, "{appended}");
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn cli_status_says_in_plain_words_when_the_own_feed_forked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let copy = tmp.path().join("copy");
+    let b = tmp.path().join("b");
+    ok(&a, &["init"]);
+    let invite = ok(&a, &["invite"]).trim().to_string();
+    ok(&b, &["init", "--join", &invite]);
+    ok(&a, &["append", r#""one""#]);
+    // What the README warns against: a copied directory, both used.
+    copy_dir(&a, &copy);
+    ok(&a, &["append", r#""two, here""#]);
+    ok(&copy, &["append", r#""two, there""#]);
+    assert!(json(&a, &["status"])["own_forked_at"].is_null());
+    // Both meet at a peer (a copy cannot dial itself: same key).
+    let node = serve(&b);
+    ok(&a, &["sync", &node.addr]);
+    ok(&copy, &["sync", &node.addr]);
+    ok(&a, &["sync", &node.addr]);
+    assert!(node.stop());
+    for dir in [&a, &copy] {
+        let status = json(dir, &["status"]);
+        assert_eq!(status["own_forked_at"], 2, "{status}");
+        let text = ok(dir, &["status"]);
+        assert!(text.contains("your own feed is forked at seq 2"), "{text}");
+        assert!(text.contains("kappa backup"), "{text}");
+        let err = fails(dir, &["append", r#""three""#], None);
+        assert!(err.contains("fork"), "{err}");
+    }
+}

@@ -96,6 +96,7 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
         forked_feeds: 0,
         held: Some("h".into()),
         log_bytes: 9,
+        own_forked_at: None,
         own_seq: 1,
         reclaimable_bytes: 0,
         records: 1,
