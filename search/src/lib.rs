@@ -15,7 +15,7 @@
 //!
 //! ```text
 //! sled "search/declared"            name -> SearchSpec (JSON)
-//! sled "view/<name>/<gen>/data"     'd' | author | seq / 64 -> undo records: blake3 of each document
+//! sled "view/<name>/<gen>/data"     'd' | author | seq / 64 -> undo records: blake3 (16 bytes) of each document
 //! DIR/search/<name>/<gen>/          the tantivy index of that generation
 //! ```
 //!
@@ -29,15 +29,16 @@
 //! lost or damaged index directory) replays the log from its own
 //! checkpoint: an entry is indexed again if sled holds it, deletions and
 //! forget markers delete what they name. An index ahead of sled (sled lost
-//! its last commits) needs nothing: sled folds those batches again, and
-//! every document is added after deleting its key, so it is held once.
+//! its last commits) needs nothing: sled folds those batches again, and a
+//! batch's documents of records below what the index may already hold
+//! are deleted before they are added again, so each is held once.
 //! Either way each entry is found exactly once.
 //!
 //! **Deletions.** A deleted entry's document is deleted, through its undo
 //! record (so a deletion of an entry the view never indexed does nothing).
 //!
 //! **Digest.** The view's sled tree holds one undo record per document,
-//! keyed by `(author, seq)`, whose data is `blake3` of the document's
+//! keyed by `(author, seq)`, whose data is `blake3` (128 bits) of the document's
 //! timestamp, type and text fields. The view digest
 //! ([`kappadb_views::Indexer::digest`]) covers exactly that set, so it
 //! depends only on the set of entries and never on tantivy's files (which

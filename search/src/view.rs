@@ -13,7 +13,7 @@ use kappadb_views::undo::UndoBatch;
 use kappadb_views::{Bytes, View, ViewError, ViewRecord, ViewTx, read_records};
 use serde::{Deserialize, Serialize};
 use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
+    FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
@@ -27,13 +27,22 @@ pub(crate) const UNDO: &[u8] = b"d";
 const DOC_DOMAIN: &[u8] = b"kappadb/search-doc/v1\0";
 /// Name of the tokenizer the text fields use.
 const TOKENIZER: &str = "kappa";
+/// Bytes of a document's blake3 kept in its undo record (128 bits: the
+/// digest compares documents of the same signed entries, so this guards
+/// against accidents, not against forgeries, which signatures do).
+const DOC_HASH: usize = 16;
 /// The commit payload's format.
 const PAYLOAD_FORMAT: u32 = 1;
 /// A batch that does not reach the log's end commits the index only if
 /// the last commit is this old (one that reaches it always commits).
 const COMMIT_EVERY: Duration = Duration::from_millis(1000);
 /// The writer's memory budget (tantivy splits it between its threads).
-const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+const WRITER_MEMORY: usize = 192 * 1024 * 1024;
+/// The writer of an index with little to fold: one thread, a small budget
+/// (tantivy's smallest is 15 MB per thread).
+const SMALL_WRITER_MEMORY: usize = 20 * 1024 * 1024;
+/// Bytes of log left to fold above which an index gets the big writer.
+const BIG_LAG: u64 = 32 * 1024 * 1024;
 /// Records per read while replaying the log into an index that lags.
 const REPLAY_RECORDS: usize = 5_000;
 
@@ -52,7 +61,6 @@ pub(crate) type SledGet<'a> = dyn Fn(&[u8]) -> Result<Option<Bytes>, ViewError> 
 /// The fields of the schema.
 #[derive(Clone, Debug)]
 pub(crate) struct Fields {
-    pub(crate) key: Field,
     pub(crate) feed: Field,
     pub(crate) seq: Field,
     pub(crate) offset: Field,
@@ -60,11 +68,6 @@ pub(crate) struct Fields {
     pub(crate) kind: Field,
     /// One per declared pointer, in declaration order.
     pub(crate) texts: Vec<Field>,
-}
-
-/// A document's key term text: `author hex / seq`.
-pub(crate) fn doc_key(author: &FeedId, seq: u64) -> String {
-    format!("{author}/{seq}")
 }
 
 /// A full-text search view. See the crate docs.
@@ -104,6 +107,11 @@ struct Writer {
     committed: u64,
     /// The checkpoint of what was last added (committed or not).
     applied: u64,
+    /// The writer may hold documents of records below this offset (the
+    /// index was ahead of sled on open, or a batch is folded again after a
+    /// failed commit): their keys are deleted before they are added.
+    /// Above it, a document is new unless sled holds its undo record.
+    high_water: u64,
     last_commit: Instant,
 }
 
@@ -121,11 +129,12 @@ impl SearchView {
         }
         spec.check()?;
         let mut builder = Schema::builder();
-        let key = builder.add_text_field("key", STRING);
         let feed = builder.add_text_field("feed", STRING | STORED);
-        let seq = builder.add_u64_field("seq", INDEXED | STORED | FAST);
+        // Fast fields (columns), not indexed: a term per document would
+        // cost more than the text itself; filters and deletions scan them.
+        let seq = builder.add_u64_field("seq", STORED | FAST);
         let offset = builder.add_u64_field("offset", STORED);
-        let timestamp = builder.add_u64_field("timestamp", INDEXED | STORED | FAST);
+        let timestamp = builder.add_u64_field("timestamp", STORED | FAST);
         let kind = builder.add_text_field("type", STRING | STORED);
         let text_options = TextOptions::default()
             .set_indexing_options(
@@ -157,7 +166,6 @@ impl SearchView {
             root: view_root(db.dir(), name),
             schema: builder.build(),
             fields: Fields {
-                key,
                 feed,
                 seq,
                 offset,
@@ -241,11 +249,17 @@ impl SearchView {
         index
             .tokenizers()
             .register(TOKENIZER, self.analyzer.clone());
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 2);
+        // A big fold (a rebuild, a first fold of a long log) indexes on two
+        // threads with a big budget; live folding of a few entries at a
+        // time needs neither.
+        let (threads, memory) = if self.db.log_end().saturating_sub(committed) > BIG_LAG {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores.clamp(1, 2), WRITER_MEMORY)
+        } else {
+            (1, SMALL_WRITER_MEMORY)
+        };
         let writer = index
-            .writer_with_num_threads(threads, WRITER_MEMORY)
+            .writer_with_num_threads(threads, memory)
             .map_err(|e| self.err(e))?;
         let reader = index
             .reader_builder()
@@ -259,6 +273,7 @@ impl SearchView {
                 writer,
                 committed,
                 applied: committed,
+                high_water: committed,
                 last_commit: Instant::now(),
             }),
         };
@@ -310,14 +325,9 @@ impl SearchView {
                     break;
                 }
                 if let Some(d) = r.deleted() {
-                    for &seq in d.seqs() {
-                        w.writer.delete_term(Term::from_field_text(
-                            self.fields.key,
-                            &doc_key(&r.author, seq),
-                        ));
-                    }
+                    self.delete_seqs(&w.writer, &r.author, d.seqs())?;
                     if let Some(up_to) = d.up_to() {
-                        self.delete_up_to(&w.writer, &r.author, up_to)?;
+                        self.delete_range(&w.writer, &r.author, 0, up_to)?;
                     }
                 } else if r.forgets() {
                     w.writer.delete_term(Term::from_field_text(
@@ -327,24 +337,47 @@ impl SearchView {
                 } else if holds.holds(get, &r.author, r.seq)?
                     && let Some((doc, _)) = self.document(r)
                 {
-                    w.writer.delete_term(Term::from_field_text(
-                        self.fields.key,
-                        &doc_key(&r.author, r.seq),
-                    ));
+                    // The index holds nothing from `from` on: no document
+                    // to replace.
                     w.writer.add_document(doc).map_err(|e| self.err(e))?;
                 }
             }
             offset = read.next_offset.min(to);
         }
         w.applied = to;
+        w.high_water = w.high_water.max(to);
         self.commit(g, &mut w)
     }
 
-    fn delete_up_to(
+    /// Delete the documents of `author` with a seq in `seqs` (sorted), one
+    /// delete query per run of consecutive seqs.
+    fn delete_seqs(
         &self,
         writer: &IndexWriter<TantivyDocument>,
         author: &FeedId,
-        up_to: u64,
+        seqs: &[u64],
+    ) -> Result<(), SearchError> {
+        let mut i = 0;
+        while i < seqs.len() {
+            let lo = seqs[i];
+            let mut hi = lo;
+            while i + 1 < seqs.len() && seqs[i + 1] == hi + 1 {
+                i += 1;
+                hi = seqs[i];
+            }
+            self.delete_range(writer, author, lo, hi)?;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Delete the documents of `author` with `lo <= seq <= hi`.
+    fn delete_range(
+        &self,
+        writer: &IndexWriter<TantivyDocument>,
+        author: &FeedId,
+        lo: u64,
+        hi: u64,
     ) -> Result<(), SearchError> {
         use std::ops::Bound;
         use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
@@ -353,8 +386,8 @@ impl SearchView {
             IndexRecordOption::Basic,
         ));
         let seqs: Box<dyn Query> = Box::new(RangeQuery::new(
-            Bound::Unbounded,
-            Bound::Included(Term::from_field_u64(self.fields.seq, up_to)),
+            Bound::Included(Term::from_field_u64(self.fields.seq, lo)),
+            Bound::Included(Term::from_field_u64(self.fields.seq, hi)),
         ));
         let q = BooleanQuery::new(vec![(Occur::Must, feed), (Occur::Must, seqs)]);
         writer.delete_query(Box::new(q)).map_err(|e| self.err(e))?;
@@ -363,7 +396,7 @@ impl SearchView {
 
     /// The document of `r` and its hash, or `None` if it is not of the
     /// view's shape (not JSON, another type, no declared field a string).
-    fn document(&self, r: &ViewRecord) -> Option<(TantivyDocument, [u8; 32])> {
+    fn document(&self, r: &ViewRecord) -> Option<(TantivyDocument, [u8; DOC_HASH])> {
         let json = r.json()?;
         let kind = json.get("type").and_then(|t| t.as_str());
         if let Some(want) = &self.spec.kind
@@ -382,7 +415,6 @@ impl SearchView {
         }
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
-        doc.add_text(f.key, doc_key(&r.author, r.seq));
         doc.add_text(f.feed, r.author.to_string());
         doc.add_u64(f.seq, r.seq);
         doc.add_u64(f.offset, r.offset);
@@ -400,7 +432,9 @@ impl SearchView {
                 doc.add_text(*field, t);
             }
         }
-        Some((doc, *h.finalize().as_bytes()))
+        let mut hash = [0u8; DOC_HASH];
+        hash.copy_from_slice(&h.finalize().as_bytes()[..DOC_HASH]);
+        Some((doc, hash))
     }
 
     /// Commit what `w` holds, with its checkpoint, and show it to readers.
@@ -545,35 +579,58 @@ impl View for SearchView {
             self.gen_index(t.generation(), t.checkpoint().next_offset, &|k| t.get(k))?
         };
         let mut w = g.lock_writer();
+        let high_water = w.high_water;
+        // Set first: if this batch fails half way, what it added stays in
+        // the writer, and folding it again must not add it twice.
+        w.high_water = high_water.max(tx.batch_end());
+        // Records folded again (the index was ahead of sled, or a batch is
+        // retried) replace their documents: delete those first, so each
+        // entry has one document. Sled holds an entry only below its
+        // checkpoint, and the index holds what sled holds there (replayed
+        // on open), so nothing else can be held already.
+        let mut again: BTreeMap<FeedId, Vec<u64>> = BTreeMap::new();
+        for r in batch
+            .iter()
+            .filter(|r| r.is_entry() && r.offset < high_water)
+        {
+            again.entry(r.author).or_default().push(r.seq);
+        }
+        for (author, mut seqs) in again {
+            seqs.sort_unstable();
+            seqs.dedup();
+            self.delete_seqs(&w.writer, &author, &seqs)?;
+        }
         let mut undo = UndoBatch::new(UNDO);
-        let f = &self.fields;
-        let key_term =
-            |author: &FeedId, seq: u64| Term::from_field_text(f.key, &doc_key(author, seq));
         for r in batch {
             if let Some(d) = r.deleted() {
+                let mut gone = Vec::new();
                 for &seq in d.seqs() {
                     if undo.take(tx, &r.author, seq)?.is_some() {
-                        w.writer.delete_term(key_term(&r.author, seq));
+                        gone.push(seq);
                     }
                 }
                 if let Some(up_to) = d.up_to() {
-                    for (seq, _) in undo.take_up_to(tx, &r.author, Some(up_to))? {
-                        w.writer.delete_term(key_term(&r.author, seq));
-                    }
+                    gone.extend(
+                        undo.take_up_to(tx, &r.author, Some(up_to))?
+                            .into_iter()
+                            .map(|(seq, _)| seq),
+                    );
                 }
+                gone.sort_unstable();
+                gone.dedup();
+                self.delete_seqs(&w.writer, &r.author, &gone)?;
             } else if r.forgets() {
-                for (seq, _) in undo.take_up_to(tx, &r.author, None)? {
-                    w.writer.delete_term(key_term(&r.author, seq));
-                }
+                undo.take_up_to(tx, &r.author, None)?;
+                w.writer.delete_term(Term::from_field_text(
+                    self.fields.feed,
+                    &r.author.to_string(),
+                ));
             } else {
                 let Some((doc, hash)) = self.document(r) else {
                     tx.skip();
                     continue;
                 };
                 undo.put(tx, &r.author, r.seq, hash.to_vec())?;
-                // Delete first: a batch folded again after a crash (the
-                // index may be ahead of sled) leaves one document.
-                w.writer.delete_term(key_term(&r.author, r.seq));
                 w.writer
                     .add_document(doc)
                     .map_err(|e| ViewError::from(self.err(e)))?;
