@@ -611,10 +611,55 @@ pub struct Digest {
 pub struct ViewAdded {
     /// Entries indexed so far.
     pub entries: u64,
-    /// The JSON pointer it indexes.
+    /// The JSON pointer it indexes (a field index).
+    #[serde(default)]
     pub field: String,
     /// The new view.
     pub name: String,
+    /// Entries skipped (not of its shape).
+    #[serde(default)]
+    pub skipped: u64,
+    /// The text fields it indexes (a search view).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text: Vec<String>,
+}
+
+/// A hit of a search view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// The entry's author.
+    pub feed: String,
+    /// The field the snippet comes from.
+    pub field: String,
+    /// The entry's record offset in this node's log.
+    pub offset: u64,
+    /// BM25 score.
+    pub score: f32,
+    /// Its seq.
+    pub seq: u64,
+    /// A fragment of the field, matched words between `[` and `]`.
+    pub snippet: String,
+    /// Its timestamp.
+    pub timestamp: u64,
+    /// Its payload's "type".
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+impl SearchHit {
+    /// A search hit as an answer.
+    pub fn of(hit: &kappadb_search::SearchHit) -> Self {
+        Self {
+            feed: hit.feed.to_string(),
+            field: hit.field.clone(),
+            offset: hit.offset,
+            score: hit.score,
+            seq: hit.seq,
+            snippet: hit.snippet.clone(),
+            timestamp: hit.timestamp,
+            kind: hit.kind.clone(),
+        }
+    }
 }
 
 /// The answer to `view remove`.
@@ -784,6 +829,20 @@ impl From<ViewError> for OpError {
             ViewError::Timeout { .. } => Self::new(503, "view_behind", msg),
             ViewError::Store(s) => s.into(),
             _ => Self::new(500, "view", msg),
+        }
+    }
+}
+
+impl From<kappadb_search::SearchError> for OpError {
+    fn from(e: kappadb_search::SearchError) -> Self {
+        use kappadb_search::SearchError as S;
+        let msg = e.to_string();
+        match e {
+            S::BadDeclaration(_) => Self::bad("bad_declaration", msg),
+            S::BadQuery(_) => Self::bad("bad_query", msg),
+            S::UnknownSearchView(_) => Self::not_found("unknown_view", msg),
+            S::View(v) => v.into(),
+            S::Index { .. } => Self::new(500, "search_index", msg),
         }
     }
 }

@@ -45,7 +45,8 @@ use crate::ops::{Backend, Local};
 use crate::out::note;
 use crate::params::{
     AppendBody, BackupBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody,
-    KeyParam, KvListParams, KvWrite, LogParams, RangeParams, TimelineParams, ViewAddBody,
+    KeyParam, KvListParams, KvWrite, LogParams, RangeParams, SearchParams, TimelineParams,
+    ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -320,6 +321,7 @@ fn router(state: Arc<AppState>) -> Router {
         .at(&routes::VIEW_REMOVE, view_remove)
         .at(&routes::VIEW_DIGEST, view_digest)
         .at(&routes::FIELD_QUERY, field_query)
+        .at(&routes::SEARCH, search)
         .at(&routes::VIEW_REBUILD, view_rebuild)
         .at(&routes::TIMELINE, timeline)
         .at(&routes::KV_GET, kv_get)
@@ -613,6 +615,11 @@ async fn field_query(
 ) -> Response {
     let p: FieldParams = try_op!(query(q));
     blocking(&st, move |l| l.field_query(&name, &p)).await
+}
+
+async fn search(State(st): St, UrlPath(name): UrlPath<String>, RawQuery(q): RawQuery) -> Response {
+    let p: SearchParams = try_op!(query(q));
+    blocking(&st, move |l| l.search(&name, &p)).await
 }
 
 async fn timeline(State(st): St, RawQuery(q): RawQuery) -> Response {

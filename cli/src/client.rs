@@ -15,14 +15,14 @@ use serde_json::Value;
 use crate::answer::{
     AppendReply, BackupReply, CompactReply, DeleteReply, Digest, Entry, ErrorBody, FeedInfo,
     FieldHit, FollowReply, ForgetReply, HoldReply, Id, KvHead, KvItem, KvWritten, LogPage, OpError,
-    OpResult, PeerInfo, Record, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt,
+    OpResult, PeerInfo, Record, SearchHit, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt,
     ViewRemoved,
 };
 use crate::api::ApiFile;
 use crate::ops::Backend;
 use crate::params::{
     AppendBody, BackupBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody,
-    KeyParam, KvListParams, KvWrite, LogParams, TimelineParams, ViewAddBody,
+    KeyParam, KvListParams, KvWrite, LogParams, SearchParams, TimelineParams, ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -266,6 +266,10 @@ impl Backend for Remote {
 
     fn field_query(&self, name: &str, p: &FieldParams) -> OpResult<Vec<FieldHit>> {
         self.read(&routes::FIELD_QUERY, [name], p)
+    }
+
+    fn search(&self, name: &str, p: &SearchParams) -> OpResult<Vec<SearchHit>> {
+        self.read(&routes::SEARCH, [name], p)
     }
 
     fn delete(&self, body: &DeleteBody) -> OpResult<DeleteReply> {

@@ -76,6 +76,7 @@ pub fn connect_following(
     };
     report_recovery(&db);
     let indexer = kappadb_views::Indexer::open(db.clone())?;
+    kappadb_search::install_declared(&indexer)?;
     let local = Local::with_indexer(db, std::sync::Arc::new(indexer));
     let host = crate::api::FollowHost::start(&local)?;
     Ok((Box::new(local), Some(host)))
@@ -123,6 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::views_cmd::timeline(&*b, a, &mut out)
         }
         Command::View(c) => crate::views_cmd::view(&*connect(&dir)?, c, &mut out),
+        Command::Search(a) => crate::views_cmd::search(&*connect(&dir)?, a, &mut out),
         Command::Serve(args) => crate::net_cmd::serve(&dir, args, &mut out),
         Command::Sync { addr, timeout } => {
             crate::net_cmd::sync(&open(&dir)?, &addr, timeout, &mut out)

@@ -111,9 +111,12 @@ pub enum Command {
     Kv(views_cmd::KvCommand),
     /// Entries ordered by (timestamp, author, seq), newest first.
     Timeline(views_cmd::TimelineArgs),
-    /// Views: list, rebuild, digest, add a field index, query it.
+    /// Views: list, rebuild, digest, add a field index or a search view,
+    /// query it.
     #[command(subcommand)]
     View(views_cmd::ViewCommand),
+    /// Full-text search in a search view, best matches first.
+    Search(views_cmd::SearchArgs),
     /// Run the node until Ctrl-C: listen, discover, sync, keep views
     /// indexed (creates the database if there is none).
     Serve(net_cmd::ServeArgs),

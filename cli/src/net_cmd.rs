@@ -140,10 +140,9 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
     let indexer = if args.no_views {
         None
     } else {
-        Some(Arc::new(Indexer::open_with(
-            db.clone(),
-            IndexerConfig::default(),
-        )?))
+        let indexer = Indexer::open_with(db.clone(), IndexerConfig::default())?;
+        kappadb_search::install_declared(&indexer)?;
+        Some(Arc::new(indexer))
     };
     let local = Arc::new(match &indexer {
         Some(i) => Local::with_indexer(db.clone(), i.clone()),

@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kappadb_core::{Db, EntryId, FeedId, RecordBody};
+use kappadb_search::{SearchExt, SearchQuery, SearchSpec};
 use kappadb_views::field::{FieldQuery, parse_query_value};
 use kappadb_views::timeline::{Order, TimelineQuery};
 use kappadb_views::{Indexer, ViewError};
@@ -22,12 +23,12 @@ use tokio::sync::watch;
 use crate::answer::{
     AppendReply, Appended, BackupReply, CompactReply, DeleteReply, Digest, Entry, FeedInfo,
     FeedRange, FieldHit, FollowReply, ForgetReply, HoldReply, Id, KvHead, KvItem, KvWritten,
-    LogPage, OpError, OpResult, PeerInfo, RawEntry, Record, Status, TimelineItem, ViewAdded,
-    ViewInfo, ViewRebuilt, ViewRemoved,
+    LogPage, OpError, OpResult, PeerInfo, RawEntry, Record, SearchHit, Status, TimelineItem,
+    ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
 };
 use crate::params::{
     AppendBody, BackupBody, DeleteBody, EntryParams, FieldParams, FollowBody, KvListParams,
-    KvWrite, LogParams, RangeParams, TimelineParams, ViewAddBody,
+    KvWrite, LogParams, RangeParams, SearchParams, TimelineParams, ViewAddBody,
 };
 
 /// Records per page of `log` at most.
@@ -76,6 +77,8 @@ pub trait Backend {
     -> OpResult<ViewRebuilt>;
     /// Query a field index.
     fn field_query(&self, name: &str, p: &FieldParams) -> OpResult<Vec<FieldHit>>;
+    /// Query a search view.
+    fn search(&self, name: &str, p: &SearchParams) -> OpResult<Vec<SearchHit>>;
     /// Delete entries of this node's own feed.
     fn delete(&self, body: &DeleteBody) -> OpResult<DeleteReply>;
     /// Delete this node's ops on a kv key.
@@ -581,19 +584,49 @@ impl Backend for Local {
 
     fn view_add(&self, body: ViewAddBody) -> OpResult<ViewAdded> {
         let i = self.indexer()?;
-        i.declare_field_index(&body.name, &body.field)?;
+        let search = !body.text.is_empty();
+        if search != body.field.is_empty() {
+            return Err(OpError::bad(
+                "bad_declaration",
+                "give either a field (--field /user) or text fields (--text /title ...)",
+            ));
+        }
+        if search {
+            i.declare_search(
+                &body.name,
+                SearchSpec {
+                    fields: body.text.clone(),
+                    kind: body.kind.clone(),
+                    language: body.language.clone(),
+                },
+            )?;
+        } else if body.kind.is_some() || body.language.is_some() {
+            return Err(OpError::bad(
+                "bad_declaration",
+                "--type and --language are for search views (--text)",
+            ));
+        } else {
+            i.declare_field_index(&body.name, &body.field)?;
+        }
         i.wait_until_caught_up(&body.name, CATCH_UP)?;
         let s = i.view_status(&body.name)?;
         Ok(ViewAdded {
             entries: s.folded,
             field: body.field,
             name: body.name,
+            skipped: s.skipped,
+            text: body.text,
         })
     }
 
     fn view_remove(&self, name: &str) -> OpResult<ViewRemoved> {
         check_name(name)?;
-        self.indexer()?.remove_field_index(name)?;
+        let i = self.indexer()?;
+        if i.search_views()?.iter().any(|(n, _)| n == name) {
+            i.remove_search(name)?;
+        } else {
+            i.remove_field_index(name)?;
+        }
         Ok(ViewRemoved {
             name: name.to_string(),
             removed: true,
@@ -619,6 +652,25 @@ impl Backend for Local {
         let q = field_query_of(p)?;
         let hits = self.caught_up(name)?.field_index(name)?.query(&q)?;
         Ok(hits.iter().map(FieldHit::of).collect())
+    }
+
+    fn search(&self, name: &str, p: &SearchParams) -> OpResult<Vec<SearchHit>> {
+        check_name(name)?;
+        let author = p
+            .author
+            .as_deref()
+            .map(|a| self.resolve_feed(a))
+            .transpose()?;
+        let q = SearchQuery {
+            q: p.q.clone(),
+            limit: p.limit,
+            author,
+            kind: p.kind.clone(),
+            since: p.since,
+            until: p.until,
+        };
+        let hits = self.caught_up(name)?.search(name, &q)?;
+        Ok(hits.iter().map(SearchHit::of).collect())
     }
 
     fn follow(

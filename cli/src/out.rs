@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::answer::{
     AppendSummary, Appended, Entry, FeedInfo, FieldHit, KvHead, KvItem, KvWritten, PayloadFormat,
-    PeerInfo, Record, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt,
+    PeerInfo, Record, SearchHit, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt,
 };
 
 /// Where command output goes.
@@ -408,9 +408,39 @@ pub fn rebuilt_line(r: &ViewRebuilt) -> String {
 
 /// A declared field index.
 pub fn view_added_line(v: &ViewAdded) -> String {
+    let on = if v.text.is_empty() {
+        v.field.clone()
+    } else {
+        format!("text {}", v.text.join(", "))
+    };
+    let skipped = if v.skipped > 0 {
+        format!(", {} skipped", v.skipped)
+    } else {
+        String::new()
+    };
     format!(
-        "added view {} on {}: {} entries indexed",
-        v.name, v.field, v.entries
+        "added view {} on {}: {} entries indexed{skipped}",
+        v.name, on, v.entries
+    )
+}
+
+/// `s` with control characters (newlines, escapes) as spaces.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// A hit of a search.
+pub fn search_hit_line(hit: &SearchHit) -> String {
+    format!(
+        "{:>7.3}  {}  {} #{:<6} {}: {}",
+        hit.score,
+        fmt_time(hit.timestamp),
+        short(&hit.feed),
+        hit.seq,
+        hit.field,
+        one_line(&hit.snippet)
     )
 }
 

@@ -155,10 +155,43 @@ pub struct AppendBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ViewAddBody {
-    /// Name of the new field index.
+    /// Name of the new view.
     pub name: String,
-    /// The JSON pointer it indexes.
+    /// A field index: the JSON pointer it indexes.
+    #[serde(default)]
     pub field: String,
+    /// A search view: the JSON pointers of its text fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text: Vec<String>,
+    /// A search view: only entries whose payload "type" is this.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// A search view: the stemming language (default english; "none").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+/// Parameters of `search`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchParams {
+    /// The query.
+    pub q: String,
+    /// At most this many hits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Only entries of this feed (id, unique prefix, or "self").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// Only entries whose payload "type" is this.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only entries at or after this timestamp (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// Only entries at or before this timestamp.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
 }
 
 /// Parameters of the event stream.

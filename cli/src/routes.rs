@@ -128,6 +128,7 @@ routes! {
     VIEW_DIGEST: 1 = Get "/v1/views/{name}/digest";
     /// Query a field index.
     FIELD_QUERY: 1 = Get "/v1/views/{name}/query";
+    SEARCH: 1 = Get "/v1/views/{name}/search";
     /// Rebuild a view from offset 0.
     VIEW_REBUILD: 1 = Post "/v1/views/{name}/rebuild";
     /// The timeline.

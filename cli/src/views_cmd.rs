@@ -11,7 +11,9 @@ use serde_json::Value;
 use crate::answer::{Record, TimelineItem};
 use crate::ops::Backend;
 use crate::out::{self, Out, note};
-use crate::params::{FieldParams, KvListParams, KvWrite, TimelineParams, ViewAddBody};
+use crate::params::{
+    FieldParams, KvListParams, KvWrite, SearchParams, TimelineParams, ViewAddBody,
+};
 
 /// `kappa kv ...`
 #[derive(Subcommand, Debug)]
@@ -75,15 +77,27 @@ pub enum ViewCommand {
         /// The view.
         name: String,
     },
-    /// Declare a field index on the value at a JSON pointer.
+    /// Declare a field index on the value at a JSON pointer (--field), or a
+    /// full-text search view on text fields (--text, repeated).
     Add {
         /// Name of the new view ([a-z0-9_-]).
         name: String,
         /// JSON pointer, e.g. /user or /address/city.
+        #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+        field: Option<String>,
+        /// Search view: a JSON pointer to a text field (repeat for more),
+        /// e.g. --text /title --text /body.
         #[arg(long)]
-        field: String,
+        text: Vec<String>,
+        /// Search view: only entries whose payload "type" is this.
+        #[arg(long = "type", requires = "text")]
+        kind: Option<String>,
+        /// Search view: stemming language (default english; "none" for no
+        /// stemming).
+        #[arg(long, requires = "text")]
+        language: Option<String>,
     },
-    /// Remove a declared field index.
+    /// Remove a declared field index or search view.
     Remove {
         /// The view.
         name: String,
@@ -145,6 +159,7 @@ pub fn open_indexer(db: &Db) -> Result<Indexer, ViewError> {
             ..IndexerConfig::default()
         },
     )?;
+    kappadb_search::install_declared(&indexer)?;
     let lag: u64 = indexer.status().iter().map(|s| s.lag).max().unwrap_or(0);
     if lag > 16 * 1024 * 1024 {
         let bar = out::progress(db.log_end(), "indexing");
@@ -281,8 +296,20 @@ pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<
         ViewCommand::Digest { name } => {
             out.answer(&b.view_digest(&name)?, |d| vec![d.digest.clone()])?;
         }
-        ViewCommand::Add { name, field } => {
-            let v = b.view_add(ViewAddBody { name, field })?;
+        ViewCommand::Add {
+            name,
+            field,
+            text,
+            kind,
+            language,
+        } => {
+            let v = b.view_add(ViewAddBody {
+                name,
+                field: field.unwrap_or_default(),
+                text,
+                kind,
+                language,
+            })?;
             out.answer(&v, |v| vec![out::view_added_line(v)])?;
         }
         ViewCommand::Remove { name } => {
@@ -314,6 +341,49 @@ pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<
                 out.answer(hit, |h| vec![out::field_hit_line(h)])?;
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options of `kappa search`.
+#[derive(clap::Args, Debug)]
+pub struct SearchArgs {
+    /// The search view (see `kappa view add NAME --text /field`).
+    pub view: String,
+    /// The query: words (all required), "a phrase", field:word, -word,
+    /// word* (a prefix), a OR b.
+    pub query: String,
+    /// At most this many hits.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Only entries of this feed (id, unique prefix, or "self").
+    #[arg(long)]
+    pub author: Option<String>,
+    /// Only entries whose payload "type" is this.
+    #[arg(long = "type")]
+    pub kind: Option<String>,
+    /// Only entries at or after this timestamp (ms since the epoch).
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Only entries at or before this timestamp (ms since the epoch).
+    #[arg(long)]
+    pub until: Option<u64>,
+}
+
+pub fn search(b: &dyn Backend, args: SearchArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let hits = b.search(
+        &args.view,
+        &SearchParams {
+            q: args.query,
+            limit: Some(args.limit),
+            author: args.author,
+            kind: args.kind,
+            since: args.since,
+            until: args.until,
+        },
+    )?;
+    for hit in &hits {
+        out.answer(hit, |h| vec![out::search_hit_line(h)])?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -92,7 +92,9 @@ pub use generation::ViewDigest;
 pub use indexer::{FieldIndexInfo, Indexer, IndexerConfig, RebuildStatus, ViewStatus};
 pub use kv::{KvHead, KvItem, KvReader, KvView};
 pub use timeline::{Order, TimelineItem, TimelineQuery, TimelineReader, TimelineView};
-pub use view::{Checkpoint, Deleted, KeyValue, View, ViewReader, ViewRecord, ViewTx};
+pub use view::{
+    Checkpoint, Deleted, KeyValue, ReadRecords, View, ViewReader, ViewRecord, ViewTx, read_records,
+};
 
 /// Names of the built-in views; declared views cannot take them.
 pub const BUILTIN_NAMES: &[&str] = &[kv::NAME, timeline::NAME];

@@ -47,7 +47,8 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, OnceLock};
 
-use kappadb_core::{Db, Entry, EntryId, FeedId};
+use kappadb_core::system::SystemPayload;
+use kappadb_core::{Db, Entry, EntryId, FeedId, RecordBody};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -106,6 +107,13 @@ pub trait View: Send + Sync + 'static {
     /// A short description for `kappa view list`.
     fn describe(&self) -> String {
         "custom view".to_string()
+    }
+
+    /// The view as [`std::any::Any`], for code that registered a view of a
+    /// known type and wants it back from [`crate::Indexer::view`] (a view
+    /// with its own query methods). `None` by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
     }
 }
 
@@ -284,6 +292,8 @@ pub struct ViewTx<'a> {
     /// committed) and, for a fork, the parent's when it forked.
     base: Arc<Writes>,
     skipped: u64,
+    /// The checkpoint this batch commits (the offset after its last record).
+    batch_end: u64,
 }
 
 impl std::fmt::Debug for ViewTx<'_> {
@@ -306,14 +316,41 @@ impl<'a> ViewTx<'a> {
     /// A transaction on `generation` that reads through `base` (the
     /// previous batch's writes, maybe not committed yet); the caller holds
     /// the generation's fold lock.
-    pub(crate) fn with_base(generation: &'a Generation, db: &'a Db, base: Arc<Writes>) -> Self {
+    pub(crate) fn with_base(
+        generation: &'a Generation,
+        db: &'a Db,
+        base: Arc<Writes>,
+        batch_end: u64,
+    ) -> Self {
         Self {
             generation,
             db,
             overlay: BTreeMap::new(),
             base,
             skipped: 0,
+            batch_end,
         }
+    }
+
+    /// The generation being folded (see [`ViewReader::generation`]). A view
+    /// that keeps state outside sled (a search index, say) keeps it per
+    /// generation, since a rebuild folds a fresh one while the old one
+    /// answers queries.
+    pub fn generation(&self) -> u64 {
+        self.generation.number
+    }
+
+    /// The checkpoint committed before this batch: the offset of its first
+    /// record.
+    pub fn checkpoint(&self) -> Checkpoint {
+        self.generation.checkpoint()
+    }
+
+    /// The checkpoint this batch commits with its writes: the offset of the
+    /// first log record after it. A view with state outside sled can store
+    /// it beside that state, to know on open what it holds.
+    pub fn batch_end(&self) -> u64 {
+        self.batch_end
     }
 
     fn pending(&self, full: &[u8]) -> Option<&Option<Bytes>> {
@@ -375,6 +412,7 @@ impl<'a> ViewTx<'a> {
             overlay: BTreeMap::new(),
             base,
             skipped: 0,
+            batch_end: self.batch_end,
         }
     }
 
@@ -533,4 +571,105 @@ impl ViewReader {
             .scan_prefix(data_key(prefix))
             .map(stored_pair)
     }
+}
+
+/// Records read from the log as views see them ([`read_records`]).
+#[derive(Debug, Default)]
+pub struct ReadRecords {
+    /// Entries with a payload, deletions and forget markers, in log order.
+    pub records: Vec<ViewRecord>,
+    /// Entries without a payload (absent or erased), which every view skips.
+    pub no_payload: u64,
+    /// The offset of the first record not read.
+    pub next_offset: u64,
+}
+
+/// Which of a deletion's targets are deleted, by the rules core applied
+/// when it stored it: a deletion that breaks them deletes nothing, and a
+/// target whose id is not the author's entry at that seq is left out.
+/// `None` if it deletes nothing.
+fn deleted(
+    db: &Db,
+    author: &FeedId,
+    seq: u64,
+    payload: &[u8],
+) -> Result<Option<Deleted>, ViewError> {
+    let Some(Ok(SystemPayload::Deletion(d))) = SystemPayload::parse(payload) else {
+        return Ok(None);
+    };
+    if d.check_shape(seq).is_err() {
+        return Ok(None);
+    }
+    let mut seqs = Vec::with_capacity(d.targets.len());
+    for t in &d.targets {
+        if db.get(author, t.seq)?.is_some_and(|e| e.id() == t.id) {
+            seqs.push(t.seq);
+        }
+    }
+    Ok(Some(Deleted::new(seqs, d.up_to)))
+}
+
+/// Read log records from `offset` as the indexer hands them to views: at
+/// most `max_records` records, ending early once payloads reach
+/// `max_bytes`. A view that keeps state outside sled uses it to replay
+/// what that state missed.
+pub fn read_records(
+    db: &Db,
+    offset: u64,
+    max_records: usize,
+    max_bytes: usize,
+) -> Result<ReadRecords, ViewError> {
+    let mut batch = ReadRecords {
+        records: Vec::with_capacity(max_records.min(65_536)),
+        no_payload: 0,
+        next_offset: offset,
+    };
+    let mut n_records = 0;
+    let mut bytes = 0;
+    for rec in db.log_iter(offset) {
+        let rec = rec?;
+        n_records += 1;
+        batch.next_offset = rec.next_offset;
+        match rec.body {
+            RecordBody::Entry(entry) => {
+                let id = entry.id();
+                let h = entry.header;
+                match entry.payload.into_bytes() {
+                    Some(payload) if SystemPayload::is_system(&payload) => {
+                        match deleted(db, &h.author, h.seq, &payload)? {
+                            Some(deleted) => batch.records.push(ViewRecord::deletion(
+                                rec.offset,
+                                h.author,
+                                h.seq,
+                                h.timestamp,
+                                id,
+                                deleted,
+                            )),
+                            None => batch.no_payload += 1,
+                        }
+                    }
+                    Some(payload) => {
+                        bytes += payload.len();
+                        batch.records.push(ViewRecord::new(
+                            rec.offset,
+                            h.author,
+                            h.seq,
+                            h.timestamp,
+                            id,
+                            payload,
+                        ));
+                    }
+                    None => batch.no_payload += 1,
+                }
+            }
+            RecordBody::Forget(feed) => {
+                batch.records.push(ViewRecord::forget(rec.offset, feed));
+            }
+            _ => {}
+        }
+        if n_records >= max_records || bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(batch)
 }

@@ -9,7 +9,10 @@
 //! feed by feed, and a fourth with every deleted entry already erased (as a
 //! peer that joins after the deletions receives them). Every view's digest
 //! must be equal, also after a rebuild, and kv answers must match a model
-//! computed from the set of entries that are not deleted.
+//! computed from the set of entries that are not deleted. The views
+//! include a full-text search view (kappadb-search), whose digest covers
+//! its documents and whose index must hold one document per entry that
+//! is neither deleted nor skipped.
 
 mod common;
 
@@ -19,6 +22,7 @@ use common::{create_db, digests};
 use kappadb_core::system::{DeleteTarget, Deletion};
 use kappadb_core::test_utils::TestPeer;
 use kappadb_core::{Db, Entry, EntryId, FeedId, Payload};
+use kappadb_search::{SearchExt, SearchSpec};
 use kappadb_views::{Indexer, IndexerConfig};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -152,8 +156,12 @@ fn build_with_deleted(
             }
             3 | 4 => (kappadb_views::kv::del_payload(&key, &links), Some(None)),
             5 => (
-                serde_json::to_vec(&json!({"type": "note", "value": spec.key, "text": "x"}))
-                    .unwrap(),
+                serde_json::to_vec(&json!({
+                    "type": "note",
+                    "value": spec.key,
+                    "text": format!("note {i} about w{} and w{}", spec.key, spec.timestamp % 3),
+                }))
+                .unwrap(),
                 None,
             ),
             6 => (b"\x00not json".to_vec(), None),
@@ -252,6 +260,9 @@ fn fold(db: &Db, batch_records: usize) -> Indexer {
     .unwrap();
     ix.declare_field_index("by-value", "/value").unwrap();
     ix.declare_field_index("by-n", "/value/n").unwrap();
+    kappadb_search::install_declared(&ix).unwrap();
+    ix.declare_search("text", SearchSpec::new(&["/text"]))
+        .unwrap();
     ix.catch_up().unwrap();
     ix
 }
@@ -314,7 +325,11 @@ proptest! {
         let ix4 = fold(&db4, 3);
 
         let d1 = digests(&ix1);
-        prop_assert_eq!(d1.len(), 4);
+        prop_assert_eq!(d1.len(), 5);
+        let notes = ix1.search_doc_count("text").unwrap();
+        for ix in [&ix2, &ix3, &ix4] {
+            prop_assert_eq!(notes, ix.search_doc_count("text").unwrap());
+        }
         prop_assert_eq!(&d1, &digests(&ix2));
         prop_assert_eq!(&d1, &digests(&ix3));
         prop_assert_eq!(&d1, &digests(&ix4));
@@ -323,6 +338,7 @@ proptest! {
             ix2.rebuild(&name, &mut |_, _| {}).unwrap();
         }
         prop_assert_eq!(&d1, &digests(&ix2));
+        prop_assert_eq!(notes, ix2.search_doc_count("text").unwrap());
 
         let keys: BTreeMap<String, ()> = model.iter().map(|o| (o.key.clone(), ())).collect();
         for ix in [&ix1, &ix2] {

@@ -186,6 +186,18 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
         entries: 1,
         field: "/f".into(),
         name: "n".into(),
+        skipped: 0,
+        text: vec!["/t".into()],
+    });
+    sorted(&SearchHit {
+        feed: "f".into(),
+        field: "/t".into(),
+        offset: 3,
+        score: 1.5,
+        seq: 1,
+        snippet: "s".into(),
+        timestamp: 2,
+        kind: Some("note".into()),
     });
     sorted(&ViewRemoved {
         name: "n".into(),

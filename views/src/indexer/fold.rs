@@ -19,14 +19,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kappadb_core::system::SystemPayload;
-use kappadb_core::{FeedId, RecordBody, StoreError};
+use kappadb_core::StoreError;
 
 use super::Shared;
 use super::registry::{Slot, Target};
 use crate::error::ViewError;
 use crate::generation::Generation;
-use crate::view::{Checkpoint, Deleted, ViewRecord, ViewTx, Writes};
+use crate::view::{Checkpoint, ViewRecord, ViewTx, Writes, read_records};
 
 /// Batches a group of views folds in one round before others get a turn.
 pub(super) const BATCHES_PER_ROUND: usize = 8;
@@ -352,7 +351,12 @@ impl Shared {
     /// still being committed.
     fn apply_one(&self, lane: &Lane<'_>, batch: &Batch) -> Staged {
         let t = lane.target;
-        let mut tx = ViewTx::with_base(&t.generation, &self.db, lane.base.clone());
+        let mut tx = ViewTx::with_base(
+            &t.generation,
+            &self.db,
+            lane.base.clone(),
+            batch.next_offset,
+        );
         // A panicking view must not take the indexer down with it.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             t.view.apply(&batch.records, &mut tx)
@@ -434,91 +438,19 @@ impl Shared {
         }
     }
 
-    /// What the system payload of `author`'s entry at `seq` deletes, by
-    /// the rules core applied when it stored it: a deletion that breaks
-    /// them deletes nothing, and a target whose id is not the author's
-    /// entry at that seq is left out. `None` if it deletes nothing.
-    fn deleted(
-        &self,
-        author: &FeedId,
-        seq: u64,
-        payload: &[u8],
-    ) -> Result<Option<Deleted>, ViewError> {
-        let Some(Ok(SystemPayload::Deletion(d))) = SystemPayload::parse(payload) else {
-            return Ok(None);
-        };
-        if d.check_shape(seq).is_err() {
-            return Ok(None);
-        }
-        let mut seqs = Vec::with_capacity(d.targets.len());
-        for t in &d.targets {
-            if self.db.get(author, t.seq)?.is_some_and(|e| e.id() == t.id) {
-                seqs.push(t.seq);
-            }
-        }
-        Ok(Some(Deleted::new(seqs, d.up_to)))
-    }
-
     /// Read one batch of records from `offset`.
     fn read_batch(&self, offset: u64, max_records: usize) -> Result<Batch, ViewError> {
-        let mut batch = Batch {
-            records: Vec::with_capacity(max_records.min(65_536)),
-            no_payload: 0,
-            next_offset: offset,
-        };
-        let mut n_records = 0;
-        let mut bytes = 0;
-        for rec in self.db.log_iter(offset) {
-            let rec = rec?;
-            n_records += 1;
-            batch.next_offset = rec.next_offset;
-            match rec.body {
-                RecordBody::Entry(entry) => {
-                    let id = entry.id();
-                    let h = entry.header;
-                    match entry.payload.into_bytes() {
-                        Some(payload) if SystemPayload::is_system(&payload) => {
-                            match self.deleted(&h.author, h.seq, &payload)? {
-                                Some(deleted) => batch.records.push(ViewRecord::deletion(
-                                    rec.offset,
-                                    h.author,
-                                    h.seq,
-                                    h.timestamp,
-                                    id,
-                                    deleted,
-                                )),
-                                None => batch.no_payload += 1,
-                            }
-                        }
-                        Some(payload) => {
-                            bytes += payload.len();
-                            batch.records.push(ViewRecord::new(
-                                rec.offset,
-                                h.author,
-                                h.seq,
-                                h.timestamp,
-                                id,
-                                payload,
-                            ));
-                        }
-                        None => batch.no_payload += 1,
-                    }
-                }
-                RecordBody::Forget(feed) => {
-                    batch.records.push(ViewRecord::forget(rec.offset, feed));
-                }
-                _ => {}
-            }
-            if n_records >= max_records || bytes >= self.config.batch_bytes {
-                break;
-            }
-        }
+        let read = read_records(&self.db, offset, max_records, self.config.batch_bytes)?;
         // Parse payloads here, off the folding thread: every built-in view
         // needs them.
-        for r in &batch.records {
+        for r in &read.records {
             r.json();
         }
-        Ok(batch)
+        Ok(Batch {
+            records: read.records,
+            no_payload: read.no_payload,
+            next_offset: read.next_offset,
+        })
     }
 
     /// The background thread.

@@ -238,6 +238,27 @@ impl Indexer {
         Ok(())
     }
 
+    /// The registered fold of `view` (see [`View::as_any`] to get a view of
+    /// a known type back).
+    pub fn view(&self, view: &str) -> Result<Arc<dyn View>, ViewError> {
+        Ok(self.shared.slot(view)?.view())
+    }
+
+    /// Unregister a view registered with [`Indexer::register`] and drop its
+    /// data. Built-in views and declared field indexes are refused (see
+    /// [`Indexer::remove_field_index`] for those).
+    pub fn unregister(&self, view: &str) -> Result<(), ViewError> {
+        let shared = &self.shared;
+        let _admin = shared.admin();
+        if crate::BUILTIN_NAMES.contains(&view) || shared.read_fields().contains_key(view) {
+            return Err(ViewError::fold(
+                view,
+                "not a registered custom view (built-in or declared field index)",
+            ));
+        }
+        shared.uninstall(view)
+    }
+
     /// Names of the registered views, sorted.
     pub fn view_names(&self) -> Vec<String> {
         self.shared.read_slots().keys().cloned().collect()
