@@ -347,3 +347,19 @@ fn cli_two_peers_sync_and_wrong_network_is_refused() {
     assert_eq!(feeds.as_array().unwrap().len(), 2);
     assert!(ok(&a, &["verify"]).starts_with("ok"));
 }
+
+#[test]
+fn cli_a_second_serve_on_a_port_in_use_fails_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(&a, &["init"]);
+    ok(&b, &["init"]);
+    let node = serve(&a);
+    // /ip4/127.0.0.1/tcp/PORT/p2p/PEER: the same address without the peer.
+    let taken: String = node.addr.split("/p2p/").next().unwrap().to_string();
+    let out = kappa(&b, &["serve", "--listen", &taken, "--no-mdns", "--no-api"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already in use"), "{err}");
+    assert!(node.stop());
+}

@@ -327,6 +327,49 @@ async fn a_restored_backup_fetches_its_own_feed_before_it_appends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_a_port_in_use_fails_clearly() {
+    let net = NetworkKey::from_bytes([17; 32]);
+    let (a, b) = (peer(&net), peer(&net));
+    let na = node(&a.db).await;
+    let taken = addr(&na);
+    let mut bare = taken.clone();
+    bare.pop();
+    let err = Node::builder(b.db.clone())
+        .listen(bare.clone())
+        .mdns(false)
+        .spawn()
+        .await
+        .err()
+        .expect("a second node bound a port in use");
+    assert!(
+        matches!(&err, NetError::Listen { .. }) && err.to_string().contains("already in use"),
+        "{err}"
+    );
+    // Every interface on that port is refused too; another port is fine.
+    let mut any = Multiaddr::empty();
+    for p in bare.iter() {
+        any.push(match p {
+            libp2p::multiaddr::Protocol::Ip4(_) => {
+                libp2p::multiaddr::Protocol::Ip4(std::net::Ipv4Addr::UNSPECIFIED)
+            }
+            other => other,
+        });
+    }
+    assert!(
+        Node::builder(b.db.clone())
+            .listen(any)
+            .mdns(false)
+            .spawn()
+            .await
+            .is_err()
+    );
+    let nb = node(&b.db).await;
+    sync_once(b.db.clone(), taken, WAIT).await.unwrap();
+    nb.shutdown().await;
+    na.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forks_are_found_stored_and_spread() {
     let net = NetworkKey::from_bytes([7; 32]);
     let author = SigningKey::from_seed([77; 32]);

@@ -506,6 +506,47 @@ pub async fn sync_once(
     res
 }
 
+/// Fail if another process listens on `addr`'s TCP port already.
+///
+/// libp2p's TCP transport sets `SO_REUSEPORT` on its listeners, so a
+/// second node on the same port would bind it too and the kernel would
+/// share incoming connections between the two, silently. A plain bind
+/// (`SO_REUSEADDR` only, as the standard library does) is refused while
+/// any socket listens there, with or without `SO_REUSEPORT`, so trying one
+/// first turns that into an error. Port 0 and non-TCP addresses pass.
+fn refuse_port_in_use(addr: &Multiaddr) -> Result<(), NetError> {
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(n) => port = Some(n),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(NetError::Listen {
+            addr: addr.clone(),
+            reason: format!(
+                "TCP port {port} is already in use (another `kappa serve`, or another program); pick another with --listen"
+            ),
+        }),
+        // Anything else (no such address here, ...) is libp2p's to report.
+        Err(_) => Ok(()),
+    }
+}
+
 async fn spawn(b: NodeBuilder) -> Result<NodeHandle, NetError> {
     let db = b.db;
     let keypair = identity_keypair(db.signing_key());
@@ -551,6 +592,7 @@ async fn spawn(b: NodeBuilder) -> Result<NodeHandle, NetError> {
         b.listen
     };
     for addr in listen {
+        refuse_port_in_use(&addr)?;
         let id = swarm
             .listen_on(addr.clone())
             .map_err(|e| NetError::Listen {
