@@ -334,13 +334,14 @@ async fn a_second_node_on_a_port_in_use_fails_clearly() {
     let taken = addr(&na);
     let mut bare = taken.clone();
     bare.pop();
-    let err = Node::builder(b.db.clone())
+    let Err(err) = Node::builder(b.db.clone())
         .listen(bare.clone())
         .mdns(false)
         .spawn()
         .await
-        .err()
-        .expect("a second node bound a port in use");
+    else {
+        panic!("a second node bound a port in use");
+    };
     assert!(
         matches!(&err, NetError::Listen { .. }) && err.to_string().contains("already in use"),
         "{err}"
