@@ -4,8 +4,7 @@
 //! [`crate::answer`].
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -18,7 +17,6 @@ use crate::answer::{
     OpResult, PeerInfo, Record, SearchHit, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt,
     ViewRemoved,
 };
-use crate::api::ApiFile;
 use crate::ops::Backend;
 use crate::params::{
     AppendBody, BackupBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody,
@@ -52,19 +50,6 @@ fn error_of(status: u16, value: &Value) -> OpError {
 }
 
 impl Remote {
-    /// The API of the node running on `dir`, if it wrote its address
-    /// there. Waits a moment for a node that is still starting.
-    pub fn discover(dir: &Path) -> anyhow::Result<Option<Self>> {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            match ApiFile::read(dir)? {
-                Some(f) => return Ok(Some(Self::new(&f.addr, f.token))),
-                None if Instant::now() >= deadline => return Ok(None),
-                None => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    }
-
     /// A client of the API at `addr` (host:port) with `token`.
     pub fn new(addr: &str, token: String) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use kappadb_core::{CreateOptions, Db, DbConfig, FeedId, StoreError};
@@ -27,10 +28,97 @@ pub fn resolve_dir(dir: Option<PathBuf>) -> PathBuf {
     })
 }
 
+/// Open the database for a command that needs it to itself, waiting a
+/// moment if another short-lived command holds it.
 pub fn open(dir: &Path) -> anyhow::Result<Db> {
-    let db = Db::open(dir)?;
-    report_recovery(&db);
-    Ok(db)
+    match open_or_node(dir, false)? {
+        Opened::Local(db) => Ok(db),
+        // `open_or_node(_, false)` never answers with a node.
+        Opened::Node(_) => bail!("{} is held by a running node", dir.display()),
+    }
+}
+
+/// How long a command waits for a database another command holds:
+/// `KAPPA_BUSY_TIMEOUT` seconds, 5 by default.
+fn busy_timeout() -> Duration {
+    std::env::var("KAPPA_BUSY_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(Duration::from_secs(5), |s| {
+            Duration::from_secs_f64(s.min(86_400.0))
+        })
+}
+
+/// The command line of process `pid`, if this system shows it.
+fn command_of(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned());
+    let program = args.next()?;
+    let program = Path::new(&program)
+        .file_name()
+        .map_or(program.clone(), |n| n.to_string_lossy().into_owned());
+    let rest: Vec<String> = args.take(6).collect();
+    Some(format!("{program} {}", rest.join(" ")).trim().to_string())
+}
+
+/// A directory opened for a command: the database itself, or the node
+/// that holds it.
+enum Opened {
+    Local(Db),
+    Node(Remote),
+}
+
+/// Open `dir`, or (if `via_node`) reach the node that holds it. A lock
+/// held by anything else is waited for, up to [`busy_timeout`]; the error
+/// when that runs out names the holder as it is.
+fn open_or_node(dir: &Path, via_node: bool) -> anyhow::Result<Opened> {
+    let wait = busy_timeout();
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match Db::open(dir) {
+            Ok(db) => {
+                report_recovery(&db);
+                return Ok(Opened::Local(db));
+            }
+            Err(StoreError::Locked { dir: d, pid }) => {
+                let who = pid.map_or("another process".to_string(), |p| match command_of(p) {
+                    Some(cmd) => format!("PID {p} (`{cmd}`)"),
+                    None => format!("PID {p}"),
+                });
+                if let Some(api) = crate::api::ApiFile::read(dir)? {
+                    if via_node {
+                        return Ok(Opened::Node(Remote::new(&api.addr, api.token)));
+                    }
+                    bail!(
+                        "the node running on {} ({who}) holds it, and this command needs the database to itself: stop the node first",
+                        d.display()
+                    );
+                }
+                if std::time::Instant::now() >= deadline {
+                    let serving = pid
+                        .and_then(command_of)
+                        .is_some_and(|c| c.contains(" serve"));
+                    if serving {
+                        bail!(
+                            "{} is held by `kappa serve` ({who}), which serves no API (started with --no-api?): stop it, or restart it without --no-api",
+                            d.display()
+                        );
+                    }
+                    bail!(
+                        "database {} is in use by {who}, still after waiting {:.0} s; try again once it is done (KAPPA_BUSY_TIMEOUT=SECONDS waits longer)",
+                        d.display(),
+                        wait.as_secs_f64()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn report_recovery(db: &Db) {
@@ -46,21 +134,13 @@ fn report_recovery(db: &Db) {
 }
 
 /// Run the shared operations on `dir`: directly when the database is free,
-/// through the node's API when `kappa serve` holds it.
+/// through the node's API when `kappa serve` holds it (waiting a moment
+/// for a short-lived command that holds it).
 pub fn connect(dir: &Path) -> anyhow::Result<Box<dyn Backend>> {
-    match Db::open(dir) {
-        Ok(db) => {
-            report_recovery(&db);
-            Ok(Box::new(Local::new(db, crate::views_cmd::open_indexer)))
-        }
-        Err(StoreError::Locked { dir: d, pid }) => match Remote::discover(dir)? {
-            Some(remote) => Ok(Box::new(remote)),
-            None => Err(StoreError::Locked { dir: d, pid }).context(
-                "the node holding it serves no API (started with --no-api?); stop it, or restart it without --no-api",
-            ),
-        },
-        Err(e) => Err(e.into()),
-    }
+    Ok(match open_or_node(dir, true)? {
+        Opened::Local(db) => Box::new(Local::new(db, crate::views_cmd::open_indexer)),
+        Opened::Node(remote) => Box::new(remote),
+    })
 }
 
 /// [`connect`] for a command that follows the log until Ctrl-C. Without a

@@ -363,3 +363,85 @@ fn cli_a_second_serve_on_a_port_in_use_fails_with_a_clear_error() {
     assert!(err.contains("already in use"), "{err}");
     assert!(node.stop());
 }
+
+/// `kappa append` reading lines from a stdin that stays open: it holds
+/// the database until its stdin closes.
+fn holder(dir: &std::path::Path) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kappa"))
+        .arg("--dir")
+        .arg(dir)
+        .arg("append")
+        .env_remove("KAPPA_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"\"held\"\n")
+        .unwrap();
+    // Until it holds the lock, a reader sees the database free.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(dir.join("kappa.lock"))
+        .map(|pid| pid.trim() != child.id().to_string())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn cli_waits_for_a_short_lived_command_and_names_a_long_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    ok(&dir, &["init"]);
+
+    // A command that finds the database held waits for it.
+    let mut first = holder(&dir);
+    let started = std::time::Instant::now();
+    let waiter = {
+        let dir = dir.clone();
+        std::thread::spawn(move || kappa(&dir, &["append", r#""after""#]))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    drop(first.stdin.take());
+    assert!(first.wait().unwrap().success());
+    let out = waiter.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(800));
+    let log = ok(&dir, &["--json", "log"]);
+    assert_eq!(log.lines().count(), 2, "{log}");
+
+    // One that holds it for longer is named when the wait runs out, and no
+    // node is claimed.
+    let mut long = holder(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_kappa"))
+        .arg("--dir")
+        .arg(&dir)
+        .arg("status")
+        .env("KAPPA_BUSY_TIMEOUT", "0.5")
+        .env_remove("KAPPA_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("PID {}", long.id())), "{err}");
+    assert!(err.contains("append"), "{err}");
+    assert!(err.contains("waiting"), "{err}");
+    assert!(!err.contains("no API") && !err.contains("node"), "{err}");
+    drop(long.stdin.take());
+    assert!(long.wait().unwrap().success());
+}
