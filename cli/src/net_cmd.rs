@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// reclaimable (erased payloads, forgotten feeds); 0 never does.
     #[arg(long, value_name = "BYTES", default_value_t = AUTO_COMPACT_BYTES)]
     pub compact_at: u64,
+    /// Create a database (with a new network) in --dir if it holds none.
+    /// Only the default data directory is created without being asked.
+    #[arg(long)]
+    pub create: bool,
 }
 
 /// `--compact-at`'s default: 64 MiB.
@@ -118,11 +122,19 @@ fn parse_addr(text: &str) -> anyhow::Result<Multiaddr> {
 pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let db = if dir.join(kappadb_core::db::files::CONFIG).exists() {
         crate::cmd::open(dir)?
-    } else {
+    } else if args.create || dir == crate::cmd::resolve_dir(None) {
         let db = Db::create(dir, CreateOptions::default())
             .with_context(|| format!("cannot create a database in {}", dir.display()))?;
-        note(format!("created a new database in {}", dir.display()));
+        note(format!(
+            "created a new database, in a new network of its own, in {}; to join an existing network instead, stop this and run `kappa init --join INVITE`",
+            dir.display()
+        ));
         db
+    } else {
+        bail!(
+            "there is no database in {d}; create one with `kappa --dir {d} init` (or `init --join INVITE` to join a network), or pass --create",
+            d = dir.display()
+        );
     };
     let listen = if args.listen.is_empty() {
         vec![default_listen_addr()]

@@ -445,3 +445,39 @@ fn cli_waits_for_a_short_lived_command_and_names_a_long_one() {
     drop(long.stdin.take());
     assert!(long.wait().unwrap().success());
 }
+
+#[test]
+fn cli_serve_creates_a_database_only_where_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("nothing-here");
+    let out = kappa(
+        &dir,
+        &[
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--no-api",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no database") && err.contains("--create"),
+        "{err}"
+    );
+    assert!(!dir.join("config.json").exists() && !dir.join("secret.key").exists());
+    // A failed join leaves nothing that serve would take for a database.
+    let bad = kappa(&dir, &["init", "--join", "kappa-invite-v1:garbage"]);
+    assert!(!bad.status.success());
+    assert!(
+        !kappa(&dir, &["serve", "--no-mdns", "--no-api"])
+            .status
+            .success()
+    );
+    // Asked, it creates one, and says it is a network of its own.
+    let node = common::serve_with(&dir, &["--create", "--no-api"]);
+    assert!(node.stderr_text().contains("new network of its own"));
+    assert!(dir.join("config.json").exists());
+    assert!(node.stop());
+}
