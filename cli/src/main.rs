@@ -39,9 +39,57 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// More log output on stderr: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output: errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// How log lines look: text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal only).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The log filter: `KAPPA_LOG`, else `RUST_LOG` (both in `RUST_LOG`'s
+/// syntax, e.g. `kappadb_net=debug`), else the level `-v`/`-q` ask for.
+fn log_filter(verbose: u8, quiet: bool) -> tracing_subscriber::EnvFilter {
+    for var in ["KAPPA_LOG", "RUST_LOG"] {
+        if let Ok(f) = tracing_subscriber::EnvFilter::try_from_env(var) {
+            return f;
+        }
+    }
+    let ours = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "warn,kappadb=info,kappa=info",
+        (false, 2) => "info,kappadb=debug,kappa=debug",
+        (false, _) => "info,kappadb=trace,kappa=trace",
+    };
+    tracing_subscriber::EnvFilter::new(ours)
+}
+
+fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
+    let filter = log_filter(cli.verbose, cli.quiet);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 /// The commands.
@@ -185,13 +233,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KAPPA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli);
     match cmd::run(cli) {
         Ok(code) => code,
         Err(e) if e.downcast_ref::<out::BrokenPipe>().is_some() => ExitCode::SUCCESS,

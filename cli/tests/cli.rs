@@ -481,3 +481,40 @@ fn cli_serve_creates_a_database_only_where_asked() {
     assert!(dir.join("config.json").exists());
     assert!(node.stop());
 }
+
+/// Everything `kappa serve` printed on stderr, from start to a clean stop.
+fn served(dir: &std::path::Path, extra: &[&str]) -> String {
+    let mut node = common::serve_with(dir, extra);
+    let status = node.stop_within(std::time::Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()));
+    node.stderr_text()
+}
+
+#[test]
+fn cli_logging_levels_formats_and_no_colour_off_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    ok(&dir, &["init"]);
+    let text = served(&dir, &["--no-api", "--log-format", "json", "-v"]);
+    let logs: Vec<Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        logs.iter().any(|l| l["level"] == "INFO"
+            && l["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("kappadb"))),
+        "{text}"
+    );
+    let text = served(&dir, &["--no-api", "-v"]);
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes off a terminal: {text:?}"
+    );
+    assert!(!served(&dir, &["--no-api", "-q"]).contains(" INFO "));
+    // -v and -q together are a usage error.
+    assert_eq!(kappa(&dir, &["-v", "-q", "status"]).status.code(), Some(2));
+}
