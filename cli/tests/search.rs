@@ -79,6 +79,10 @@ fn search_from_the_command_line() {
     assert!(search_json(&dir, &["notes", "ste*"]).is_empty());
     assert_eq!(seqs(&search_json(&dir, &["notes", "sto*"])), vec![2]);
     assert_eq!(
+        seqs(&search_json(&dir, &["notes", "sto* OR pear"])),
+        vec![1, 2]
+    );
+    assert_eq!(
         seqs(&search_json(
             &dir,
             &["notes", "apple OR tent", "--limit", "1"]

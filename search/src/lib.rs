@@ -207,7 +207,7 @@ impl SearchExt for Indexer {
             .and_then(|a| a.downcast_ref::<SearchView>())
             .ok_or_else(|| SearchError::UnknownSearchView(name.to_string()))?;
         let g = active_index(self, name, v)?;
-        query::run(&g, v.fields(), &v.spec().fields, query)
+        query::run(self.db(), &g, v.fields(), &v.spec().fields, query)
     }
 
     fn search_doc_count(&self, name: &str) -> Result<u64, SearchError> {

@@ -136,13 +136,12 @@ impl SearchView {
         let offset = builder.add_u64_field("offset", STORED);
         let timestamp = builder.add_u64_field("timestamp", STORED | FAST);
         let kind = builder.add_text_field("type", STRING | STORED);
-        let text_options = TextOptions::default()
-            .set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer(TOKENIZER)
-                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-            )
-            .set_stored();
+        let text_options = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        );
+        // Text is not stored: snippets read it from the entry in the log.
         let mut texts = Vec::new();
         for p in &spec.fields {
             texts.push(builder.add_text_field(&field_name(p)?, text_options.clone()));

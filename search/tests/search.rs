@@ -92,6 +92,13 @@ fn indexes_queries_and_skips() {
     assert_eq!(seqs(&ix, q("title:garden")), vec![3]);
     assert_eq!(seqs(&ix, q("quart*")), vec![2]);
     assert_eq!(seqs(&ix, q("gro* apple")), vec![1]);
+    assert_eq!(seqs(&ix, q("quart* OR frost")), vec![2, 3]);
+    assert_eq!(seqs(&ix, q("title:gar*")), vec![3]);
+    assert!(seqs(&ix, q("body:gar*")).is_empty());
+    assert!(matches!(
+        ix.search("notes", &q("title:/gar.*/")),
+        Err(SearchError::BadQuery(_))
+    ));
     assert_eq!(seqs(&ix, q("\"quarterly meet\"*")), vec![2]);
     // Snippets mark the matched words.
     let hits = ix.search("notes", &q("frost")).unwrap();
