@@ -30,6 +30,8 @@ use crate::view::{Fields, GenIndex};
 pub const MAX_LIMIT: usize = 10_000;
 /// Longest query text accepted, in bytes.
 pub const MAX_QUERY: usize = 4096;
+/// Deepest nesting of groups in a query.
+const MAX_DEPTH: usize = 32;
 /// Fewest characters of a prefix (`ab*`).
 const MIN_PREFIX: usize = 2;
 /// Most characters of a snippet.
@@ -149,6 +151,26 @@ fn parse(
     text: &str,
 ) -> Result<Box<dyn Query>, SearchError> {
     let shown: String = text.chars().take(200).collect();
+    // The grammar recurses per group: bound the depth before it runs.
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut quoted = false;
+    for c in text.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '(' | '[' | '{' if !quoted => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' | '}' if !quoted => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_DEPTH {
+        return Err(SearchError::BadQuery(format!(
+            "groups nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
     let ast = match tantivy::query_grammar::parse_query(text) {
         Ok(ast) => ast,
         Err(_) => {

@@ -152,6 +152,17 @@ fn bad_queries_are_errors_not_panics() {
         ix.search("notes", &q(&"a ".repeat(5000))),
         Err(SearchError::BadQuery(_))
     ));
+    // Deep nesting is refused before the grammar recurses into it; up to
+    // the limit it parses.
+    let deep = format!("{}a{}", "(".repeat(2000), ")".repeat(2000));
+    assert!(matches!(
+        ix.search("notes", &q(&deep)),
+        Err(SearchError::BadQuery(_))
+    ));
+    let ok_depth = format!("{}a{}", "(".repeat(32), ")".repeat(32));
+    ix.search("notes", &q(&ok_depth)).unwrap();
+    let unbalanced = format!("{}a", "(-".repeat(2000));
+    assert!(ix.search("notes", &q(&unbalanced)).is_err());
     let mut zero = q("a");
     zero.limit = Some(0);
     assert!(matches!(
