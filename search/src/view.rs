@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,9 @@ pub struct SearchView {
     analyzer: TextAnalyzer,
     /// Open indexes by generation number.
     gens: Mutex<BTreeMap<u64, Arc<GenIndex>>>,
+    /// Generations below this were swapped out and their indexes removed:
+    /// never opened again (a fold still under way in one is refused).
+    retired_below: AtomicU64,
 }
 
 impl std::fmt::Debug for SearchView {
@@ -176,6 +180,7 @@ impl SearchView {
             },
             analyzer,
             gens: Mutex::new(BTreeMap::new()),
+            retired_below: AtomicU64::new(0),
         })
     }
 
@@ -208,6 +213,9 @@ impl SearchView {
         let mut gens = self.gens();
         if let Some(g) = gens.get(&number) {
             return Ok(g.clone());
+        }
+        if number < self.retired_below.load(Ordering::Acquire) {
+            return Err(self.err(format!("generation {number} was replaced by a rebuild")));
         }
         let g = Arc::new(self.open_gen(number, sled_next, get)?);
         gens.insert(number, g.clone());
@@ -481,6 +489,7 @@ impl SearchView {
     pub(crate) fn retire_below(&self, active: u64) {
         let old: Vec<u64> = {
             let mut gens = self.gens();
+            self.retired_below.fetch_max(active, Ordering::AcqRel);
             let old = gens.range(..active).map(|(n, _)| *n).collect();
             gens.retain(|n, _| *n >= active);
             old
