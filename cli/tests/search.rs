@@ -79,6 +79,10 @@ fn search_from_the_command_line() {
     assert!(search_json(&dir, &["notes", "ste*"]).is_empty());
     assert_eq!(seqs(&search_json(&dir, &["notes", "sto*"])), vec![2]);
     assert_eq!(
+        seqs(&search_json(&dir, &["notes", "sto* OR pear"])),
+        vec![1, 2]
+    );
+    assert_eq!(
         seqs(&search_json(
             &dir,
             &["notes", "apple OR tent", "--limit", "1"]
@@ -241,6 +245,26 @@ fn search_through_the_api_live() {
     assert_eq!(status, 400, "{v}");
     let (status, _) = api.get("/v1/views/nope/search?q=a");
     assert_eq!(status, 404);
+    // Hostile queries: each a JSON 400, and the node goes on answering.
+    let long = format!("/v1/views/notes/search?q={}", "a%20".repeat(3_000));
+    let deep = format!("/v1/views/notes/search?q={}a", "%28".repeat(2_000));
+    // Bytes that are not UTF-8 are read as replacement characters.
+    let (status, v) = api.get("/v1/views/notes/search?q=%FF%FE");
+    assert!(status == 200 && v.as_array().is_some(), "{status} {v}");
+    for path in [
+        "/v1/views/notes/search?q=a&limit=99999999999999999999999",
+        "/v1/views/notes/search?q=a&since=-1",
+        "/v1/views/notes/search?q=title%3A%2Fa.%2A%2F",
+        "/v1/views/notes/search",
+        long.as_str(),
+        deep.as_str(),
+    ] {
+        let (status, v) = api.get(path);
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(v["error"]["code"].is_string(), "{path}: {v}");
+    }
+    let (status, _) = api.get("/v1/views/notes/search?q=harbour");
+    assert_eq!(status, 200);
     // The CLI through the node answers the same.
     let hits = search_json(&dir, &["notes", "dawn"]);
     assert_eq!(seqs(&hits), vec![1]);

@@ -22,9 +22,10 @@
 //! **The checkpoint rule.** Every tantivy commit carries, as its payload,
 //! the checkpoint of the documents it holds (the offset of the first log
 //! record they do not reflect), so the index knows exactly what it holds
-//! whatever sled holds. A batch that reaches the log's end commits at
-//! once (an entry is searchable as soon as the view has folded it); during
-//! a long fold the index commits about once a second. On open, an index
+//! whatever sled holds. A batch that reaches the log's end and changed
+//! documents commits at once (an entry is searchable as soon as the view
+//! has folded it); otherwise the index commits about once a second (a
+//! long fold, or batches with nothing of the view's shape). On open, an index
 //! behind its view's sled checkpoint (a crash between the two commits, a
 //! lost or damaged index directory) replays the log from its own
 //! checkpoint: an entry is indexed again if sled holds it, deletions and
@@ -207,7 +208,7 @@ impl SearchExt for Indexer {
             .and_then(|a| a.downcast_ref::<SearchView>())
             .ok_or_else(|| SearchError::UnknownSearchView(name.to_string()))?;
         let g = active_index(self, name, v)?;
-        query::run(&g, v.fields(), &v.spec().fields, query)
+        query::run(self.db(), &g, v.fields(), &v.spec().fields, query)
     }
 
     fn search_doc_count(&self, name: &str) -> Result<u64, SearchError> {

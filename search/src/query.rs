@@ -4,20 +4,21 @@
 //! fields, terms joined by AND unless the query says `OR`: words, `"a
 //! phrase"`, `title:word` (a field by its name, `/meta/summary` is
 //! `meta_summary`), `-word`, `"phrase pre"*` (the last word a prefix),
-//! parentheses. A bare word ending in `*` (`meet*`) is a prefix of a word
-//! of any text field; such prefixes are taken out of the text and are
-//! always required. Author, type and time filters are added as required
+//! parentheses, `^2` boosts. A bare word ending in `*` (`meet*`, at least
+//! two characters) is a prefix of a word of any text field (`title:meet*`:
+//! of that field); words are indexed stemmed, so a prefix matches stems
+//! (`appl*` finds "apples", `apples*` does not). Regular expressions are
+//! refused. Author, type and time filters are added as required
 //! clauses. Hits are ranked by BM25 and carry a snippet of the first text
 //! field that matches, the matched words between `[` and `]`.
 
 use std::ops::Bound;
 
-use kappadb_core::FeedId;
+use kappadb_core::{Db, FeedId};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
-use tantivy::query::{
-    BooleanQuery, InvertedIndexRangeQuery, Occur, Query, QueryParser, RangeQuery, TermQuery,
-};
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf};
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Searcher, TantivyDocument, Term};
@@ -29,8 +30,10 @@ use crate::view::{Fields, GenIndex};
 pub const MAX_LIMIT: usize = 10_000;
 /// Longest query text accepted, in bytes.
 pub const MAX_QUERY: usize = 4096;
-/// Most words a prefix expands to.
-const PREFIX_EXPANSIONS: u64 = 256;
+/// Deepest nesting of groups in a query.
+const MAX_DEPTH: usize = 32;
+/// Fewest characters of a prefix (`ab*`).
+const MIN_PREFIX: usize = 2;
 /// Most characters of a snippet.
 const SNIPPET_CHARS: usize = 160;
 
@@ -82,50 +85,115 @@ pub struct SearchHit {
     pub snippet: String,
 }
 
-/// Split bare `word*` prefixes out of `q`: the rest, and the prefixes
-/// (lowercased).
-fn split_prefixes(q: &str) -> (String, Vec<String>) {
-    let mut rest = String::with_capacity(q.len());
-    let mut prefixes = Vec::new();
-    let mut in_quotes = false;
-    for (i, token) in q.split(' ').enumerate() {
-        if i > 0 {
-            rest.push(' ');
-        }
-        let quotes = token.matches('"').count();
-        let bare = !in_quotes
-            && quotes == 0
-            && token.len() > 1
-            && token.ends_with('*')
-            && token[..token.len() - 1]
-                .chars()
-                .all(|c| c.is_alphanumeric());
-        if bare {
-            prefixes.push(token[..token.len() - 1].to_lowercase());
-        } else {
-            rest.push_str(token);
-        }
-        if quotes % 2 == 1 {
-            in_quotes = !in_quotes;
-        }
-    }
-    (rest.trim().to_string(), prefixes)
+/// Turn each bare `word*` (a one-word "phrase prefix", which tantivy's
+/// parser refuses) into a prefix of a word of the text fields (or of the
+/// field named); refuse regular expressions, which the parser would
+/// otherwise accept once prefixes are allowed.
+fn rewrite(ast: UserInputAst, fields: &[String]) -> Result<UserInputAst, SearchError> {
+    Ok(match ast {
+        UserInputAst::Clause(clauses) => UserInputAst::Clause(
+            clauses
+                .into_iter()
+                .map(|(occur, a)| Ok((occur, rewrite(a, fields)?)))
+                .collect::<Result<_, SearchError>>()?,
+        ),
+        UserInputAst::Boost(a, boost) => UserInputAst::Boost(Box::new(rewrite(*a, fields)?), boost),
+        UserInputAst::Leaf(leaf) => match *leaf {
+            UserInputLeaf::Regex { .. } => {
+                return Err(SearchError::BadQuery(
+                    "regular expressions (field:/.../) are not supported".into(),
+                ));
+            }
+            // The grammar reads `meet*` as the word "meet*".
+            UserInputLeaf::Literal(lit)
+                if lit.delimiter == Delimiter::None
+                    && lit.slop == 0
+                    && lit.phrase.len() > 1
+                    && lit.phrase.ends_with('*')
+                    && lit.phrase[..lit.phrase.len() - 1]
+                        .chars()
+                        .all(char::is_alphanumeric) =>
+            {
+                let word = lit.phrase[..lit.phrase.len() - 1].to_lowercase();
+                if word.chars().count() < MIN_PREFIX {
+                    return Err(SearchError::BadQuery(format!(
+                        "prefix {word:?}* is shorter than {MIN_PREFIX} characters"
+                    )));
+                }
+                let targets = match lit.field_name {
+                    Some(f) => vec![f],
+                    None => fields.to_vec(),
+                };
+                UserInputAst::Clause(
+                    targets
+                        .into_iter()
+                        .map(|field| {
+                            let leaf = UserInputLeaf::Regex {
+                                field: Some(field),
+                                // Alphanumeric only: nothing to escape.
+                                pattern: format!("{word}.*"),
+                            };
+                            (Some(Occur::Should), UserInputAst::Leaf(Box::new(leaf)))
+                        })
+                        .collect(),
+                )
+            }
+            other => UserInputAst::Leaf(Box::new(other)),
+        },
+    })
 }
 
-/// The smallest string greater than every string starting with `p`.
-fn prefix_end(p: &str) -> Option<String> {
-    let mut chars: Vec<char> = p.chars().collect();
-    while let Some(c) = chars.pop() {
-        if let Some(next) = char::from_u32(c as u32 + 1) {
-            chars.push(next);
-            return Some(chars.into_iter().collect());
+/// Parse `text` for the view's text fields (`names`, the engine's names).
+fn parse(
+    g: &GenIndex,
+    fields: &Fields,
+    names: &[String],
+    text: &str,
+) -> Result<Box<dyn Query>, SearchError> {
+    let shown: String = text.chars().take(200).collect();
+    // The grammar recurses per group: bound the depth before it runs.
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut quoted = false;
+    for c in text.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '(' | '[' | '{' if !quoted => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' | '}' if !quoted => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
-    None
+    if deepest > MAX_DEPTH {
+        return Err(SearchError::BadQuery(format!(
+            "groups nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    let ast = match tantivy::query_grammar::parse_query(text) {
+        Ok(ast) => ast,
+        Err(_) => {
+            let (_, errors) = tantivy::query_grammar::parse_query_lenient(text);
+            let why = errors.first().map_or_else(
+                || "syntax error".to_string(),
+                |e| format!("{} at character {}", e.message, e.pos),
+            );
+            return Err(SearchError::BadQuery(format!("{why} (in {shown:?})")));
+        }
+    };
+    let ast = rewrite(ast, names)?;
+    let mut parser = QueryParser::for_index(&g.index, fields.texts.clone());
+    parser.set_conjunction_by_default();
+    parser.allow_regexes();
+    parser
+        .build_query_from_user_input_ast(ast)
+        .map_err(|e| SearchError::BadQuery(format!("{e} (in {shown:?})")))
 }
 
 /// Run `query` on generation index `g` of a view with `pointers`.
 pub(crate) fn run(
+    db: &Db,
     g: &GenIndex,
     fields: &Fields,
     pointers: &[String],
@@ -147,37 +215,12 @@ pub(crate) fn run(
     {
         return bad(format!("since ({s}) is after until ({u})"));
     }
-    let (text, prefixes) = split_prefixes(&query.q);
-    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-    let mut parser = QueryParser::for_index(&g.index, fields.texts.clone());
-    parser.set_conjunction_by_default();
-    let text_query = if text.is_empty() {
-        None
-    } else {
-        Some(parser.parse_query(&text).map_err(|e| {
-            SearchError::BadQuery(format!(
-                "{e} (in {:?})",
-                text.chars().take(200).collect::<String>()
-            ))
-        })?)
-    };
-    if let Some(q) = &text_query {
-        clauses.push((Occur::Must, q.box_clone()));
-    }
-    for p in &prefixes {
-        let mut any: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for f in &fields.texts {
-            let upper = match prefix_end(p) {
-                Some(end) => Bound::Excluded(Term::from_field_text(*f, &end)),
-                None => Bound::Unbounded,
-            };
-            let mut q =
-                InvertedIndexRangeQuery::new(Bound::Included(Term::from_field_text(*f, p)), upper);
-            q.limit(PREFIX_EXPANSIONS);
-            any.push((Occur::Should, Box::new(q)));
-        }
-        clauses.push((Occur::Must, Box::new(BooleanQuery::new(any))));
-    }
+    let names: Vec<String> = pointers
+        .iter()
+        .map(|p| crate::spec::field_name(p))
+        .collect::<Result<_, _>>()?;
+    let text_query = parse(g, fields, &names, &query.q)?;
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, text_query.box_clone())];
     if let Some(a) = &query.author {
         clauses.push((
             Occur::Must,
@@ -210,28 +253,35 @@ pub(crate) fn run(
     let top = searcher
         .search(&full, &TopDocs::with_limit(limit).order_by_score())
         .map_err(|e| SearchError::BadQuery(e.to_string()))?;
-    // Snippets from the text part of the query (prefixes have no terms).
+    // Snippets from the query's terms (prefixes have none).
     let mut generators = Vec::new();
-    if let Some(q) = &text_query {
-        for (f, p) in fields.texts.iter().zip(pointers) {
-            if let Ok(mut sg) = SnippetGenerator::create(&searcher, q.as_ref(), *f) {
-                sg.set_max_num_chars(SNIPPET_CHARS);
-                generators.push((*f, p.clone(), sg));
-            }
+    for (i, f) in fields.texts.iter().enumerate() {
+        if let Ok(mut sg) = SnippetGenerator::create(&searcher, text_query.as_ref(), *f) {
+            sg.set_max_num_chars(SNIPPET_CHARS);
+            generators.push((i, sg));
         }
     }
     let mut hits = Vec::with_capacity(top.len());
     for (score, addr) in top {
-        hits.push(hit(&searcher, fields, pointers, &generators, score, addr)?);
+        hits.push(hit(
+            db,
+            &searcher,
+            fields,
+            pointers,
+            &generators,
+            score,
+            addr,
+        )?);
     }
     Ok(hits)
 }
 
 fn hit(
+    db: &Db,
     searcher: &Searcher,
     fields: &Fields,
     pointers: &[String],
-    generators: &[(tantivy::schema::Field, String, SnippetGenerator)],
+    generators: &[(usize, SnippetGenerator)],
     score: f32,
     addr: DocAddress,
 ) -> Result<SearchHit, SearchError> {
@@ -249,21 +299,39 @@ fn hit(
         .and_then(|v| v.as_str())
         .and_then(|s| s.parse::<FeedId>().ok())
         .ok_or_else(damaged)?;
+    let seq = u64_of(fields.seq)?;
+    // The index stores no text: the snippet comes from the entry itself
+    // (an entry erased meanwhile has none).
+    let json: Option<serde_json::Value> = db
+        .get(&feed, seq)
+        .map_err(|e| SearchError::View(e.into()))?
+        .and_then(|e| e.payload.into_bytes())
+        .and_then(|p| serde_json::from_slice(&p).ok());
+    let texts: Vec<Option<&str>> = pointers
+        .iter()
+        .map(|p| {
+            json.as_ref()
+                .and_then(|j| j.pointer(p))
+                .and_then(|v| v.as_str())
+        })
+        .collect();
     let mut field = String::new();
     let mut snippet = String::new();
-    for (f, p, sg) in generators {
-        let s = sg.snippet_from_doc(&doc);
+    for (i, sg) in generators {
+        let Some(text) = texts.get(*i).copied().flatten() else {
+            continue;
+        };
+        let s = sg.snippet(text);
         if !s.highlighted().is_empty() {
-            field = p.clone();
+            field = pointers.get(*i).cloned().unwrap_or_default();
             snippet = mark(s.fragment(), s.highlighted());
-            let _ = f;
             break;
         }
     }
     if snippet.is_empty() {
         // No highlighted word (a prefix, a filter): the first text held.
-        for (f, p) in fields.texts.iter().zip(pointers) {
-            if let Some(t) = doc.get_first(*f).and_then(|v| v.as_str()) {
+        for (p, t) in pointers.iter().zip(&texts) {
+            if let Some(t) = t {
                 field = p.clone();
                 snippet = t.chars().take(SNIPPET_CHARS).collect();
                 break;
@@ -273,7 +341,7 @@ fn hit(
     Ok(SearchHit {
         offset: u64_of(fields.offset)?,
         feed,
-        seq: u64_of(fields.seq)?,
+        seq,
         timestamp: u64_of(fields.timestamp)?,
         kind: doc
             .get_first(fields.kind)
@@ -309,21 +377,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_prefixes() {
-        assert_eq!(
-            split_prefixes("meet* agenda"),
-            ("agenda".to_string(), vec!["meet".to_string()])
-        );
-        assert_eq!(
-            split_prefixes("\"big bad wo\"* x"),
-            ("\"big bad wo\"* x".to_string(), vec![])
-        );
-        assert_eq!(
-            split_prefixes("\"a b* c\" Dé*"),
-            ("\"a b* c\"".to_string(), vec!["dé".to_string()])
-        );
-        assert_eq!(split_prefixes("*"), ("*".to_string(), vec![]));
-        assert_eq!(prefix_end("ab").as_deref(), Some("ac"));
+    fn rewrites_prefixes_and_refuses_regexes() {
+        let names = vec!["title".to_string(), "body".to_string()];
+        let ast = tantivy::query_grammar::parse_query("meet* OR x").unwrap();
+        let text = format!("{:?}", rewrite(ast, &names).unwrap());
+        assert!(text.contains("meet.*"), "{text}");
+        let ast = tantivy::query_grammar::parse_query("title:/a.*/").unwrap();
+        assert!(rewrite(ast, &names).is_err());
+        let ast = tantivy::query_grammar::parse_query("a*").unwrap();
+        assert!(rewrite(ast, &names).is_err());
     }
 
     #[test]

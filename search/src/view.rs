@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,9 @@ pub struct SearchView {
     analyzer: TextAnalyzer,
     /// Open indexes by generation number.
     gens: Mutex<BTreeMap<u64, Arc<GenIndex>>>,
+    /// Generations below this were swapped out and their indexes removed:
+    /// never opened again (a fold still under way in one is refused).
+    retired_below: AtomicU64,
 }
 
 impl std::fmt::Debug for SearchView {
@@ -112,6 +116,8 @@ struct Writer {
     /// failed commit): their keys are deleted before they are added.
     /// Above it, a document is new unless sled holds its undo record.
     high_water: u64,
+    /// Documents added or deleted since the last commit.
+    dirty: bool,
     last_commit: Instant,
 }
 
@@ -136,13 +142,12 @@ impl SearchView {
         let offset = builder.add_u64_field("offset", STORED);
         let timestamp = builder.add_u64_field("timestamp", STORED | FAST);
         let kind = builder.add_text_field("type", STRING | STORED);
-        let text_options = TextOptions::default()
-            .set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer(TOKENIZER)
-                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-            )
-            .set_stored();
+        let text_options = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        );
+        // Text is not stored: snippets read it from the entry in the log.
         let mut texts = Vec::new();
         for p in &spec.fields {
             texts.push(builder.add_text_field(&field_name(p)?, text_options.clone()));
@@ -175,6 +180,7 @@ impl SearchView {
             },
             analyzer,
             gens: Mutex::new(BTreeMap::new()),
+            retired_below: AtomicU64::new(0),
         })
     }
 
@@ -207,6 +213,9 @@ impl SearchView {
         let mut gens = self.gens();
         if let Some(g) = gens.get(&number) {
             return Ok(g.clone());
+        }
+        if number < self.retired_below.load(Ordering::Acquire) {
+            return Err(self.err(format!("generation {number} was replaced by a rebuild")));
         }
         let g = Arc::new(self.open_gen(number, sled_next, get)?);
         gens.insert(number, g.clone());
@@ -274,6 +283,7 @@ impl SearchView {
                 committed,
                 applied: committed,
                 high_water: committed,
+                dirty: false,
                 last_commit: Instant::now(),
             }),
         };
@@ -448,6 +458,7 @@ impl SearchView {
         prepared.set_payload(&payload);
         prepared.commit().map_err(|e| self.err(e))?;
         w.committed = w.applied;
+        w.dirty = false;
         w.last_commit = Instant::now();
         g.reader.reload().map_err(|e| self.err(e))?;
         Ok(())
@@ -478,6 +489,7 @@ impl SearchView {
     pub(crate) fn retire_below(&self, active: u64) {
         let old: Vec<u64> = {
             let mut gens = self.gens();
+            self.retired_below.fetch_max(active, Ordering::AcqRel);
             let old = gens.range(..active).map(|(n, _)| *n).collect();
             gens.retain(|n, _| *n >= active);
             old
@@ -595,7 +607,9 @@ impl View for SearchView {
         {
             again.entry(r.author).or_default().push(r.seq);
         }
+        let mut changed = false;
         for (author, mut seqs) in again {
+            changed = true;
             seqs.sort_unstable();
             seqs.dedup();
             self.delete_seqs(&w.writer, &author, &seqs)?;
@@ -618,8 +632,10 @@ impl View for SearchView {
                 }
                 gone.sort_unstable();
                 gone.dedup();
+                changed |= !gone.is_empty();
                 self.delete_seqs(&w.writer, &r.author, &gone)?;
             } else if r.forgets() {
+                changed = true;
                 undo.take_up_to(tx, &r.author, None)?;
                 w.writer.delete_term(Term::from_field_text(
                     self.fields.feed,
@@ -631,6 +647,7 @@ impl View for SearchView {
                     continue;
                 };
                 undo.put(tx, &r.author, r.seq, hash.to_vec())?;
+                changed = true;
                 w.writer
                     .add_document(doc)
                     .map_err(|e| ViewError::from(self.err(e)))?;
@@ -638,7 +655,12 @@ impl View for SearchView {
         }
         undo.write(tx)?;
         w.applied = tx.batch_end();
-        if tx.batch_end() >= self.db.log_end() || w.last_commit.elapsed() >= COMMIT_EVERY {
+        w.dirty |= changed;
+        // Searchable as soon as folded; a batch that changed nothing (no
+        // entry of this view's shape) moves the checkpoint at the next
+        // commit, at most a second later, rather than costing one now.
+        let reached_end = tx.batch_end() >= self.db.log_end();
+        if (w.dirty && reached_end) || w.last_commit.elapsed() >= COMMIT_EVERY {
             self.commit(&g, &mut w)?;
         }
         Ok(())

@@ -92,6 +92,13 @@ fn indexes_queries_and_skips() {
     assert_eq!(seqs(&ix, q("title:garden")), vec![3]);
     assert_eq!(seqs(&ix, q("quart*")), vec![2]);
     assert_eq!(seqs(&ix, q("gro* apple")), vec![1]);
+    assert_eq!(seqs(&ix, q("quart* OR frost")), vec![2, 3]);
+    assert_eq!(seqs(&ix, q("title:gar*")), vec![3]);
+    assert!(seqs(&ix, q("body:gar*")).is_empty());
+    assert!(matches!(
+        ix.search("notes", &q("title:/gar.*/")),
+        Err(SearchError::BadQuery(_))
+    ));
     assert_eq!(seqs(&ix, q("\"quarterly meet\"*")), vec![2]);
     // Snippets mark the matched words.
     let hits = ix.search("notes", &q("frost")).unwrap();
@@ -145,6 +152,17 @@ fn bad_queries_are_errors_not_panics() {
         ix.search("notes", &q(&"a ".repeat(5000))),
         Err(SearchError::BadQuery(_))
     ));
+    // Deep nesting is refused before the grammar recurses into it; up to
+    // the limit it parses.
+    let deep = format!("{}a{}", "(".repeat(2000), ")".repeat(2000));
+    assert!(matches!(
+        ix.search("notes", &q(&deep)),
+        Err(SearchError::BadQuery(_))
+    ));
+    let ok_depth = format!("{}a{}", "(".repeat(32), ")".repeat(32));
+    ix.search("notes", &q(&ok_depth)).unwrap();
+    let unbalanced = format!("{}a", "(-".repeat(2000));
+    assert!(ix.search("notes", &q(&unbalanced)).is_err());
     let mut zero = q("a");
     zero.limit = Some(0);
     assert!(matches!(
@@ -393,4 +411,58 @@ fn live_results_within_a_second() {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_index_ahead_of_sled_holds_each_entry_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    {
+        let db = create_db(dir.path(), 1);
+        let ix = indexer(&db, 3);
+        ix.declare_search("notes", notes_spec()).unwrap();
+        for i in 1..=10 {
+            db.append(note(&format!("first {i}"), "common")).unwrap();
+        }
+        ix.catch_up().unwrap();
+    }
+    // sled as it was then: everything derived from the log lags behind
+    // the index once it is put back.
+    copy_dir(&dir.path().join("sled"), &backup.path().join("sled"));
+    {
+        let db = Db::open(dir.path()).unwrap();
+        let ix = indexer(&db, 3);
+        for i in 11..=25 {
+            db.append(note(&format!("second {i}"), "common")).unwrap();
+        }
+        db.delete(&[4], None).unwrap();
+        ix.catch_up().unwrap();
+        assert_eq!(ix.search_doc_count("notes").unwrap(), 24);
+    }
+    std::fs::remove_dir_all(dir.path().join("sled")).unwrap();
+    copy_dir(&backup.path().join("sled"), &dir.path().join("sled"));
+    let db = Db::open(dir.path()).unwrap();
+    let ix = indexer(&db, 3);
+    let st = ix.view_status("notes").unwrap();
+    assert!(st.checkpoint < db.log_end(), "sled is behind: {st:?}");
+    ix.catch_up().unwrap();
+    let mut all = q("common");
+    all.limit = Some(100);
+    let found = seqs(&ix, all);
+    let want: Vec<u64> = (1..=25).filter(|s| *s != 4).collect();
+    assert_eq!(found, want);
+    assert_eq!(ix.search_doc_count("notes").unwrap(), 24);
 }
