@@ -6,64 +6,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ok, serve};
+use common::{ApiClient, ok, serve};
 use serde_json::{Value, json};
-
-#[derive(Clone)]
-struct Api {
-    base: String,
-    token: String,
-    agent: ureq::Agent,
-}
-
-impl Api {
-    fn of(dir: &Path) -> Self {
-        let (addr, token) = common::api_endpoint(dir);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        Api {
-            base: format!("http://{addr}"),
-            token,
-            agent,
-        }
-    }
-
-    /// Append one payload; the acknowledged (seq, id), or None if the
-    /// request failed (the node died).
-    fn append(&self, payload: &Value) -> Option<(u64, String)> {
-        let res = self
-            .agent
-            .post(format!("{}/v1/append", self.base))
-            .header("authorization", &format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .send(json!({ "payload": payload }).to_string().as_bytes())
-            .ok()?;
-        if res.status() != 200 {
-            return None;
-        }
-        let v: Value = serde_json::from_str(&res.into_body().read_to_string().ok()?).ok()?;
-        let a = &v["appended"][0];
-        Some((a["seq"].as_u64()?, a["id"].as_str()?.to_string()))
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let res = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .header("authorization", &format!("Bearer {}", self.token))
-            .call()
-            .unwrap();
-        assert_eq!(res.status(), 200, "GET {path}");
-        serde_json::from_str(&res.into_body().read_to_string().unwrap()).unwrap()
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -82,7 +29,7 @@ fn concurrent_writers_and_a_hundred_subscribers() {
     let dir = tmp.path().join("a");
     ok(&dir, &["init"]);
     let node = serve(&dir);
-    let api = Api::of(&dir);
+    let api = ApiClient::of(&dir);
     let pid = node.child.id();
     let rss_before = rss_kib(pid);
 
@@ -155,7 +102,10 @@ fn concurrent_writers_and_a_hundred_subscribers() {
         (1..=total as u64).collect::<Vec<_>>()
     );
     for (seq, id) in &acked {
-        assert_eq!(api.get(&format!("/v1/feeds/self/{seq}"))["id"], id.as_str());
+        assert_eq!(
+            api.get_ok(&format!("/v1/feeds/self/{seq}"))["id"],
+            id.as_str()
+        );
     }
     for s in subscribers {
         let seen = s.join().unwrap();
@@ -183,7 +133,7 @@ fn kill_9_during_api_appends_loses_nothing_acknowledged() {
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     for round in 0..3 {
         let mut node = serve(&dir);
-        let api = Api::of(&dir);
+        let api = ApiClient::of(&dir);
         let got = Arc::new(Mutex::new(Vec::new()));
         let writers: Vec<_> = (0..4)
             .map(|w| {

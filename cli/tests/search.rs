@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{fails, ok, serve};
+use common::{ApiClient, fails, ok, serve};
 use serde_json::{Value, json};
 
 fn json_lines(text: &str) -> Vec<Value> {
@@ -149,56 +149,6 @@ fn search_from_the_command_line() {
     );
 }
 
-struct Api {
-    base: String,
-    token: String,
-    agent: ureq::Agent,
-}
-
-impl Api {
-    fn of(dir: &Path) -> Self {
-        let (addr, token) = common::api_endpoint(dir);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        Self {
-            base: format!("http://{addr}"),
-            token,
-            agent,
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        let res = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .header("authorization", &format!("Bearer {}", self.token))
-            .call()
-            .unwrap();
-        let status = res.status().as_u16();
-        let text = res.into_body().read_to_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap())
-    }
-
-    /// Append a payload; the acknowledged seq, or None once the node died.
-    fn append(&self, payload: &Value) -> Option<u64> {
-        let res = self
-            .agent
-            .post(format!("{}/v1/append", self.base))
-            .header("authorization", &format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .send(json!({ "payload": payload }).to_string().as_bytes())
-            .ok()?;
-        if res.status() != 200 {
-            return None;
-        }
-        let v: Value = serde_json::from_str(&res.into_body().read_to_string().ok()?).ok()?;
-        v["appended"][0]["seq"].as_u64()
-    }
-}
-
 #[test]
 fn search_through_the_api_live() {
     let tmp = tempfile::tempdir().unwrap();
@@ -206,7 +156,7 @@ fn search_through_the_api_live() {
     ok(&dir, &["init"]);
     ok(&dir, &["view", "add", "notes", "--text", "/title"]);
     let node = serve(&dir);
-    let api = Api::of(&dir);
+    let api = ApiClient::of(&dir);
     let start = Instant::now();
     api.append(&json!({"title": "a quiet harbour at dawn"}))
         .unwrap();
@@ -293,7 +243,7 @@ fn kill_9_during_appends_finds_each_entry_once() {
     ok(&dir, &["view", "add", "notes", "--text", "/body"]);
     for round in 0..3 {
         let mut node = serve(&dir);
-        let api = Arc::new(Api::of(&dir));
+        let api = Arc::new(ApiClient::of(&dir));
         let acked = Arc::new(AtomicUsize::new(0));
         let writers: Vec<_> = (0..4)
             .map(|w| {

@@ -186,3 +186,74 @@ pub fn api_endpoint(dir: &Path) -> (String, String) {
         .to_string();
     (file["addr"].as_str().unwrap().to_string(), token)
 }
+
+/// A small client of a running node's API, for the load and search
+/// tests (answers as `(status, JSON)`).
+#[derive(Clone)]
+pub struct ApiClient {
+    /// `http://host:port`.
+    pub base: String,
+    /// The bearer token.
+    pub token: String,
+    /// The HTTP agent (statuses are not errors; 60 s timeout).
+    pub agent: ureq::Agent,
+}
+
+impl ApiClient {
+    /// The API of the node running on `dir`.
+    pub fn of(dir: &Path) -> Self {
+        let (addr, token) = api_endpoint(dir);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Self {
+            base: format!("http://{addr}"),
+            token,
+            agent,
+        }
+    }
+
+    /// GET `path`: the status and the JSON answer.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let res = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("authorization", &format!("Bearer {}", self.token))
+            .call()
+            .unwrap();
+        let status = res.status().as_u16();
+        let text = res.into_body().read_to_string().unwrap();
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("answer {status} is not JSON: {text:?}"));
+        (status, v)
+    }
+
+    /// GET `path`, which must answer 200.
+    pub fn get_ok(&self, path: &str) -> serde_json::Value {
+        let (status, v) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// Append one payload: the acknowledged (seq, id), or None if the
+    /// request failed (the node died).
+    pub fn append(&self, payload: &serde_json::Value) -> Option<(u64, String)> {
+        let body = serde_json::json!({ "payload": payload }).to_string();
+        let res = self
+            .agent
+            .post(format!("{}/v1/append", self.base))
+            .header("authorization", &format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .send(body.as_bytes())
+            .ok()?;
+        if res.status() != 200 {
+            return None;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&res.into_body().read_to_string().ok()?).ok()?;
+        let a = &v["appended"][0];
+        Some((a["seq"].as_u64()?, a["id"].as_str()?.to_string()))
+    }
+}

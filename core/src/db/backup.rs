@@ -172,6 +172,20 @@ fn check_dest(dest: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Check `dest`, then make an empty staging directory beside it (a
+/// leftover of an interrupted attempt is removed) with its `log/`.
+/// Returns both paths.
+fn start_staging(dest: &Path) -> Result<(PathBuf, PathBuf), StoreError> {
+    check_dest(dest)?;
+    let staging = staging_for(dest)?;
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+    }
+    let log_dir = staging.join(files::LOG);
+    fs::create_dir_all(&log_dir).map_err(io_err(&log_dir))?;
+    Ok((staging, log_dir))
+}
+
 /// Move the finished staging directory onto `dest` and make it durable.
 fn publish(staging: &Path, dest: &Path) -> Result<(), StoreError> {
     if dest.exists() {
@@ -206,13 +220,7 @@ impl Db {
     /// index and views are derived and not copied; opening the copy
     /// rebuilds them. Appends wait while the copy is made.
     pub fn backup(&self, dest: &Path) -> Result<BackupReport, StoreError> {
-        check_dest(dest)?;
-        let staging = staging_for(dest)?;
-        if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
-        }
-        let log_dir = staging.join(files::LOG);
-        fs::create_dir_all(&log_dir).map_err(io_err(&log_dir))?;
+        let (staging, log_dir) = start_staging(dest)?;
         let mut count = 0;
         // The writer lock: no record, rewrite or compaction moves under us.
         let writer = self.writer();
@@ -273,13 +281,7 @@ impl Db {
                 });
             }
         }
-        check_dest(dest)?;
-        let staging = staging_for(dest)?;
-        if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
-        }
-        let log_dir = staging.join(files::LOG);
-        fs::create_dir_all(&log_dir).map_err(io_err(&log_dir))?;
+        let (staging, log_dir) = start_staging(dest)?;
         for path in log_files(&src.join(files::LOG))? {
             if let Some(name) = path.file_name() {
                 copy_synced(&path, &log_dir.join(name), None)?;
