@@ -163,6 +163,12 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
     let rt = runtime()?;
     let json = out.json;
     let res: anyhow::Result<()> = rt.block_on(async {
+        // Watch for the stop signals before anything is announced: a
+        // SIGTERM that arrives right after "listening on" must stop the
+        // node cleanly, not kill it with the default action.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch for Ctrl-C")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
         let mut builder = Node::builder(db.clone()).mdns(!args.no_mdns);
         for a in listen {
             builder = builder.listen(a);
@@ -203,13 +209,9 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
             Some(api)
         };
         note("press Ctrl-C to stop");
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot watch for SIGTERM")?;
         loop {
             tokio::select! {
-                _ = &mut ctrl_c => break,
+                _ = int.recv() => break,
                 _ = term.recv() => break,
                 ev = events.recv() => match ev {
                     Ok(ev) => {
