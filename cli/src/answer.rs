@@ -376,6 +376,10 @@ pub struct AppendSummary {
 /// The database's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// The Kafka bridge this process runs (`kappa serve --bridge`, `kappa
+    /// bridge kafka`), if it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<BridgeInfo>,
     /// The database directory.
     pub dir: String,
     /// Bytes the log's files take on disk.
@@ -408,6 +412,30 @@ pub struct Status {
     pub reclaimable_bytes: u64,
     /// Records in the log.
     pub records: u64,
+}
+
+/// Where a Kafka bridge stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeInfo {
+    /// Every log record before this offset is in the topic.
+    pub delivered_offset: u64,
+    /// Records produced and not yet acknowledged.
+    pub in_flight: u64,
+    /// Log bytes not yet known to be in the topic.
+    pub lag_bytes: u64,
+    /// Log records not yet known to be in the topic.
+    pub lag_records: u64,
+    /// The last error, until the bridge runs again.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Records the broker acknowledged since the bridge started.
+    pub produced: u64,
+    /// Records found in the topic already when the bridge read it back.
+    pub skipped: u64,
+    /// `starting`, `recovering`, `running`, `retrying` or `stopped`.
+    pub state: String,
+    /// The topic.
+    pub topic: String,
 }
 
 /// The running node.

@@ -8,6 +8,7 @@
 
 mod answer;
 mod api;
+mod bridge_cmd;
 mod client;
 mod cmd;
 mod follow;
@@ -168,6 +169,10 @@ pub enum Command {
     /// Run the node until Ctrl-C: listen, discover, sync, keep views
     /// indexed (creates the database if there is none).
     Serve(net_cmd::ServeArgs),
+    /// Stream the log into another system: `kappa bridge kafka --brokers
+    /// HOST:PORT --topic TOPIC` (inside a node: `serve --bridge`).
+    #[command(subcommand)]
+    Bridge(bridge_cmd::BridgeCommand),
     /// Sync once with a peer, both ways, until neither misses anything.
     Sync {
         /// The peer's multiaddr, e.g. /ip4/192.168.1.20/tcp/4747 (the

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// reclaimable (erased payloads, forgotten feeds); 0 never does.
     #[arg(long, value_name = "BYTES", default_value_t = AUTO_COMPACT_BYTES)]
     pub compact_at: u64,
+    /// Also stream the log into Kafka, exactly once:
+    /// kafka://HOST:PORT[,HOST:PORT...]/TOPIC (see `kappa bridge kafka`).
+    #[arg(long, value_name = "URL")]
+    pub bridge: Option<String>,
     /// Create a database (with a new network) in --dir if it holds none.
     /// Only the default data directory is created without being asked.
     #[arg(long)]
@@ -160,6 +164,15 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         Some(i) => Local::with_indexer(db.clone(), i.clone()),
         None => Local::without_views(db.clone()),
     });
+    let bridge_args = args
+        .bridge
+        .as_deref()
+        .map(crate::bridge_cmd::KafkaArgs::from_url)
+        .transpose()?;
+    let bridge = match &bridge_args {
+        Some(a) => Some(crate::bridge_cmd::start(&local, a)?),
+        None => None,
+    };
     let rt = runtime()?;
     let json = out.json;
     let res: anyhow::Result<()> = rt.block_on(async {
@@ -244,6 +257,11 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         Ok(())
     });
     drop(rt);
+    if let Some(b) = bridge
+        && let Err(e) = b.stop()
+    {
+        note(format!("the Kafka bridge stopped with an error: {e}"));
+    }
     res?;
     drop(local);
     drop(indexer);

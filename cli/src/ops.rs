@@ -117,6 +117,8 @@ pub struct Local {
     indexer: Arc<OnceLock<Arc<Indexer>>>,
     open_views: Option<OpenViews>,
     stop: Arc<watch::Sender<bool>>,
+    /// The Kafka bridge this process runs, for `status`.
+    bridge: Arc<OnceLock<Arc<kappadb_bridge::KafkaBridge>>>,
 }
 
 impl Local {
@@ -128,6 +130,7 @@ impl Local {
             indexer: Arc::default(),
             open_views: Some(open_views),
             stop: Arc::new(watch::channel(false).0),
+            bridge: Arc::default(),
         }
     }
 
@@ -138,6 +141,7 @@ impl Local {
             indexer: Arc::new(OnceLock::from(indexer)),
             open_views: None,
             stop: Arc::new(watch::channel(false).0),
+            bridge: Arc::default(),
         }
     }
 
@@ -149,7 +153,18 @@ impl Local {
             indexer: Arc::default(),
             open_views: None,
             stop: Arc::new(watch::channel(false).0),
+            bridge: Arc::default(),
         }
+    }
+
+    /// Report `bridge` in `status` (on every clone of this).
+    pub fn set_bridge(&self, bridge: Arc<kappadb_bridge::KafkaBridge>) {
+        let _ = self.bridge.set(bridge);
+    }
+
+    /// A receiver that turns true once [`Local::interrupt`] is called.
+    pub fn interrupted(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     /// Make [`Backend::follow`] return (on Ctrl-C), now or as soon as it
@@ -434,6 +449,20 @@ impl Backend for Local {
             erased_bytes: s.erased_bytes,
             erased_entries: s.erased_entries,
             reclaimable_bytes: s.reclaimable_bytes,
+            bridge: self.bridge.get().map(|b| {
+                let b = b.status();
+                crate::answer::BridgeInfo {
+                    topic: b.topic,
+                    state: b.state,
+                    delivered_offset: b.delivered_offset,
+                    lag_bytes: b.lag_bytes,
+                    lag_records: b.lag_records,
+                    in_flight: b.in_flight,
+                    produced: b.produced,
+                    skipped: b.skipped,
+                    last_error: b.last_error,
+                }
+            }),
         })
     }
 

@@ -315,6 +315,15 @@ pub fn status_lines(s: &Status) -> Vec<String> {
             s.forked_feeds
         ));
     }
+    if let Some(b) = &s.bridge {
+        lines.push(format!(
+            "kafka     topic {}: {}, {} records ({} bytes) behind, {} produced, {} found already there",
+            b.topic, b.state, b.lag_records, b.lag_bytes, b.produced, b.skipped
+        ));
+        if let Some(e) = &b.last_error {
+            lines.push(format!("kafka     last error: {e}"));
+        }
+    }
     lines
 }
 

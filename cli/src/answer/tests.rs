@@ -86,6 +86,17 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
         last_seq: None,
     });
     sorted(&Status {
+        bridge: Some(BridgeInfo {
+            delivered_offset: 1,
+            in_flight: 2,
+            lag_bytes: 3,
+            lag_records: 4,
+            last_error: None,
+            produced: 5,
+            skipped: 6,
+            state: "running".into(),
+            topic: "t".into(),
+        }),
         dir: "d".into(),
         disk_bytes: 10,
         entries: 1,
