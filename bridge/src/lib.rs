@@ -45,6 +45,10 @@ pub mod consume;
 pub mod test_broker;
 mod worker;
 
+/// The Kafka client the bridge is built on, for callers that need more of
+/// it (the tests forge records with it).
+pub use rdkafka;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

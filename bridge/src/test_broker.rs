@@ -85,6 +85,11 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kill -9 the broker (if running).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -179,4 +184,44 @@ pub fn assert_mirrors(db: &Db, fetched: &[Fetched]) {
     for (feed, (seq, _)) in heads {
         assert_eq!(db.head(&feed).map(|h| h.seq), Some(seq));
     }
+}
+
+/// Create `topic` with `partitions` partitions on the broker at `brokers`.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let res = futures::executor::block_on(admin.create_topics([&t], &AdminOptions::new()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for r in res {
+        r.unwrap_or_else(|(name, code)| panic!("creating {name}: {code}"));
+    }
+}
+
+/// A broker for a test that needs one but not its own: the one `.ci/run`
+/// started (`KAPPADB_KAFKA_BROKERS`), else a new one in `dir` (returned, to
+/// keep alive for the test).
+pub fn shared_or_start(bin: &Path, dir: &Path) -> (Option<Broker>, String) {
+    match std::env::var("KAPPADB_KAFKA_BROKERS") {
+        Ok(addr) if !addr.trim().is_empty() => (None, addr),
+        _ => {
+            let b = Broker::start(bin, dir);
+            let addr = b.addr();
+            (Some(b), addr)
+        }
+    }
+}
+
+/// `base` made unique to this process and moment, for a topic on a broker
+/// other tests share.
+pub fn unique_topic(base: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{base}-{}-{nanos}", std::process::id())
 }

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kappadb_bridge::consume::read_topic;
-use kappadb_bridge::test_broker::{Broker, assert_mirrors, tansu_or_skip};
+use kappadb_bridge::test_broker::{
+    Broker, assert_mirrors, shared_or_start, tansu_or_skip, unique_topic,
+};
 use kappadb_bridge::{BridgeConfig, BridgeStatus, KafkaBridge};
 use kappadb_core::test_utils::TestPeer;
 use kappadb_core::{CreateOptions, Db, ForkProof};
@@ -34,7 +36,8 @@ fn every_record_once_across_restarts_and_a_lost_checkpoint() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&bin, &tmp.path().join("broker"));
+    let (_own, addr) = shared_or_start(&bin, &tmp.path().join("broker"));
+    let topic = unique_topic("log");
     let db = Db::create(&tmp.path().join("db"), CreateOptions::default()).unwrap();
     for i in 0..300 {
         db.append(format!(r#"{{"type":"kv.put","key":"k{i}","value":{i}}}"#).into_bytes())
@@ -51,13 +54,13 @@ fn every_record_once_across_restarts_and_a_lost_checkpoint() {
     db.ingest_fork_proof(ForkProof::new(a.signed_header(), b.signed_header()).unwrap())
         .unwrap();
 
-    let cfg = config(&broker.addr(), "log", tmp.path());
+    let cfg = config(&addr, &topic, tmp.path());
     let bridge = KafkaBridge::start(db.clone(), cfg.clone()).unwrap();
     let s = wait_caught_up(&bridge, "first run");
     assert_eq!(s.skipped, 0);
     assert_eq!(s.produced, db.status().records);
     bridge.stop().unwrap();
-    let fetched = read_topic(&broker.addr(), "log", Duration::from_secs(30)).unwrap();
+    let fetched = read_topic(&addr, &topic, Duration::from_secs(30)).unwrap();
     assert_mirrors(&db, &fetched);
     let kinds: Vec<_> = fetched.iter().filter_map(|f| f.kind.as_deref()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "fork").count(), 1);
@@ -79,7 +82,7 @@ fn every_record_once_across_restarts_and_a_lost_checkpoint() {
     assert_eq!(s.produced, 1);
     assert_eq!(s.skipped, db.status().records - 1);
     bridge.stop().unwrap();
-    let fetched = read_topic(&broker.addr(), "log", Duration::from_secs(30)).unwrap();
+    let fetched = read_topic(&addr, &topic, Duration::from_secs(30)).unwrap();
     assert_mirrors(&db, &fetched);
 }
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{ok, serve_with};
 use kappadb_bridge::consume::read_topic;
-use kappadb_bridge::test_broker::{Broker, assert_mirrors, tansu_or_skip};
+use kappadb_bridge::test_broker::{
+    Broker, assert_mirrors, shared_or_start, tansu_or_skip, unique_topic,
+};
 use kappadb_core::Db;
 use kappadb_core::test_utils::TestPeer;
 use rand::{Rng, SeedableRng};
@@ -120,9 +122,10 @@ fn serve_bridges_and_shows_the_lag_in_status() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
-    let broker = Broker::start(&bin, &tmp.path().join("broker"));
+    let (_own, addr) = shared_or_start(&bin, &tmp.path().join("broker"));
+    let topic = unique_topic("served");
     ok(&dir, &["init"]);
-    let url = format!("kafka://{}/served", broker.addr());
+    let url = format!("kafka://{addr}/{topic}");
     let node = serve_with(&dir, &["--api", "127.0.0.1:0", "--bridge", &url]);
     for i in 0..50 {
         ok(
@@ -141,7 +144,7 @@ fn serve_bridges_and_shows_the_lag_in_status() {
         "{human}"
     );
     assert!(node.stop());
-    let fetched = read_topic(&broker.addr(), "served", Duration::from_secs(60)).unwrap();
+    let fetched = read_topic(&addr, &topic, Duration::from_secs(60)).unwrap();
     assert_mirrors(&Db::open(&dir).unwrap(), &fetched);
 }
 
