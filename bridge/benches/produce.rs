@@ -113,6 +113,16 @@ fn main() {
         rss0 as f64 / 1024.0,
         peak as f64 / 1024.0
     );
+    let t = Instant::now();
+    match kappadb_bridge::consume::read_topic(&addr, "bench", Duration::from_secs(60)) {
+        Ok(all) => println!(
+            "read the topic back: {} records in {:.1} s ({:.0} records/s)",
+            all.len(),
+            t.elapsed().as_secs_f64(),
+            all.len() as f64 / t.elapsed().as_secs_f64()
+        ),
+        Err(e) => println!("reading the topic back failed: {e}"),
+    }
     if let (Some(p), Some(b0)) = (broker_pid, bcpu0) {
         let bcpu = cpu_secs(&p.to_string()) - b0;
         println!(

@@ -1,7 +1,7 @@
 //! Reading a bridged topic back: every record of every partition, for
 //! consumers that verify (the example in `examples/`) and for tests.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -45,6 +45,8 @@ pub fn read_topic(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
+        .set("max.partition.fetch.bytes", "262144")
+        .set("fetch.max.bytes", "1048576")
         .create()?;
     let md = consumer.fetch_metadata(Some(topic), stall)?;
     let partitions: Vec<i32> = md
@@ -55,8 +57,10 @@ pub fn read_topic(
         .collect();
     let mut tpl = TopicPartitionList::new();
     let mut open = HashSet::new();
+    let mut marks = HashMap::new();
     for &p in &partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, stall)?;
+        marks.insert(p, (low, high, None::<i64>));
         if low < high {
             tpl.add_partition_offset(topic, p, Offset::Beginning)?;
             open.insert(p);
@@ -71,9 +75,21 @@ pub fn read_topic(
     while !open.is_empty() {
         match consumer.poll(Duration::from_millis(200)) {
             None if last.elapsed() > stall => {
+                let mut at: Vec<_> = open
+                    .iter()
+                    .map(|p| {
+                        let (low, high, seen) = marks.get(p).copied().unwrap_or_default();
+                        format!("partition {p} (offsets {low}..{high}, last read {seen:?})")
+                    })
+                    .collect();
+                at.sort();
                 return Err(BridgeError::Topic {
                     topic: topic.to_string(),
-                    reason: format!("reading it stalled for {} s", stall.as_secs()),
+                    reason: format!(
+                        "reading it stalled for {} s at {}",
+                        stall.as_secs(),
+                        at.join(", ")
+                    ),
                 });
             }
             None => {}
@@ -84,6 +100,9 @@ pub fn read_topic(
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => {
                 last = Instant::now();
+                if let Some(mark) = marks.get_mut(&m.partition()) {
+                    mark.2 = Some(m.offset());
+                }
                 let mut f = Fetched {
                     partition: m.partition(),
                     offset: m.offset(),

@@ -287,7 +287,7 @@ fn producer(cfg: &BridgeConfig, ctx: Ctx) -> Result<BaseProducer<Ctx>, BridgeErr
         // gap before a later one that got through.
         .set("message.timeout.ms", "0")
         .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
+        .set("batch.num.messages", "2000")
         // Java's partitioner, so Kafka Streams and friends agree on where
         // a key lives.
         .set("partitioner", "murmur2_random")

@@ -105,17 +105,37 @@ pub fn start(local: &Local, args: &KafkaArgs) -> anyhow::Result<Arc<KafkaBridge>
 pub fn run(dir: &std::path::Path, cmd: BridgeCommand, out: &mut Out) -> anyhow::Result<ExitCode> {
     let BridgeCommand::Kafka(args) = cmd;
     kappadb_bridge::check_topic(&args.topic)?;
-    let db = match Db::open(dir) {
-        Ok(db) => db,
-        Err(StoreError::Locked { .. }) if crate::api::ApiFile::read(dir)?.is_some() => bail!(
-            "a node runs on {d} and holds it: run the bridge inside it instead, `kappa --dir {d} serve --bridge kafka://{}/{}`",
-            args.brokers,
-            args.topic,
-            d = dir.display()
-        ),
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot open the database in {}", dir.display()));
+    // A node holds the database for good: say where the bridge belongs.
+    // Anything else (a command, a process just ending) is waited for.
+    let deadline = std::time::Instant::now() + crate::cmd::busy_timeout();
+    let db = loop {
+        match Db::open(dir) {
+            Ok(db) => break db,
+            Err(StoreError::Locked { pid, .. }) => {
+                let serving = pid
+                    .and_then(crate::cmd::command_of)
+                    .is_some_and(|c| c.contains(" serve"));
+                if serving {
+                    bail!(
+                        "a node runs on {d} and holds it: run the bridge inside it instead, `kappa --dir {d} serve --bridge kafka://{}/{}`",
+                        args.brokers,
+                        args.topic,
+                        d = dir.display()
+                    );
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!(
+                        "database {} is in use by PID {}; try again once it is done",
+                        dir.display(),
+                        pid.map_or("?".to_string(), |p| p.to_string())
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open the database in {}", dir.display()));
+            }
         }
     };
     let local = Local::new(db, crate::views_cmd::open_indexer);

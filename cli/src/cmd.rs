@@ -40,7 +40,7 @@ pub fn open(dir: &Path) -> anyhow::Result<Db> {
 
 /// How long a command waits for a database another command holds:
 /// `KAPPA_BUSY_TIMEOUT` seconds, 5 by default.
-fn busy_timeout() -> Duration {
+pub(crate) fn busy_timeout() -> Duration {
     std::env::var("KAPPA_BUSY_TIMEOUT")
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -51,7 +51,7 @@ fn busy_timeout() -> Duration {
 }
 
 /// The command line of process `pid`, if this system shows it.
-fn command_of(pid: u32) -> Option<String> {
+pub(crate) fn command_of(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let mut args = raw
         .split(|&b| b == 0)

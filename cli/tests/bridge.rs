@@ -30,11 +30,20 @@ fn bridge_child(dir: &Path, broker: &str, topic: &str, log: &Path) -> Child {
         .unwrap()
 }
 
-/// `kappa status --json`'s bridge section, once it shows the bridge
-/// running with nothing left to send.
-fn wait_caught_up(dir: &Path) -> serde_json::Value {
+/// `kappa status --json`, once it shows the bridge running with nothing
+/// left to send. `child` (with its log) is the bridge's process, if it has
+/// one of its own: it must not exit meanwhile.
+fn wait_caught_up(dir: &Path, mut child: Option<(&mut Child, &Path)>) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
+        if let Some((c, log)) = child.as_mut()
+            && let Some(status) = c.try_wait().unwrap()
+        {
+            panic!(
+                "the bridge exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
         let out = common::kappa(dir, &["--json", "status"]);
         if out.status.success() {
             let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -74,7 +83,7 @@ fn kill_9_of_the_bridge_and_the_broker_never_duplicates_or_loses_a_record() {
             // other feeds' (as if synced), interleaved.
             let db = Db::open(&dir).unwrap();
             for p in &mut peers {
-                let page: Vec<_> = (0..400)
+                let page: Vec<_> = (0..150)
                     .map(|i| p.make(round * 1000 + i, vec![b'p'; 100]))
                     .collect();
                 db.ingest(page).unwrap();
@@ -99,7 +108,7 @@ fn kill_9_of_the_bridge_and_the_broker_never_duplicates_or_loses_a_record() {
     }
     // A last run to the end, stopped cleanly.
     let mut child = bridge_child(&dir, &broker.addr(), "crash", &log);
-    let status = wait_caught_up(&dir);
+    let status = wait_caught_up(&dir, Some((&mut child, &log)));
     assert_eq!(status["bridge"]["topic"], "crash");
     let pid = child.id().to_string();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
@@ -111,7 +120,7 @@ fn kill_9_of_the_bridge_and_the_broker_never_duplicates_or_loses_a_record() {
 
     let fetched = read_topic(&broker.addr(), "crash", Duration::from_secs(60)).unwrap();
     let db = Db::open(&dir).unwrap();
-    assert_eq!(db.status().records, 8 * 2 * 1000);
+    assert_eq!(db.status().records, 8 * 2 * (150 + 600));
     assert_mirrors(&db, &fetched);
 }
 
@@ -136,11 +145,11 @@ fn serve_bridges_and_shows_the_lag_in_status() {
             ],
         );
     }
-    let s = wait_caught_up(&dir);
+    let s = wait_caught_up(&dir, None);
     assert_eq!(s["bridge"]["produced"], 50, "{s}");
     let human = ok(&dir, &["status"]);
     assert!(
-        human.contains("kafka     topic served: running, 0 records"),
+        human.contains(&format!("kafka     topic {topic}: running, 0 records")),
         "{human}"
     );
     assert!(node.stop());
