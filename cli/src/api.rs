@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{RwLock, watch};
 use tokio::task::JoinHandle;
 
-use crate::answer::{NodeInfo, OpError, OpResult, PeerInfo, Record};
+use crate::answer::{NodeInfo, OpError, OpResult, Record};
 use crate::ops::{Backend, Local};
 use crate::out::note;
 use crate::params::{
@@ -308,14 +308,19 @@ impl Mount for Router<Arc<AppState>> {
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .at(&routes::STATUS, status)
+        .at(&routes::STATUS, admin::status)
         .at(&routes::NODE, node_info)
         .at(&routes::APPEND, append)
         .at(&routes::LOG, log)
         .at(&routes::FEEDS, feeds)
         .at(&routes::FEED_RANGE, feed_range)
         .at(&routes::ENTRY, entry)
-        .at(&routes::PEERS, peers)
+        .at(&routes::PEERS, admin::peers)
+        .at(&routes::INVITE, admin::invite)
+        .at(&routes::BLOCK, admin::block)
+        .at(&routes::UNBLOCK, admin::unblock)
+        .at(&routes::SYNC, admin::sync)
+        .at(&routes::VERIFY, admin::verify)
         .at(&routes::VIEWS, views)
         .at(&routes::VIEW_ADD, view_add)
         .at(&routes::VIEW_REMOVE, view_remove)
@@ -510,9 +515,7 @@ macro_rules! try_op {
     };
 }
 
-async fn status(State(st): St) -> Response {
-    blocking(&st, |l| l.status()).await
-}
+mod admin;
 
 fn no_node() -> OpError {
     OpError::not_found(
@@ -569,22 +572,6 @@ async fn entry(
     )));
     let p: EntryParams = try_op!(query(q));
     blocking(&st, move |l| l.get(&feed, seq, &p)).await
-}
-
-async fn peers(State(st): St) -> Response {
-    let Some(node) = st.service.node.clone() else {
-        return blocking(&st, |l| l.peers()).await;
-    };
-    let node = node.0.read().await;
-    let Some(n) = node.as_ref() else {
-        return fail(node_stopping());
-    };
-    reply(
-        n.known_peers()
-            .await
-            .map(|p| PeerInfo::all(&p))
-            .map_err(OpError::from),
-    )
 }
 
 async fn views(State(st): St) -> Response {
