@@ -165,6 +165,7 @@ pub fn connect_following(
 /// Run a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = resolve_dir(cli.dir);
+    out::set_utc(cli.utc);
     let mut out = Out::new(cli.json);
     match cli.command {
         Command::Init { max_payload, join } => init(&dir, max_payload, join, &mut out),
@@ -407,6 +408,9 @@ fn log(
 ) -> anyhow::Result<ExitCode> {
     let mut printed = 0usize;
     let mut next = since;
+    if !out.json {
+        out.line(out::record_header())?;
+    }
     loop {
         let want = limit.map(|l| l - printed);
         if want == Some(0) {

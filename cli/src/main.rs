@@ -41,6 +41,9 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show times in UTC (RFC 3339) instead of the local time zone.
+    #[arg(long, global = true)]
+    pub utc: bool,
     /// More log output on stderr: -v info, -vv debug, -vvv trace.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -304,3 +304,42 @@ fn service_definitions_run_this_binary_on_this_database() {
     assert!(out.status.success(), "{plist}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "serve True");
 }
+
+#[test]
+fn people_read_local_times_and_utc_on_request_and_log_has_a_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    ok(&dir, &["init"]);
+    ok(&dir, &["append", r#"{"n":1}"#]);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kappa"))
+            .arg("--dir")
+            .arg(&dir)
+            .args(args)
+            .env("TZ", "XYZ-3")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let local = run(&["timeline"]);
+    assert!(local.contains(" +03:00  "), "{local}");
+    let utc = run(&["--utc", "timeline"]);
+    assert!(utc.contains("Z  ") && !utc.contains("+03:00"), "{utc}");
+    let log = run(&["log"]);
+    let mut lines = log.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header
+            .split_whitespace()
+            .eq(["OFFSET", "FEED", "SEQ", "TIME", "PAYLOAD"])
+    );
+    // The columns line up under the header.
+    let row = lines.next().unwrap();
+    assert_eq!(header.find("PAYLOAD"), row.find("{\"n\":1}"), "{log}");
+    // JSON keeps milliseconds since the epoch, whatever the zone.
+    let j = run(&["--json", "log"]);
+    assert!(
+        serde_json::from_str::<Value>(j.lines().next().unwrap()).unwrap()["timestamp"].is_u64()
+    );
+}
