@@ -2,7 +2,7 @@
 //! the running node's part of `status` and `peers`. With a node running
 //! they act through it (its real listen addresses, its connections, its
 //! block list in memory); without one (the API of `kappa log --follow`)
-//! they run the same [`Local`] operation the CLI runs on a database.
+//! they run the same [`Local`](crate::ops::Local) operation the CLI runs on a database.
 
 use std::net::IpAddr;
 use std::time::Duration;

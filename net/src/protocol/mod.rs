@@ -16,6 +16,7 @@
 
 pub mod engine;
 pub mod follow;
+pub mod reconcile;
 pub mod store;
 pub mod wire;
 
