@@ -206,6 +206,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::View(c) => crate::views_cmd::view(&*connect(&dir)?, c, &mut out),
         Command::Search(a) => crate::views_cmd::search(&*connect(&dir)?, a, &mut out),
         Command::Serve(args) => crate::net_cmd::serve(&dir, args, &mut out),
+        Command::Ui { no_open } => crate::net_cmd::ui(&dir, no_open, &mut out),
         Command::Sync { addr, timeout } => {
             crate::net_cmd::sync(&open(&dir)?, &addr, timeout, &mut out)
         }

@@ -45,6 +45,7 @@ fn every_route_is_served_and_shutdown_ends_event_streams() {
         local: Arc::new(Local::new(db, open_views)),
         node: None,
         token: TOKEN.into(),
+        dash: Arc::new(Dash::default()),
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = rt.spawn(run(service, listener, async move {
@@ -84,7 +85,7 @@ fn every_route_is_served_and_shutdown_ends_event_streams() {
     let mut events = TcpStream::connect(addr).unwrap();
     write!(
         events,
-        "GET {}?since=0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
+        "GET {}?since=0 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
         routes::EVENTS.path
     )
     .unwrap();

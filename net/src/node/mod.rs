@@ -157,6 +157,8 @@ pub enum NodeEvent {
         feed: FeedId,
         /// How many entries.
         entries: u64,
+        /// Their size as received (see [`crate::protocol::ENTRY_OVERHEAD`]).
+        bytes: u64,
     },
     /// Neither side misses anything the other announced.
     SyncIdle {

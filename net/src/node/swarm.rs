@@ -621,10 +621,12 @@ impl Runner {
                 peer,
                 feed,
                 entries,
+                bytes,
             } => self.emit(NodeEvent::SyncProgress {
                 peer,
                 feed,
                 entries,
+                bytes,
             }),
             SyncEvent::Idle { peer, stats } => {
                 tracing::debug!(%peer, ?stats, "in sync");
