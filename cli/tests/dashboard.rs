@@ -97,7 +97,7 @@ impl Driver {
             base: format!("http://127.0.0.1:{port}"),
             agent,
             session: None,
-            profile: profile,
+            profile,
         };
         common::eventually("chromedriver to answer", || {
             d.agent
