@@ -352,14 +352,19 @@ impl Mount for Router<Arc<AppState>> {
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .at(&routes::STATUS, status)
+        .at(&routes::STATUS, admin::status)
         .at(&routes::NODE, node_info)
         .at(&routes::APPEND, append)
         .at(&routes::LOG, log)
         .at(&routes::FEEDS, feeds)
         .at(&routes::FEED_RANGE, feed_range)
         .at(&routes::ENTRY, entry)
-        .at(&routes::PEERS, peers)
+        .at(&routes::PEERS, admin::peers)
+        .at(&routes::INVITE, admin::invite)
+        .at(&routes::BLOCK, admin::block)
+        .at(&routes::UNBLOCK, admin::unblock)
+        .at(&routes::SYNC, admin::sync)
+        .at(&routes::VERIFY, admin::verify)
         .at(&routes::VIEWS, views)
         .at(&routes::VIEW_ADD, view_add)
         .at(&routes::VIEW_REMOVE, view_remove)
@@ -383,8 +388,6 @@ fn router(state: Arc<AppState>) -> Router {
         .at(&routes::FOLLOWING, following)
         .at(&routes::FOLLOW, set_following)
         .at(&routes::PEER_ADD, peer_add)
-        .at(&routes::BLOCK, block)
-        .at(&routes::UNBLOCK, unblock)
         .at(&routes::UI_LOGIN, ui_login)
         .at(&routes::UI_STATE, ui_state)
         .at(&routes::UI_EVENTS, ui_events)
@@ -643,9 +646,7 @@ macro_rules! try_op {
     };
 }
 
-async fn status(State(st): St) -> Response {
-    blocking(&st, |l| l.status()).await
-}
+mod admin;
 
 fn no_node() -> OpError {
     OpError::not_found(
@@ -702,22 +703,6 @@ async fn entry(
     )));
     let p: EntryParams = try_op!(query(q));
     blocking(&st, move |l| l.get(&feed, seq, &p)).await
-}
-
-async fn peers(State(st): St) -> Response {
-    let Some(node) = st.service.node.clone() else {
-        return blocking(&st, |l| l.peers()).await;
-    };
-    let node = node.0.read().await;
-    let Some(n) = node.as_ref() else {
-        return fail(node_stopping());
-    };
-    reply(
-        n.known_peers()
-            .await
-            .map(|p| PeerInfo::all(&p))
-            .map_err(OpError::from),
-    )
 }
 
 async fn views(State(st): St) -> Response {
@@ -1102,57 +1087,6 @@ async fn peer_add(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
         Err(NetError::Stopped) => fail(node_stopping()),
         Err(e) => fail(OpError::new(502, "dial_failed", e.to_string())),
     }
-}
-
-async fn block(State(st): St, UrlPath(feed): UrlPath<String>) -> Response {
-    set_blocked(&st, &feed, true).await
-}
-
-async fn unblock(State(st): St, UrlPath(feed): UrlPath<String>) -> Response {
-    set_blocked(&st, &feed, false).await
-}
-
-/// Block or unblock a feed: through the node when one runs (it stops
-/// pulling and serving it at once), else in `blocked.json`.
-async fn set_blocked(st: &AppState, feed: &str, blocked: bool) -> Response {
-    let local = &st.service.local;
-    let id = try_op!(local.resolve_feed(feed));
-    if id == local.db().feed_id() {
-        return fail(OpError::bad(
-            "own_feed",
-            "this node cannot block its own feed",
-        ));
-    }
-    let changed = match &st.service.node {
-        Some(node) => {
-            let node = node.0.read().await;
-            let Some(n) = node.as_ref() else {
-                return fail(node_stopping());
-            };
-            let r = if blocked {
-                n.block(id).await
-            } else {
-                n.unblock(id).await
-            };
-            try_op!(r.map_err(OpError::from))
-        }
-        None => {
-            let dir = local.db().dir().to_path_buf();
-            let r = kappadb_net::blocklist::BlockList::load(&dir).and_then(|mut list| {
-                if blocked {
-                    list.block(id)
-                } else {
-                    list.unblock(&id)
-                }
-            });
-            try_op!(r.map_err(|e| OpError::new(500, "internal", e.to_string())))
-        }
-    };
-    reply(Ok(serde_json::json!({
-        "blocked": blocked,
-        "changed": changed,
-        "feed": id.to_string(),
-    })))
 }
 
 /// A process that follows the log without a node serves the API meanwhile,

@@ -231,25 +231,45 @@ pub enum Command {
 }
 
 fn main() -> ExitCode {
+    // Known before parsing, so that a usage error answers in JSON too.
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if json {
+                out::json_error("usage", &e.kind().to_string(), &e.render().to_string());
             } else {
-                ExitCode::SUCCESS
-            };
+                let _ = e.print();
+            }
+            return ExitCode::from(2);
         }
     };
     init_logging(&cli);
+    let json = cli.json;
     match cmd::run(cli) {
         Ok(code) => code,
         Err(e) if e.downcast_ref::<out::BrokenPipe>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
+            let usage = e.downcast_ref::<out::Usage>().is_some();
             let msg = format!("{e:#}");
-            out::note(format!("error: {msg}"));
-            ExitCode::FAILURE
+            if json {
+                let code = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<answer::OpError>())
+                    .map_or(if usage { "usage" } else { "error" }, |o| o.code.as_str());
+                out::json_error(code, "", &msg);
+            } else {
+                out::note(format!("error: {msg}"));
+            }
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -5,16 +5,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use kappadb_core::{CreateOptions, Db, FeedId};
-use kappadb_net::blocklist::BlockList;
+use anyhow::{Context, bail};
+use kappadb_core::{CreateOptions, Db};
 use kappadb_net::{DEFAULT_PORT, Invite, Multiaddr, Node, NodeEvent, PeerId, default_listen_addr};
 use kappadb_views::{Indexer, IndexerConfig};
 use serde_json::json;
 
+use crate::answer::{OpError, SyncReply};
 use crate::api::SharedNode;
 use crate::ops::{Backend, Local};
 use crate::out::{self, Out, note};
+use crate::params::SyncBody;
 
 /// Options of `kappa serve`.
 #[derive(clap::Args, Debug)]
@@ -109,10 +110,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// A multiaddr the user typed, or a usage error (exit code 2) that shows
+/// what one looks like.
 fn parse_addr(text: &str) -> anyhow::Result<Multiaddr> {
+    parse_multiaddr(text).map_err(|e| anyhow::Error::new(crate::out::Usage(e.message)))
+}
+
+/// A multiaddr given to an operation, or a 400 that shows what one looks
+/// like.
+pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, OpError> {
     text.parse::<Multiaddr>().map_err(|e| {
-        anyhow!(
-            "'{text}' is not a multiaddr ({e}); it looks like /ip4/192.168.1.20/tcp/{DEFAULT_PORT}"
+        OpError::bad(
+            "bad_addr",
+            format!(
+                "'{text}' is not a multiaddr ({e}); it looks like /ip4/192.168.1.20/tcp/{DEFAULT_PORT}"
+            ),
         )
     })
 }
@@ -342,7 +354,9 @@ pub fn ui(dir: &Path, no_open: bool, out: &mut Out) -> anyhow::Result<ExitCode> 
         );
     };
     let remote = crate::client::Remote::new(&file.addr, file.token);
-    let login = remote.ui_login().map_err(|e| anyhow!("{}", e.message))?;
+    let login = remote
+        .ui_login()
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     out.answer(&login, |l| {
         vec![
             l.url.clone(),
@@ -393,25 +407,12 @@ pub fn sync(db: &Db, addr: &str, timeout: u64, out: &mut Out) -> anyhow::Result<
     db.watch().unsubscribe(listener);
     bar.finish_and_clear();
     let summary = res.with_context(|| format!("sync with {addr} failed"))?;
-    if out.json {
-        out.json_line(&json!({
-            "peer": summary.peer.to_string(),
-            "pulled": summary.pulled,
-            "pushed": summary.pushed_estimate,
-            "feeds": summary.feeds,
-        }))?;
-    } else {
-        out.line(format!(
-            "synced with {}: pulled {} entries, sent {}, {} feeds touched",
-            summary.peer, summary.pulled, summary.pushed_estimate, summary.feeds
-        ))?;
-    }
-    Ok(ExitCode::SUCCESS)
+    print_sync(&SyncReply::of(&summary), out)
 }
 
 /// Addresses other machines can reach this node at: every non-loopback
 /// interface address on the default port (loopback if there is none).
-fn reachable_addrs(peer: PeerId) -> Vec<Multiaddr> {
+pub fn reachable_addrs(peer: PeerId) -> Vec<Multiaddr> {
     let mut addrs: Vec<Multiaddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()
         .into_iter()
@@ -430,29 +431,57 @@ fn reachable_addrs(peer: PeerId) -> Vec<Multiaddr> {
     addrs
 }
 
-/// `kappa invite`: the network key and this node's addresses, as one string.
-pub fn invite(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let key = db.network_key()?;
-    let peer = peer_id_of(db)?;
-    let invite = Invite {
-        key,
-        addrs: reachable_addrs(peer),
-    };
-    let text = invite.to_string();
-    let addrs: Vec<String> = invite.addrs.iter().map(|a| a.to_string()).collect();
+/// `kappa invite`: the network key and this node's addresses, as one
+/// string (a running node's real listen addresses).
+pub fn invite(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let invite = b.invite()?;
     if out.json {
-        out.json_line(&json!({"invite": text, "addrs": addrs}))?;
+        out.json_line(&invite)?;
     } else {
         note("this invite holds the network key: anyone who has it can join; share it privately");
-        out.line(text)?;
+        out.line(&invite.invite)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kappa sync ADDR` while `kappa serve` runs: the node syncs.
+pub fn sync_via(
+    b: &dyn Backend,
+    addr: &str,
+    timeout: u64,
+    out: &mut Out,
+) -> anyhow::Result<ExitCode> {
+    parse_addr(addr)?;
+    let summary = b
+        .sync(&SyncBody {
+            addr: addr.to_string(),
+            timeout,
+        })
+        .with_context(|| format!("sync with {addr} failed"))?;
+    print_sync(&summary, out)
+}
+
+fn print_sync(s: &SyncReply, out: &mut Out) -> anyhow::Result<ExitCode> {
+    if out.json {
+        out.json_line(s)?;
+    } else {
+        out.line(format!(
+            "synced with {}: pulled {} entries, sent {}, {} feeds touched",
+            s.peer, s.pulled, s.pushed, s.feeds
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The libp2p peer id of this database's key.
-fn peer_id_of(db: &Db) -> anyhow::Result<PeerId> {
-    kappadb_net::behaviour::peer_of_feed(&db.feed_id())
-        .ok_or_else(|| anyhow!("this database's feed id is not a usable libp2p identity"))
+pub fn peer_id_of(db: &Db) -> Result<PeerId, OpError> {
+    kappadb_net::behaviour::peer_of_feed(&db.feed_id()).ok_or_else(|| {
+        OpError::new(
+            500,
+            "bad_identity",
+            "this database's feed id is not a usable libp2p identity",
+        )
+    })
 }
 
 /// Parse an invite given on the command line.
@@ -473,30 +502,20 @@ pub fn peers(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
 }
 
 /// `kappa block FEED` / `kappa unblock FEED`.
-pub fn block(db: &Db, feed: FeedId, on: bool, out: &mut Out) -> anyhow::Result<ExitCode> {
-    if on && feed == db.feed_id() {
-        bail!("refusing to block this database's own feed");
-    }
-    let mut list = BlockList::load(db.dir())?;
-    let changed = if on {
-        list.block(feed)?
-    } else {
-        list.unblock(&feed)?
-    };
+pub fn block(b: &dyn Backend, feed: &str, on: bool, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let r = b.block(feed, on)?;
     if out.json {
-        out.json_line(&json!({"feed": feed.to_string(), "blocked": on, "changed": changed}))?;
+        out.json_line(&r)?;
     } else {
         let what = if on { "blocked" } else { "unblocked" };
-        let state = if changed {
+        let state = if r.changed {
             what.to_string()
         } else {
             format!("already {what}")
         };
-        out.line(format!("feed {feed} {state}"))?;
+        out.line(format!("feed {} {state}", r.feed))?;
         if on {
-            note(
-                "a running `kappa serve` picks this up within seconds; `kappa forget` also removes what is held of the feed",
-            );
+            note("`kappa forget` also removes what is held of the feed");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -35,6 +35,30 @@ impl std::fmt::Display for BrokenPipe {
 
 impl std::error::Error for BrokenPipe {}
 
+/// With `--json`, an error is one JSON object on stderr:
+/// `{"error": {"code": …, "message": …}}` (and `"kind"`, clap's name for a
+/// usage error, when there is one).
+pub fn json_error(code: &str, kind: &str, message: &str) {
+    let mut err = serde_json::json!({"code": code, "message": message.trim_end()});
+    if !kind.is_empty() {
+        err["kind"] = kind.into();
+    }
+    eprintln!("{}", serde_json::json!({ "error": err }));
+}
+
+/// A command line that asks for something impossible (a value that does
+/// not parse, say): exit code 2, like clap's own usage errors.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 impl Out {
     pub fn new(json: bool) -> Self {
         Self {
@@ -315,6 +339,26 @@ pub fn status_lines(s: &Status) -> Vec<String> {
             s.forked_feeds
         ));
     }
+    match &s.node {
+        None => lines.push("node      not running (`kappa serve` runs it)".to_string()),
+        Some(n) => {
+            lines.push(format!(
+                "node      running, peer id {}, {} peers connected",
+                n.peer_id,
+                n.connected.len()
+            ));
+            for a in &n.listen {
+                lines.push(format!("listen    {a}"));
+            }
+            for p in &n.connected {
+                lines.push(format!("peer      {p}"));
+            }
+        }
+    }
+    if let Some(views) = &s.views {
+        lines.push(String::new());
+        lines.extend(views_table(views));
+    }
     lines
 }
 
@@ -326,8 +370,13 @@ pub fn peer_line(p: &PeerInfo) -> String {
     };
     let synced = p.last_sync.map_or("never".to_string(), fmt_time);
     format!(
-        "{}  feed {}  seen {}  synced {}  {}",
+        "{}  {}  feed {}  seen {}  synced {}  {}",
         p.peer,
+        if p.connected {
+            "connected"
+        } else {
+            "-        "
+        },
         p.feed.as_deref().map_or("-".to_string(), short),
         seen,
         synced,

@@ -286,3 +286,22 @@ pub struct LoginParams {
     /// The one-time code `kappa ui` got.
     pub code: Option<String>,
 }
+
+/// Body of a one-off sync with a peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncBody {
+    /// The peer's multiaddr (the `/p2p/PEER` suffix is optional).
+    pub addr: String,
+    /// Give up after this many seconds.
+    pub timeout: u64,
+}
+
+impl Default for SyncBody {
+    fn default() -> Self {
+        Self {
+            addr: String::new(),
+            timeout: 300,
+        }
+    }
+}

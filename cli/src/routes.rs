@@ -157,16 +157,22 @@ routes! {
     RELEASE_HOLD: 0 = Post "/v1/hold/release";
     /// Block a feed and drop what is held of it.
     FORGET: 1 = Post "/v1/feeds/{feed}/forget";
+    /// An invite to this network with the node's addresses.
+    INVITE: 0 = Get "/v1/invite";
+    /// Block a feed.
+    BLOCK: 1 = Post "/v1/feeds/{feed}/block";
+    /// Unblock a feed.
+    UNBLOCK: 1 = Post "/v1/feeds/{feed}/unblock";
+    /// Sync once with a peer, both ways.
+    SYNC: 0 = Post "/v1/sync";
+    /// Re-check every record of the log.
+    VERIFY: 0 = Get "/v1/verify";
     /// The replication policy.
     FOLLOWING: 0 = Get "/v1/follow";
     /// Change the replication policy.
     FOLLOW: 0 = Post "/v1/follow";
     /// Connect to a peer by address.
     PEER_ADD: 0 = Post "/v1/peers";
-    /// Stop storing and serving a feed.
-    BLOCK: 1 = Post "/v1/feeds/{feed}/block";
-    /// Store and serve a blocked feed again.
-    UNBLOCK: 1 = Post "/v1/feeds/{feed}/unblock";
     /// A one-time login link for the dashboard.
     UI_LOGIN: 0 = Post "/v1/ui/login";
     /// What the dashboard's panels show.
