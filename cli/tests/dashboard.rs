@@ -305,6 +305,21 @@ fn the_dashboard_shows_peers_the_live_tail_and_a_rebuild() {
     std::fs::write(&path, png).unwrap();
     eprintln!("screenshot: {}", path.display());
 
+    // On a phone-sized screen the panels stack in one column.
+    let v = browser.post(
+        &browser.session_path("/window/rect"),
+        &json!({"width": 390, "height": 1400}),
+    );
+    assert!(v["value"].is_object(), "resize: {v}");
+    let columns = browser.wait_for(
+        "the panels in one column",
+        "const xs = [...document.querySelectorAll('.panel')].map(p => p.getBoundingClientRect().left); \
+         return new Set(xs).size === 1 ? xs.length : null",
+    );
+    assert!(columns.as_u64().unwrap() >= 6, "{columns}");
+    let path = artifacts().join("dashboard-phone.png");
+    std::fs::write(&path, browser.screenshot()).unwrap();
+
     drop(browser);
     assert!(node_b.stop(), "b stops cleanly");
     assert!(node_a.stop(), "a stops cleanly");
