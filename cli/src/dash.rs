@@ -71,6 +71,8 @@ pub struct Dash {
     /// `[ms, appends, ingests]` per second, oldest first.
     rates: Mutex<VecDeque<[u64; 3]>>,
     logins: Mutex<Logins>,
+    /// Since when each view has been behind the log without a break.
+    behind: Mutex<HashMap<String, Instant>>,
 }
 
 impl Default for Dash {
@@ -108,6 +110,7 @@ impl Dash {
             forks: Mutex::default(),
             rates: Mutex::default(),
             logins: Mutex::default(),
+            behind: Mutex::default(),
         }
     }
 
@@ -290,6 +293,20 @@ impl Dash {
                 v
             })
             .collect();
+        let views: Vec<Value> = {
+            let mut behind = lock(&self.behind);
+            behind.retain(|name, _| views.iter().any(|v| v.lag > 0 && &v.name == name));
+            views
+                .iter()
+                .map(|v| {
+                    let since = (v.lag > 0)
+                        .then(|| *behind.entry(v.name.clone()).or_insert_with(Instant::now));
+                    let mut j = serde_json::to_value(v).unwrap_or(Value::Null);
+                    j["lag_seconds"] = json!(since.map_or(0, |t| t.elapsed().as_secs()));
+                    j
+                })
+                .collect()
+        };
         let rates: Vec<[u64; 3]> = lock(&self.rates).iter().copied().collect();
         json!({
             "node": {
@@ -379,6 +396,47 @@ mod tests {
         assert_eq!(dash.redeem("nope").unwrap(), None);
         assert!(!dash.session_ok("nope"));
         assert!(!dash.session_ok(&code));
+    }
+
+    #[test]
+    fn the_snapshot_has_every_panel() {
+        use kappadb_core::{CreateOptions, Db};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::create(dir.path(), CreateOptions::default()).unwrap();
+        db.append(br#"{"type":"note"}"#.to_vec()).unwrap();
+        let local = Local::new(db.clone(), |db| kappadb_views::Indexer::open(db.clone()));
+        let dash = Dash::default();
+        let s = dash.snapshot(&local, None, None);
+        assert_eq!(s["node"]["feed"], db.feed_id().to_string());
+        assert_eq!(s["node"]["running"], false);
+        assert_eq!(s["status"]["entries"], 1);
+        assert_eq!(s["feeds"][0]["blocked"], false);
+        assert_eq!(s["feeds"][0]["seq"], 1);
+        let views = s["views"].as_array().unwrap();
+        assert!(views.iter().any(|v| v["name"] == "timeline"), "{s}");
+        assert!(views.iter().all(|v| v["lag_seconds"].is_u64()), "{s}");
+        assert_eq!(s["peers"], json!([]));
+        // A node's peers: the address book and the connected ones.
+        let info = NodeInfo {
+            connected: vec!["p2".into()],
+            feed: db.feed_id().to_string(),
+            listen: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            peer_id: "me".into(),
+        };
+        let book = [PeerInfo {
+            addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
+            connected: false,
+            feed: None,
+            last_seen: 1,
+            last_sync: None,
+            peer: "p1".into(),
+        }];
+        let s = dash.snapshot(&local, Some(&info), Some(&book));
+        let peers = s["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 2, "{s}");
+        assert_eq!(peers[0]["connected"], false);
+        assert_eq!(peers[1]["peer"], "p2");
+        assert_eq!(peers[1]["connected"], true);
     }
 
     #[test]
