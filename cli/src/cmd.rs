@@ -165,6 +165,7 @@ pub fn connect_following(
 /// Run a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = resolve_dir(cli.dir);
+    out::set_utc(cli.utc);
     let mut out = Out::new(cli.json);
     match cli.command {
         Command::Init { max_payload, join } => init(&dir, max_payload, join, &mut out),
@@ -222,6 +223,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Forget { feed } => crate::lifecycle_cmd::forget(&*connect(&dir)?, &feed, &mut out),
         Command::Follow(a) => crate::lifecycle_cmd::follow(&*connect(&dir)?, a, &mut out),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "kappa", &mut buf);
+            out.line(String::from_utf8_lossy(&buf).trim_end())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service { manager } => {
+            out.line(crate::service::render(manager, &dir)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut buf)
+                .context("cannot render the manual page")?;
+            out.line(String::from_utf8_lossy(&buf).trim_end())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Unfollow { feeds } => {
             crate::lifecycle_cmd::unfollow(&*connect(&dir)?, feeds, &mut out)
         }
@@ -388,6 +409,9 @@ fn log(
 ) -> anyhow::Result<ExitCode> {
     let mut printed = 0usize;
     let mut next = since;
+    if !out.json {
+        out.line(out::record_header())?;
+    }
     loop {
         let want = limit.map(|l| l - printed);
         if want == Some(0) {

@@ -20,6 +20,8 @@ mod ops;
 mod out;
 mod params;
 mod routes;
+mod serve_config;
+mod service;
 mod views_cmd;
 
 use std::path::PathBuf;
@@ -41,6 +43,9 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show times in UTC (RFC 3339) instead of the local time zone.
+    #[arg(long, global = true)]
+    pub utc: bool,
     /// More log output on stderr: -v info, -vv debug, -vvv trace.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -222,6 +227,21 @@ pub enum Command {
     /// restored database appends only once it has synced with a peer, so
     /// that it cannot fork its own feed.
     Restore(lifecycle_cmd::RestoreArgs),
+    /// Print a shell completion script: `kappa completions bash >
+    /// ~/.local/share/bash-completion/completions/kappa`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print a service definition that runs `kappa serve` on this
+    /// database at login: a systemd user unit or a launchd agent.
+    Service {
+        /// The service manager.
+        #[arg(value_enum)]
+        manager: service::Manager,
+    },
+    /// Print the manual page (roff): `kappa man > kappa.1; man ./kappa.1`.
+    Man,
     /// Stop replicating feeds; what was held of them is forgotten.
     Unfollow {
         /// Feed ids or unique prefixes.

@@ -41,9 +41,15 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_views: bool,
     /// Compact the log on its own once this many bytes of it are
-    /// reclaimable (erased payloads, forgotten feeds); 0 never does.
-    #[arg(long, value_name = "BYTES", default_value_t = AUTO_COMPACT_BYTES)]
-    pub compact_at: u64,
+    /// reclaimable (erased payloads, forgotten feeds); 0 never does
+    /// [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub compact_at: Option<u64>,
+    /// Save these options in the database directory (serve.json), so a
+    /// plain `kappa serve` (or a service unit) starts the same way; flags
+    /// given later still win.
+    #[arg(long)]
+    pub save: bool,
     /// Create a database (with a new network) in --dir if it holds none.
     /// Only the default data directory is created without being asked.
     #[arg(long)]
@@ -148,20 +154,28 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
             d = dir.display()
         );
     };
-    let listen = if args.listen.is_empty() {
+    let opts = crate::serve_config::ServeConfig::load(dir)?.apply(&args)?;
+    let listen = if opts.listen.is_empty() {
         vec![default_listen_addr()]
     } else {
-        args.listen
+        opts.listen
             .iter()
             .map(|a| parse_addr(a))
             .collect::<anyhow::Result<_>>()?
     };
-    let peers: Vec<Multiaddr> = args
-        .peer
+    let peers: Vec<Multiaddr> = opts
+        .peers
         .iter()
         .map(|a| parse_addr(a))
         .collect::<anyhow::Result<_>>()?;
-    let indexer = if args.no_views {
+    if args.save {
+        crate::serve_config::ServeConfig::of(&opts).save(dir)?;
+        note(format!(
+            "saved these options in {}; a plain `kappa serve` starts this way from now on",
+            dir.join(crate::serve_config::FILE).display()
+        ));
+    }
+    let indexer = if !opts.views {
         None
     } else {
         let indexer = Indexer::open_with(db.clone(), IndexerConfig::default())?;
@@ -185,7 +199,7 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         use tokio::signal::unix::{SignalKind, signal};
         let mut int = signal(SignalKind::interrupt()).context("cannot watch for Ctrl-C")?;
         let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
-        let mut builder = Node::builder(db.clone()).mdns(!args.no_mdns);
+        let mut builder = Node::builder(db.clone()).mdns(opts.mdns);
         for a in listen {
             builder = builder.listen(a);
         }
@@ -205,26 +219,26 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         for a in node.listen_addrs() {
             note(format!("listening on {a}"));
         }
-        if args.no_views {
+        if !opts.views {
             note("folding no views (--no-views): storing and serving feeds only");
         }
         let (stop_compact, compact_stop) = tokio::sync::watch::channel(false);
-        let compactor = (args.compact_at > 0)
-            .then(|| tokio::spawn(auto_compact(db.clone(), args.compact_at, compact_stop)));
+        let compactor = (opts.compact_at > 0)
+            .then(|| tokio::spawn(auto_compact(db.clone(), opts.compact_at, compact_stop)));
         // The API's handlers borrow the node; it is taken back below to
         // shut it down.
         let node = Arc::new(SharedNode::new(node));
-        let api = if args.no_api {
-            None
-        } else {
-            let api = crate::api::start(local.clone(), Some(node.clone()), args.api, dash.clone())
-                .await?;
+        let api = if let Some(addr) = opts.api {
+            let api =
+                crate::api::start(local.clone(), Some(node.clone()), addr, dash.clone()).await?;
             note(format!(
                 "API on http://{} (bearer token in {})",
                 api.addr,
                 db.dir().join(crate::api::TOKEN_FILE).display()
             ));
             Some(api)
+        } else {
+            None
         };
         note("press Ctrl-C to stop");
         loop {

@@ -171,7 +171,30 @@ pub fn counter(what: &str) -> ProgressBar {
 
 /// RFC 3339 time of a ms timestamp.
 pub fn fmt_time(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    if UTC.load(std::sync::atomic::Ordering::Relaxed) {
+        return humantime::format_rfc3339_millis(t).to_string();
+    }
+    chrono::DateTime::<chrono::Local>::from(t)
+        .format("%Y-%m-%d %H:%M:%S%.3f %:z")
+        .to_string()
+}
+
+/// `--utc`: times for people in UTC (RFC 3339) instead of local time.
+static UTC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Show times in UTC (`--utc`) rather than in the local zone.
+pub fn set_utc(on: bool) {
+    UTC.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The header row of `kappa log`'s lines.
+pub fn record_header() -> String {
+    let width = fmt_time(0).len();
+    format!(
+        "{:>10}  {:<8}  {:<7} {:<width$}  PAYLOAD",
+        "OFFSET", "FEED", "SEQ", "TIME"
+    )
 }
 
 /// The first 8 hex digits of an id, for lines.

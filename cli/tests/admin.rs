@@ -162,3 +162,184 @@ fn usage_errors_exit_2_and_json_errors_are_one_object_on_stderr() {
     let v: Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(v["error"]["code"], "usage", "{v}");
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_command_definitions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("none");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&dir, &["completions", shell]);
+        assert!(
+            script.contains("serve") && script.contains("backup"),
+            "{shell}"
+        );
+    }
+    // The bash script is valid bash.
+    let file = tmp.path().join("kappa.bash");
+    std::fs::write(&file, ok(&dir, &["completions", "bash"])).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(check.success());
+    let man = ok(&dir, &["man"]);
+    assert!(
+        man.contains(".TH kappa 1"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
+    assert!(man.contains("serve") && man.contains("KAPPA_DIR"));
+    // Neither needs a database.
+    assert!(!dir.exists());
+    assert_eq!(kappa(&dir, &["completions", "tcsh"]).status.code(), Some(2));
+}
+
+/// Start `kappa serve` with exactly `args` (no test defaults) and return
+/// its stderr lines once it printed "press Ctrl-C", then stop it.
+fn serve_plain(dir: &std::path::Path, args: &[&str]) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kappa"))
+        .arg("--dir")
+        .arg(dir)
+        .arg("serve")
+        .args(args)
+        .env_remove("KAPPA_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains("press Ctrl-C") {
+            break;
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success(), "{text}");
+    text
+}
+
+#[test]
+fn saved_serve_options_start_the_node_the_same_way_and_flags_still_win() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    ok(&dir, &["init"]);
+    let first = serve_plain(
+        &dir,
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--no-api",
+            "--compact-at",
+            "0",
+            "--save",
+        ],
+    );
+    assert!(first.contains("saved these options"), "{first}");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("serve.json")).unwrap()).unwrap();
+    assert_eq!(saved["api"], "off", "{saved}");
+    assert_eq!(saved["mdns"], false, "{saved}");
+    // A plain serve listens where it was told (not on 0.0.0.0:4747) and
+    // serves no API.
+    let plain = serve_plain(&dir, &[]);
+    assert!(
+        plain.contains("listening on /ip4/127.0.0.1/tcp/"),
+        "{plain}"
+    );
+    assert!(
+        !plain.contains("0.0.0.0") && !plain.contains("API on"),
+        "{plain}"
+    );
+    // A flag wins over the file.
+    let with_api = serve_plain(&dir, &["--api", "127.0.0.1:0"]);
+    assert!(with_api.contains("API on http://127.0.0.1:"), "{with_api}");
+    // A damaged file is an error that names it; nothing starts.
+    std::fs::write(dir.join("serve.json"), "{\"listen\": 7}").unwrap();
+    let out = kappa(&dir, &["serve"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serve.json"));
+}
+
+#[test]
+fn service_definitions_run_this_binary_on_this_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("my db");
+    let unit = ok(&dir, &["service", "systemd"]);
+    let exec = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .unwrap_or_else(|| panic!("{unit}"));
+    assert!(exec.contains(env!("CARGO_BIN_EXE_kappa")), "{exec}");
+    assert!(
+        exec.contains(&format!("--dir \"{}\" serve", dir.display())),
+        "{exec}"
+    );
+    assert!(unit.contains("[Install]") && unit.contains("WantedBy=default.target"));
+    // The launchd agent is a property list that parses.
+    let plist = ok(&dir, &["service", "launchd"]);
+    let mut py = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import plistlib,sys; p=plistlib.loads(sys.stdin.buffer.read()); print(p['ProgramArguments'][-1], p['RunAtLoad'])",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    py.stdin
+        .take()
+        .unwrap()
+        .write_all(plist.as_bytes())
+        .unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(out.status.success(), "{plist}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "serve True");
+}
+
+#[test]
+fn people_read_local_times_and_utc_on_request_and_log_has_a_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    ok(&dir, &["init"]);
+    ok(&dir, &["append", r#"{"n":1}"#]);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kappa"))
+            .arg("--dir")
+            .arg(&dir)
+            .args(args)
+            .env("TZ", "XYZ-3")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let local = run(&["timeline"]);
+    assert!(local.contains(" +03:00  "), "{local}");
+    let utc = run(&["--utc", "timeline"]);
+    assert!(utc.contains("Z  ") && !utc.contains("+03:00"), "{utc}");
+    let log = run(&["log"]);
+    let mut lines = log.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header
+            .split_whitespace()
+            .eq(["OFFSET", "FEED", "SEQ", "TIME", "PAYLOAD"])
+    );
+    // The columns line up under the header.
+    let row = lines.next().unwrap();
+    assert_eq!(header.find("PAYLOAD"), row.find("{\"n\":1}"), "{log}");
+    // JSON keeps milliseconds since the epoch, whatever the zone.
+    let j = run(&["--json", "log"]);
+    assert!(
+        serde_json::from_str::<Value>(j.lines().next().unwrap()).unwrap()["timestamp"].is_u64()
+    );
+}

@@ -640,7 +640,8 @@ fn log_and_timeline_follow_with_and_without_a_node() {
 
     // Without a node: the follower holds the database and serves the API,
     // so another command can still append.
-    let (mut f, rx) = follow(&dir, &["log", "--follow", "--limit", "3"], 3);
+    let (mut f, rx) = follow(&dir, &["log", "--follow", "--limit", "3"], 4);
+    assert!(next_line(&rx).contains("OFFSET"));
     assert!(next_line(&rx).contains("first"));
     eventually("the follower's API", || {
         dir.join("api.json").exists().then_some(())
