@@ -332,3 +332,37 @@ fn a_login_link_gives_a_strict_httponly_session_once() {
     let (status, _) = server.ask(Method::Get, "/login", &host, "");
     assert_eq!(status, 401);
 }
+
+#[test]
+fn requests_are_counted_by_route_template_and_known_methods_only() {
+    let server = TestServer::start();
+    let host = server.host();
+    let auth = format!("authorization: Bearer {TOKEN}\r\n");
+    server.ask(Method::Get, "/v1/feeds/nope/3", &host, &auth);
+    server.ask(Method::Get, "/v1/status", &host, "");
+    for m in ["BREW", "WHEN", "XYZZY"] {
+        server.raw(&format!(
+            "{m} /v1/status HTTP/1.1\r\nHost: {host}\r\nconnection: close\r\n\r\n"
+        ));
+    }
+    let text = server.dash.metrics.encode();
+    assert!(
+        text.contains(
+            "kappa_api_requests_total{route=\"/v1/feeds/{feed}/{seq}\",method=\"GET\",status=\"400\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "kappa_api_requests_total{route=\"/v1/status\",method=\"GET\",status=\"401\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "kappa_api_requests_total{route=\"/v1/status\",method=\"OTHER\",status=\"401\"} 3"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("BREW"), "{text}");
+}
