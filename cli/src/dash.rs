@@ -290,6 +290,9 @@ impl Dash {
             .map(|f| {
                 let mut v = serde_json::to_value(f).unwrap_or(Value::Null);
                 v["blocked"] = Value::Bool(blocked.contains(&f.feed));
+                if f.forked {
+                    v["fork_proof"] = fork_proof(local, &f.feed);
+                }
                 v
             })
             .collect();
@@ -327,6 +330,22 @@ impl Dash {
             "views": views,
             "rates": rates,
         })
+    }
+}
+
+/// The stored proof of a forked feed (the two conflicting entry ids), as
+/// the log's fork record says it; `null` if it cannot be read.
+fn fork_proof(local: &Local, feed: &str) -> Value {
+    let db = local.db();
+    let Ok(id) = feed.parse::<kappadb_core::FeedId>() else {
+        return Value::Null;
+    };
+    let Some(fork) = db.fork(&id) else {
+        return Value::Null;
+    };
+    match db.record_at(fork.proof_offset) {
+        Ok(rec) => serde_json::to_value(crate::answer::Record::of(&rec)).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
     }
 }
 
@@ -416,6 +435,28 @@ mod tests {
         assert!(views.iter().any(|v| v["name"] == "timeline"), "{s}");
         assert!(views.iter().all(|v| v["lag_seconds"].is_u64()), "{s}");
         assert_eq!(s["peers"], json!([]));
+        // A forked feed comes with its proof.
+        let key = kappadb_core::SigningKey::from_seed([7; 32]);
+        let a = kappadb_core::Entry::sign(&key, None, 1, b"a".to_vec());
+        let b = kappadb_core::Entry::sign(&key, None, 2, b"b".to_vec());
+        db.ingest(vec![a.clone()]).unwrap();
+        assert_eq!(db.ingest(vec![b.clone()]).unwrap().forks.len(), 1);
+        let s = dash.snapshot(&local, None, None);
+        let forked = s["feeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["forked"] == true)
+            .unwrap_or_else(|| panic!("{s}"));
+        let ids = forked["fork_proof"]["ids"].as_array().unwrap();
+        let mut want = [a.header.id().to_string(), b.header.id().to_string()];
+        let mut got = [
+            ids[0].as_str().unwrap().to_string(),
+            ids[1].as_str().unwrap().to_string(),
+        ];
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
         // A node's peers: the address book and the connected ones.
         let info = NodeInfo {
             connected: vec!["p2".into()],

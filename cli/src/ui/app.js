@@ -156,7 +156,7 @@ function renderFeeds(s) {
     let state = [];
     if (f.local) state.push(pill("this node", ""));
     if (f.forked) {
-      const ids = forkIds[f.feed];
+      const ids = (f.fork_proof && f.fork_proof.ids) || forkIds[f.feed];
       const from = forks[f.feed] && forks[f.feed].peer;
       state.push(pill("forked at seq " + f.fork_seq, "off"));
       state.push(el("div", { class: "muted mono" },
