@@ -1,8 +1,8 @@
 //! The dashboard in a real browser: headless Chromium driven over
 //! WebDriver (chromedriver, with a plain HTTP client). Two nodes; the
 //! dashboard of one shows the other connected, an entry appended on the
-//! other appears in its live tail, and a view rebuilt from the page
-//! reaches done. A screenshot is saved under the target directory
+//! other appears in its live tail, a view rebuilt from the page reaches
+//! done, and a feed blocked from the page is blocked. A screenshot is saved under the target directory
 //! (`target/ci-artifacts/dashboard.png`).
 //!
 //! Needs Debian's `chromium` and `chromium-driver`. Without them the test
@@ -319,6 +319,20 @@ fn the_dashboard_shows_peers_the_live_tail_and_a_rebuild() {
     assert!(columns.as_u64().unwrap() >= 6, "{columns}");
     let path = artifacts().join("dashboard-phone.png");
     std::fs::write(&path, browser.screenshot()).unwrap();
+
+    // Block the other node's feed from the page (an admin endpoint, with
+    // the session cookie): the feed shows as blocked.
+    let b_feed = ok(&b, &["id"]).trim().to_string();
+    browser.click(&format!("button[data-block=\"{b_feed}\"]"));
+    browser.wait_for(
+        "the feed to show as blocked",
+        &format!(
+            "const r = document.querySelector('tr[data-feed=\"{b_feed}\"]'); \
+             return r && r.querySelector('.pill.warn') ? r.innerText : null"
+        ),
+    );
+    let blocked = std::fs::read_to_string(a.join("blocked.json")).unwrap();
+    assert!(blocked.contains(&b_feed), "{blocked}");
 
     drop(browser);
     assert!(node_b.stop(), "b stops cleanly");
