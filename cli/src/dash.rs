@@ -49,6 +49,10 @@ struct PeerStat {
     pulled_bytes: u64,
     served: u64,
     syncing: bool,
+    /// Entries received in the sync under way.
+    this_sync: u64,
+    /// What the peer said it still has, at the last page.
+    remaining: u64,
     /// Entries received lately, for the rate.
     recent: VecDeque<(Instant, u64)>,
 }
@@ -165,6 +169,7 @@ impl Dash {
                 peer,
                 entries,
                 bytes,
+                remaining,
                 ..
             } => {
                 let label = PeerLabel {
@@ -178,6 +183,11 @@ impl Dash {
                 let p = peers.entry(peer.to_string()).or_default();
                 p.pulled += entries;
                 p.pulled_bytes += bytes;
+                if !p.syncing {
+                    p.this_sync = 0;
+                }
+                p.this_sync += entries;
+                p.remaining = *remaining;
                 p.syncing = true;
                 p.recent.push_back((Instant::now(), *entries));
                 while p
@@ -378,6 +388,8 @@ fn peer_json(
         "pulled_bytes": stat.map_or(0, |s| s.pulled_bytes),
         "served": stat.map_or(0, |s| s.served),
         "syncing": connected && stat.is_some_and(|s| s.syncing),
+        "sync_done": stat.map_or(0, |s| s.this_sync),
+        "sync_left": stat.map_or(0, |s| s.remaining),
         "rate": rate,
     })
 }
@@ -478,6 +490,70 @@ mod tests {
         assert_eq!(peers[0]["connected"], false);
         assert_eq!(peers[1]["peer"], "p2");
         assert_eq!(peers[1]["connected"], true);
+    }
+
+    #[test]
+    fn sync_progress_counts_per_peer_and_says_what_is_left() {
+        let dash = Dash::default();
+        let peer = kappadb_net::PeerId::random();
+        let feed = kappadb_core::SigningKey::from_seed([3; 32]).feed_id();
+        dash.on_event(&NodeEvent::PeerConnected { peer, feed: None });
+        for _ in 0..3 {
+            dash.on_event(&NodeEvent::SyncProgress {
+                peer,
+                feed,
+                entries: 100,
+                bytes: 1000,
+                remaining: 700,
+            });
+        }
+        let stats = lock(&dash.peers);
+        let p = peer_json(
+            &peer.to_string(),
+            None,
+            vec![],
+            0,
+            None,
+            true,
+            stats.get(&peer.to_string()),
+        );
+        assert_eq!(p["pulled"], 300);
+        assert_eq!(p["pulled_bytes"], 3000);
+        assert_eq!(p["syncing"], true);
+        assert_eq!(p["sync_done"], 300);
+        assert_eq!(p["sync_left"], 700);
+        assert!(p["rate"].as_f64().unwrap() > 0.0);
+        drop(stats);
+        let text = dash.metrics.encode();
+        let label = format!("{{peer=\"{peer}\"}}");
+        assert!(
+            text.contains(&format!("kappa_sync_received_entries_total{label} 300")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("kappa_sync_received_bytes_total{label} 3000")),
+            "{text}"
+        );
+        dash.on_event(&NodeEvent::SyncIdle {
+            peer,
+            stats: kappadb_net::protocol::SyncStats {
+                pulled: 300,
+                served: 5,
+                feeds: 1,
+            },
+        });
+        let stats = lock(&dash.peers);
+        let p = peer_json(
+            &peer.to_string(),
+            None,
+            vec![],
+            0,
+            None,
+            true,
+            stats.get(&peer.to_string()),
+        );
+        assert_eq!(p["syncing"], false);
+        assert_eq!(p["served"], 5);
     }
 
     #[test]

@@ -135,6 +135,15 @@ function drawChart(rates, now) {
   }
 }
 
+// A sync under way: how much of what the peer announced has arrived (an
+// indeterminate bar until it says how much is left), and the rate.
+function syncing(p) {
+  const total = p.sync_done + p.sync_left;
+  const known = p.sync_left > 0 && total > 0;
+  return el("span", {}, bar(known ? p.sync_done / total : 0, !known),
+    " " + (known ? Math.round((100 * p.sync_done) / total) + "% · " : "") + p.rate.toFixed(1) + " entries/s");
+}
+
 function renderPeers(s) {
   const now = s.node.now_ms;
   const rows = s.peers.map((p) =>
@@ -144,7 +153,7 @@ function renderPeers(s) {
       el("td", { class: "mono" }, p.addrs[0] || "—"),
       el("td", {}, p.last_sync ? ago(p.last_sync, now) : "never"),
       el("td", {}, p.pulled + " / " + p.served, el("div", { class: "muted" }, bytes(p.pulled_bytes) + " in")),
-      el("td", {}, p.syncing ? el("span", {}, bar(0, true), " " + p.rate.toFixed(1) + " entries/s") : p.connected ? "in sync" : "—")));
+      el("td", {}, p.syncing ? syncing(p) : p.connected ? "in sync" : "—")));
   $("peers").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 6, class: "muted" }, "no peers yet"))]));
 }
 

@@ -633,11 +633,13 @@ impl Runner {
                 feed,
                 entries,
                 bytes,
+                remaining,
             } => self.emit(NodeEvent::SyncProgress {
                 peer,
                 feed,
                 entries,
                 bytes,
+                remaining,
             }),
             SyncEvent::Idle { peer, stats } => {
                 tracing::debug!(%peer, ?stats, "in sync");

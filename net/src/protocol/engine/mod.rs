@@ -322,6 +322,9 @@ pub enum SyncEvent<P> {
         /// Their size as received: payloads, plus [`ENTRY_OVERHEAD`] per
         /// entry for the signed header.
         bytes: u64,
+        /// Entries the peer still holds of the feeds being pulled from it,
+        /// as far as its heads say (an estimate of what is left).
+        remaining: u64,
     },
     /// Neither side misses anything the other announced.
     Idle {

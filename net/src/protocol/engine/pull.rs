@@ -329,6 +329,17 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                 return Ok(());
             };
             s.stats.pulled += report.accepted as u64;
+            // What the peer still has for the feeds pulled from it now, as
+            // its heads say (a few feeds at a time, so this is cheap).
+            let remaining: u64 = s
+                .pulls
+                .keys()
+                .filter_map(|f| {
+                    let (theirs, _) = s.remote.get(f)?;
+                    let ours = self.store.head(f).map_or(0, |h| h.seq);
+                    Some(theirs.saturating_sub(ours))
+                })
+                .sum();
             for (feed, seq) in &report.new_heads {
                 let old = before.get(feed).copied().unwrap_or(0);
                 s.touch(*feed);
@@ -343,6 +354,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                     feed: *feed,
                     entries: seq.saturating_sub(old),
                     bytes,
+                    remaining,
                 }));
             }
             if report.accepted > 0 {
