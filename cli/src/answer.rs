@@ -572,6 +572,15 @@ impl TimelineItem {
     }
 }
 
+/// A one-time login link of the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UiLogin {
+    /// Seconds it is good for.
+    pub expires_in: u64,
+    /// The link.
+    pub url: String,
+}
+
 /// A view and how far it has folded the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewInfo {
@@ -585,6 +594,9 @@ pub struct ViewInfo {
     pub lag: u64,
     /// Its name.
     pub name: String,
+    /// How far a rebuild in progress has folded (`null`: none runs).
+    #[serde(default)]
+    pub rebuild_checkpoint: Option<u64>,
     /// Whether a rebuild is in progress.
     pub rebuilding: bool,
     /// Entries skipped (not of its shape).
@@ -602,6 +614,7 @@ impl ViewInfo {
             entries: s.folded,
             lag: s.lag,
             name: s.name.clone(),
+            rebuild_checkpoint: s.rebuild.map(|r| r.checkpoint),
             rebuilding: s.rebuild.is_some(),
             skipped: s.skipped,
             version: s.version,

@@ -153,6 +153,11 @@ impl Remote {
         self.answer(res, &path)
     }
 
+    /// A one-time login link of the node's dashboard.
+    pub fn ui_login(&self) -> OpResult<crate::answer::UiLogin> {
+        self.call(&routes::UI_LOGIN, [], &(), &serde_json::json!({}))
+    }
+
     /// A GET of `route` with `query`.
     fn read<const N: usize, T: DeserializeOwned>(
         &self,

@@ -207,6 +207,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::View(c) => crate::views_cmd::view(&*connect(&dir)?, c, &mut out),
         Command::Search(a) => crate::views_cmd::search(&*connect(&dir)?, a, &mut out),
         Command::Serve(args) => crate::net_cmd::serve(&dir, args, &mut out),
+        Command::Ui { no_open } => crate::net_cmd::ui(&dir, no_open, &mut out),
         Command::Sync { addr, timeout } => match open_or_node(&dir, true)? {
             Opened::Local(db) => crate::net_cmd::sync(&db, &addr, timeout, &mut out),
             Opened::Node(node) => crate::net_cmd::sync_via(&node, &addr, timeout, &mut out),

@@ -10,9 +10,11 @@ mod answer;
 mod api;
 mod client;
 mod cmd;
+mod dash;
 mod follow;
 mod lifecycle;
 mod lifecycle_cmd;
+mod metrics;
 mod net_cmd;
 mod ops;
 mod out;
@@ -173,6 +175,13 @@ pub enum Command {
     /// Run the node until Ctrl-C: listen, discover, sync, keep views
     /// indexed (creates the database if there is none).
     Serve(net_cmd::ServeArgs),
+    /// Open the web dashboard of the node serving this database: prints a
+    /// one-time login link and opens it in a browser where there is one.
+    Ui {
+        /// Only print the link.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Sync once with a peer, both ways, until neither misses anything.
     Sync {
         /// The peer's multiaddr, e.g. /ip4/192.168.1.20/tcp/4747 (the

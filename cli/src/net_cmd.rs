@@ -186,6 +186,10 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         Some(i) => Local::with_indexer(db.clone(), i.clone()),
         None => Local::without_views(db.clone()),
     });
+    // The figures of `/metrics` and the dashboard, counted from here on.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    db.set_observer(metrics.clone());
+    let dash = Arc::new(crate::dash::Dash::new(metrics));
     let rt = runtime()?;
     let json = out.json;
     let res: anyhow::Result<()> = rt.block_on(async {
@@ -205,6 +209,7 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         let node = builder.spawn().await?;
         let me = node.peer_id();
         let mut events = node.events();
+        tokio::spawn(crate::dash::track(dash.clone(), node.events()));
         note(format!(
             "kappa node for feed {} in {}",
             db.feed_id(),
@@ -224,7 +229,8 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         // shut it down.
         let node = Arc::new(SharedNode::new(node));
         let api = if let Some(addr) = opts.api {
-            let api = crate::api::start(local.clone(), Some(node.clone()), addr).await?;
+            let api =
+                crate::api::start(local.clone(), Some(node.clone()), addr, dash.clone()).await?;
             note(format!(
                 "API on http://{} (bearer token in {})",
                 api.addr,
@@ -297,6 +303,7 @@ fn report_event(ev: &NodeEvent, me: PeerId, json: bool) {
                 peer,
                 feed,
                 entries,
+                ..
             } => {
                 json!({"event": "pulled", "peer": peer.to_string(), "feed": feed.to_string(), "entries": entries})
             }
@@ -327,6 +334,7 @@ fn report_event(ev: &NodeEvent, me: PeerId, json: bool) {
             peer,
             feed,
             entries,
+            ..
         } => {
             format!(
                 "pulled {entries} entries of feed {} from {peer}",
@@ -346,6 +354,52 @@ fn report_event(ev: &NodeEvent, me: PeerId, json: bool) {
         _ => return,
     };
     note(text);
+}
+
+/// `kappa ui`: a one-time login link to the dashboard of the node that
+/// serves `dir`, printed, and opened in a browser where there is a
+/// desktop to open it on.
+pub fn ui(dir: &Path, no_open: bool, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let Some(file) = crate::api::ApiFile::read(dir)? else {
+        bail!(
+            "no node serves {}; start one with `kappa --dir {} serve`, then run `kappa ui` again",
+            dir.display(),
+            dir.display()
+        );
+    };
+    let remote = crate::client::Remote::new(&file.addr, file.token);
+    let login = remote
+        .ui_login()
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    out.answer(&login, |l| {
+        vec![
+            l.url.clone(),
+            format!(
+                "(a one-time link, good for {} s; run `kappa ui` again for another)",
+                l.expires_in
+            ),
+        ]
+    })?;
+    let desktop = std::env::var_os("DISPLAY").is_some()
+        || std::env::var_os("WAYLAND_DISPLAY").is_some()
+        || cfg!(target_os = "macos");
+    if !no_open && desktop {
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        let spawned = std::process::Command::new(opener)
+            .arg(&login.url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if spawned.is_err() {
+            note(format!("could not run {opener}; open the link by hand"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `kappa sync ADDR`: connect once, sync both ways, print what moved.

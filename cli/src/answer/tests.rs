@@ -207,6 +207,7 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
         entries: 1,
         lag: 0,
         name: "n".into(),
+        rebuild_checkpoint: Some(0),
         rebuilding: false,
         skipped: 0,
         version: 1,

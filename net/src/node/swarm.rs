@@ -632,10 +632,14 @@ impl Runner {
                 peer,
                 feed,
                 entries,
+                bytes,
+                remaining,
             } => self.emit(NodeEvent::SyncProgress {
                 peer,
                 feed,
                 entries,
+                bytes,
+                remaining,
             }),
             SyncEvent::Idle { peer, stats } => {
                 tracing::debug!(%peer, ?stats, "in sync");
