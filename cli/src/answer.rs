@@ -402,6 +402,10 @@ pub struct Status {
     pub held: Option<String>,
     /// Size of the log.
     pub log_bytes: u64,
+    /// The node that holds the database, when one runs (`null`: none;
+    /// the command opened the database itself).
+    #[serde(default)]
+    pub node: Option<NodeInfo>,
     /// Where the own feed forked, if it did (two entries at this seq,
     /// both signed with this database's key): it takes no more appends.
     #[serde(default)]
@@ -412,6 +416,9 @@ pub struct Status {
     pub reclaimable_bytes: u64,
     /// Records in the log.
     pub records: u64,
+    /// The views and their lag, when a node runs (`null` otherwise).
+    #[serde(default)]
+    pub views: Option<Vec<ViewInfo>>,
 }
 
 /// Where a Kafka bridge stands.
@@ -468,6 +475,10 @@ impl NodeInfo {
 pub struct PeerInfo {
     /// Addresses it was reached at.
     pub addrs: Vec<String>,
+    /// Whether the running node is connected to it now (false when no
+    /// node runs).
+    #[serde(default)]
+    pub connected: bool,
     /// Its feed (`null` if its peer id names none).
     pub feed: Option<String>,
     /// When it was last connected, ms since the epoch (0: never).
@@ -483,6 +494,7 @@ impl PeerInfo {
     pub fn of(p: &PeerRecord) -> Self {
         Self {
             addrs: texts(&p.addrs),
+            connected: false,
             feed: p.feed.map(|f| f.to_string()),
             last_seen: p.last_seen,
             last_sync: p.last_sync,
@@ -588,6 +600,15 @@ impl TimelineItem {
     }
 }
 
+/// A one-time login link of the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UiLogin {
+    /// Seconds it is good for.
+    pub expires_in: u64,
+    /// The link.
+    pub url: String,
+}
+
 /// A view and how far it has folded the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewInfo {
@@ -601,6 +622,9 @@ pub struct ViewInfo {
     pub lag: u64,
     /// Its name.
     pub name: String,
+    /// How far a rebuild in progress has folded (`null`: none runs).
+    #[serde(default)]
+    pub rebuild_checkpoint: Option<u64>,
     /// Whether a rebuild is in progress.
     pub rebuilding: bool,
     /// Entries skipped (not of its shape).
@@ -618,6 +642,7 @@ impl ViewInfo {
             entries: s.folded,
             lag: s.lag,
             name: s.name.clone(),
+            rebuild_checkpoint: s.rebuild.map(|r| r.checkpoint),
             rebuilding: s.rebuild.is_some(),
             skipped: s.skipped,
             version: s.version,
@@ -970,5 +995,133 @@ impl FollowReply {
             feeds: feeds.iter().map(ToString::to_string).collect(),
             mode: mode.to_string(),
         }
+    }
+}
+
+/// An invite to this node's network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteReply {
+    /// The addresses in it, each ending in `/p2p/PEER`.
+    pub addrs: Vec<String>,
+    /// The invite, for `kappa init --join`.
+    pub invite: String,
+}
+
+/// What blocking or unblocking a feed did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockReply {
+    /// Whether it is blocked now.
+    pub blocked: bool,
+    /// Whether this changed anything (false: it was so already).
+    pub changed: bool,
+    /// The feed.
+    pub feed: String,
+}
+
+/// What one sync with a peer moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReply {
+    /// Feeds it touched.
+    pub feeds: usize,
+    /// The peer's id.
+    pub peer: String,
+    /// Entries stored from it.
+    pub pulled: u64,
+    /// Entries it was sent (as counted by this side).
+    pub pushed: u64,
+}
+
+/// One problem `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyProblem {
+    /// The log offset of the record.
+    pub offset: u64,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// What re-checking the whole log found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReply {
+    /// Deletion entries.
+    pub deletions: u64,
+    /// Entries held.
+    pub entries: u64,
+    /// Payloads erased by deletions.
+    pub erased_payloads: u64,
+    /// Feeds.
+    pub feeds: u64,
+    /// Fork proofs.
+    pub fork_proofs: u64,
+    /// Deletions that named nothing held.
+    pub ineffective_deletions: u64,
+    /// Entries whose payload is not held.
+    pub missing_payloads: u64,
+    /// Whether nothing is wrong.
+    pub ok: bool,
+    /// What is wrong, record by record.
+    pub problems: Vec<VerifyProblem>,
+    /// Records read.
+    pub records: u64,
+}
+
+impl VerifyReply {
+    /// A verification report as an answer.
+    pub fn of(r: &kappadb_core::VerifyReport) -> Self {
+        Self {
+            deletions: r.deletions,
+            entries: r.entries,
+            erased_payloads: r.erased_payloads,
+            feeds: r.feeds as u64,
+            fork_proofs: r.fork_proofs,
+            ineffective_deletions: r.ineffective_deletions,
+            missing_payloads: r.missing_payloads,
+            ok: r.problems.is_empty(),
+            problems: r
+                .problems
+                .iter()
+                .map(|p| VerifyProblem {
+                    offset: p.offset,
+                    problem: p.what.clone(),
+                })
+                .collect(),
+            records: r.records,
+        }
+    }
+}
+
+impl InviteReply {
+    /// The invite of `key` with `addrs`.
+    pub fn of(key: kappadb_core::NetworkKey, addrs: Vec<kappadb_net::Multiaddr>) -> Self {
+        let invite = kappadb_net::Invite { key, addrs };
+        Self {
+            addrs: texts(&invite.addrs),
+            invite: invite.to_string(),
+        }
+    }
+}
+
+impl SyncReply {
+    /// A finished sync as an answer.
+    pub fn of(s: &kappadb_net::SyncSummary) -> Self {
+        Self {
+            feeds: s.feeds,
+            peer: s.peer.to_string(),
+            pulled: s.pulled,
+            pushed: s.pushed_estimate,
+        }
+    }
+}
+
+impl OpError {
+    /// A sync that could not be done (the peer unreachable, refused, or
+    /// too slow).
+    pub fn sync_failed(e: NetError) -> Self {
+        Self::new(502, "sync_failed", format!("sync failed: {e}"))
+    }
+
+    /// The block list could not be read or written.
+    pub fn block_list(e: NetError) -> Self {
+        Self::new(500, "block_list", e.to_string())
     }
 }

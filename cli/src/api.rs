@@ -41,12 +41,13 @@ use tokio::sync::{RwLock, watch};
 use tokio::task::JoinHandle;
 
 use crate::answer::{NodeInfo, OpError, OpResult, PeerInfo, Record};
+use crate::dash::Dash;
 use crate::ops::{Backend, Local};
 use crate::out::note;
 use crate::params::{
     AppendBody, BackupBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody,
-    KeyParam, KvListParams, KvWrite, LogParams, RangeParams, SearchParams, TimelineParams,
-    ViewAddBody,
+    KeyParam, KvListParams, KvWrite, LogParams, LoginParams, PeerAddBody, RangeParams,
+    SearchParams, TimelineParams, ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -127,12 +128,45 @@ pub struct Service {
     pub node: Option<Arc<SharedNode>>,
     /// The bearer token every request must present.
     pub token: String,
+    /// The dashboard: sessions, figures, metrics.
+    pub dash: Arc<Dash>,
 }
 
 struct AppState {
     service: Service,
     /// Becomes true when the API stops: ends the event streams.
     stop: watch::Receiver<bool>,
+    /// The Host headers requests may carry: loopback names with the
+    /// API's port (and the address it is bound to, if it is another).
+    hosts: Vec<String>,
+    /// The dashboard's session cookie, named by the port (cookies are
+    /// per host, not per port, so two nodes on one machine would share
+    /// one name).
+    cookie: String,
+}
+
+/// The Host headers a request to an API on `addr` may carry. Anything
+/// else is refused: a page of another site whose name was made to point
+/// at loopback (DNS rebinding) sends its own name.
+fn allowed_hosts(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    // A Host without a port names the default port, which a loopback
+    // name cannot be turned against: allowed too.
+    let mut hosts = vec![
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "[::1]".to_string(),
+    ];
+    if !addr.ip().is_unspecified() {
+        let own = addr.to_string();
+        if !hosts.contains(&own) {
+            hosts.push(own);
+        }
+    }
+    hosts
 }
 
 type St = State<Arc<AppState>>;
@@ -148,9 +182,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop) = watch::channel(false);
+    let addr = listener.local_addr()?;
+    tokio::spawn(service.dash.clone().run_sampler(stop.clone()));
     let state = Arc::new(AppState {
         service,
         stop: stop.clone(),
+        hosts: allowed_hosts(addr),
+        cookie: format!("kappa_session_{}", addr.port()),
     });
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
         shutdown.await;
@@ -243,6 +281,7 @@ pub async fn start(
     local: Arc<Local>,
     node: Option<Arc<SharedNode>>,
     requested: Option<SocketAddr>,
+    dash: Arc<Dash>,
 ) -> anyhow::Result<ApiServer> {
     let listener = bind(requested).await?;
     let addr = listener
@@ -263,7 +302,12 @@ pub async fn start(
     write_private(&dir.join(ADDR_FILE), &serde_json::to_vec(&file)?)?;
 
     let (stop, mut stopped) = watch::channel(false);
-    let service = Service { local, node, token };
+    let service = Service {
+        local,
+        node,
+        token,
+        dash,
+    };
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -308,14 +352,19 @@ impl Mount for Router<Arc<AppState>> {
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .at(&routes::STATUS, status)
+        .at(&routes::STATUS, admin::status)
         .at(&routes::NODE, node_info)
         .at(&routes::APPEND, append)
         .at(&routes::LOG, log)
         .at(&routes::FEEDS, feeds)
         .at(&routes::FEED_RANGE, feed_range)
         .at(&routes::ENTRY, entry)
-        .at(&routes::PEERS, peers)
+        .at(&routes::PEERS, admin::peers)
+        .at(&routes::INVITE, admin::invite)
+        .at(&routes::BLOCK, admin::block)
+        .at(&routes::UNBLOCK, admin::unblock)
+        .at(&routes::SYNC, admin::sync)
+        .at(&routes::VERIFY, admin::verify)
         .at(&routes::VIEWS, views)
         .at(&routes::VIEW_ADD, view_add)
         .at(&routes::VIEW_REMOVE, view_remove)
@@ -338,12 +387,102 @@ fn router(state: Arc<AppState>) -> Router {
         .at(&routes::FORGET, forget)
         .at(&routes::FOLLOWING, following)
         .at(&routes::FOLLOW, set_following)
+        .at(&routes::PEER_ADD, peer_add)
+        .at(&routes::UI_LOGIN, ui_login)
+        .at(&routes::UI_STATE, ui_state)
+        .at(&routes::UI_EVENTS, ui_events)
+        .route("/", axum::routing::get(page))
+        .route("/ui/app.js", axum::routing::get(app_js))
+        .route("/ui/style.css", axum::routing::get(style_css))
+        .route("/login", axum::routing::get(login))
+        .route("/metrics", axum::routing::get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), host_check))
         .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
+}
+
+/// Count every request by route, method and final status.
+async fn count_requests(State(st): St, req: Request, next: Next) -> Response {
+    let route = routes::label_of(req.uri().path());
+    // Methods outside HTTP's own are one label: a client making up
+    // methods cannot grow the label sets.
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    };
+    let res = next.run(req).await;
+    st.service
+        .dash
+        .metrics
+        .request(route, method, res.status().as_u16());
+    res
+}
+
+/// Refuse a request whose Host header is not one of this API's own
+/// names (see [`allowed_hosts`]).
+async fn host_check(State(st): St, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| h.to_ascii_lowercase());
+    match host {
+        Some(h) if st.hosts.contains(&h) => next.run(req).await,
+        _ => fail(OpError::new(
+            403,
+            "foreign_host",
+            "this API answers only requests addressed to a loopback name (localhost, 127.0.0.1, [::1]) and its port",
+        )),
+    }
+}
+
+/// The session cookie's value, if the request carries one.
+fn session_of<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Whether a request that came with the session cookie may do what it
+/// asks: reads always; writes only from the dashboard's own origin (a
+/// browser names the page that sends a write in `Origin`).
+fn cookie_request_ok(req: &Request, hosts: &[String]) -> bool {
+    if req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD {
+        return true;
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    match (origin, host) {
+        (Some(o), Some(h)) => {
+            o.strip_prefix("http://") == Some(h) && hosts.iter().any(|a| a.eq_ignore_ascii_case(h))
+        }
+        _ => false,
+    }
 }
 
 /// Constant-time comparison of the presented token.
@@ -357,14 +496,21 @@ fn token_ok(presented: &[u8], token: &[u8]) -> bool {
 }
 
 async fn auth(State(st): St, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/login" {
+        return next.run(req).await;
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
-        Some(t) if token_ok(t.as_bytes(), st.service.token.as_bytes()) => {
+    let by_token = presented.is_some_and(|t| token_ok(t.as_bytes(), st.service.token.as_bytes()));
+    let by_cookie = !by_token
+        && session_of(req.headers(), &st.cookie).is_some_and(|s| st.service.dash.session_ok(s))
+        && cookie_request_ok(&req, &st.hosts);
+    match by_token || by_cookie {
+        true => {
             // A body announced as over the limit is refused before it is
             // waited for (the limit itself applies while reading).
             let announced = req
@@ -381,7 +527,8 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
             }
             next.run(req).await
         }
-        _ => {
+        false if req.uri().path() == "/" => html(StatusCode::UNAUTHORIZED, crate::dash::LOGIN_HTML),
+        false => {
             let mut res = fail(OpError::new(
                 401,
                 "unauthorized",
@@ -429,7 +576,7 @@ async fn json_errors(res: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return res;
     }
@@ -510,9 +657,7 @@ macro_rules! try_op {
     };
 }
 
-async fn status(State(st): St) -> Response {
-    blocking(&st, |l| l.status()).await
-}
+mod admin;
 
 fn no_node() -> OpError {
     OpError::not_found(
@@ -569,22 +714,6 @@ async fn entry(
     )));
     let p: EntryParams = try_op!(query(q));
     blocking(&st, move |l| l.get(&feed, seq, &p)).await
-}
-
-async fn peers(State(st): St) -> Response {
-    let Some(node) = st.service.node.clone() else {
-        return blocking(&st, |l| l.peers()).await;
-    };
-    let node = node.0.read().await;
-    let Some(n) = node.as_ref() else {
-        return fail(node_stopping());
-    };
-    reply(
-        n.known_peers()
-            .await
-            .map(|p| PeerInfo::all(&p))
-            .map_err(OpError::from),
-    )
 }
 
 async fn views(State(st): St) -> Response {
@@ -803,6 +932,174 @@ async fn events(State(st): St, headers: HeaderMap, RawQuery(q): RawQuery) -> Res
         .into_response()
 }
 
+/// An HTML page as a response.
+fn html(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A built-in asset as a response.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn page() -> Response {
+    html(StatusCode::OK, crate::dash::INDEX_HTML)
+}
+
+async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", crate::dash::APP_JS)
+}
+
+async fn style_css() -> Response {
+    asset("text/css; charset=utf-8", crate::dash::STYLE_CSS)
+}
+
+/// The dashboard's login: a one-time code for a session cookie.
+async fn login(State(st): St, RawQuery(q): RawQuery) -> Response {
+    let p: LoginParams = query(q).unwrap_or_default();
+    let session = match p.code.as_deref().map(|c| st.service.dash.redeem(c)) {
+        Some(Ok(Some(s))) => s,
+        Some(Err(e)) => return fail(e),
+        _ => return html(StatusCode::UNAUTHORIZED, crate::dash::LOGIN_HTML),
+    };
+    let cookie = format!("{}={session}; HttpOnly; SameSite=Strict; Path=/", st.cookie);
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, cookie),
+            (header::LOCATION, "/".to_string()),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+/// A one-time login link, for `kappa ui`: on the address the request came
+/// to (its Host header, checked by [`host_check`]).
+async fn ui_login(State(st): St, headers: HeaderMap) -> Response {
+    let code = try_op!(st.service.dash.login_code());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    reply(Ok(crate::answer::UiLogin {
+        expires_in: crate::dash::LOGIN_TTL.as_secs(),
+        url: format!("http://{host}/login?code={code}"),
+    }))
+}
+
+/// The node's figures as the dashboard shows them.
+async fn dash_state(st: &AppState) -> serde_json::Value {
+    let (info, book) = match &st.service.node {
+        Some(node) => match &*node.0.read().await {
+            Some(n) => (
+                Some(NodeInfo::of(n)),
+                n.known_peers().await.ok().map(|p| PeerInfo::all(&p)),
+            ),
+            None => (None, None),
+        },
+        None => (None, None),
+    };
+    let local = st.service.local.clone();
+    let dash = st.service.dash.clone();
+    tokio::task::spawn_blocking(move || dash.snapshot(&local, info.as_ref(), book.as_deref()))
+        .await
+        .unwrap_or_default()
+}
+
+async fn ui_state(State(st): St) -> Response {
+    Json(dash_state(&st).await).into_response()
+}
+
+/// The dashboard's state once a second, as server-sent events (`state`),
+/// until the API stops.
+async fn ui_events(State(st): St) -> Response {
+    let stream = futures::stream::unfold((st, true), |(st, first)| async move {
+        if !first {
+            let mut stop = st.stop.clone();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return None,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        if *st.stop.borrow() {
+            return None;
+        }
+        let v = dash_state(&st).await;
+        Some((Event::default().event("state").json_data(v), (st, false)))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// `GET /metrics`: the figures, states read now.
+async fn metrics(State(st): St) -> Response {
+    let connected = match &st.service.node {
+        Some(node) => node
+            .0
+            .read()
+            .await
+            .as_ref()
+            .map(|n| n.connected_peers().len()),
+        None => None,
+    };
+    let local = st.service.local.clone();
+    let dash = st.service.dash.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let m = &dash.metrics;
+        if let Ok(s) = local.status() {
+            m.set_status(&s);
+        }
+        m.set_views(&local.views().unwrap_or_default());
+        m.connected_peers
+            .set(i64::try_from(connected.unwrap_or(0)).unwrap_or(i64::MAX));
+        m.encode()
+    })
+    .await
+    .unwrap_or_default();
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+/// Connect to a peer by address (the node keeps it in its address book).
+async fn peer_add(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: PeerAddBody = try_op!(body(b));
+    let addr: kappadb_net::Multiaddr = try_op!(b.addr.parse().map_err(|e| OpError::bad(
+        "bad_addr",
+        format!(
+            "'{}' is not a multiaddr ({e}); it looks like /ip4/192.168.1.20/tcp/4747",
+            b.addr
+        )
+    )));
+    let Some(node) = &st.service.node else {
+        return fail(no_node());
+    };
+    let node = node.0.read().await;
+    let Some(n) = node.as_ref() else {
+        return fail(node_stopping());
+    };
+    match n.dial(addr).await {
+        Ok(peer) => reply(Ok(serde_json::json!({ "peer": peer.to_string() }))),
+        Err(NetError::Stopped) => fail(node_stopping()),
+        Err(e) => fail(OpError::new(502, "dial_failed", e.to_string())),
+    }
+}
+
 /// A process that follows the log without a node serves the API meanwhile,
 /// so other `kappa` commands can still write to the database it holds.
 pub struct FollowHost {
@@ -824,6 +1121,7 @@ impl FollowHost {
             shared,
             None,
             Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            Arc::new(Dash::default()),
         ))?;
         let on_stop = local.clone();
         rt.spawn(async move {

@@ -12,15 +12,16 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::answer::{
-    AppendReply, BackupReply, CompactReply, DeleteReply, Digest, Entry, ErrorBody, FeedInfo,
-    FieldHit, FollowReply, ForgetReply, HoldReply, Id, KvHead, KvItem, KvWritten, LogPage, OpError,
-    OpResult, PeerInfo, Record, SearchHit, Status, TimelineItem, ViewAdded, ViewInfo, ViewRebuilt,
-    ViewRemoved,
+    AppendReply, BackupReply, BlockReply, CompactReply, DeleteReply, Digest, Entry, ErrorBody,
+    FeedInfo, FieldHit, FollowReply, ForgetReply, HoldReply, Id, InviteReply, KvHead, KvItem,
+    KvWritten, LogPage, OpError, OpResult, PeerInfo, Record, SearchHit, Status, SyncReply,
+    TimelineItem, VerifyReply, ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
 };
 use crate::ops::Backend;
 use crate::params::{
     AppendBody, BackupBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody,
-    KeyParam, KvListParams, KvWrite, LogParams, SearchParams, TimelineParams, ViewAddBody,
+    KeyParam, KvListParams, KvWrite, LogParams, SearchParams, SyncBody, TimelineParams,
+    ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -150,6 +151,11 @@ impl Remote {
             }
         };
         self.answer(res, &path)
+    }
+
+    /// A one-time login link of the node's dashboard.
+    pub fn ui_login(&self) -> OpResult<crate::answer::UiLogin> {
+        self.call(&routes::UI_LOGIN, [], &(), &serde_json::json!({}))
     }
 
     /// A GET of `route` with `query`.
@@ -290,6 +296,23 @@ impl Backend for Remote {
 
     fn set_following(&self, body: &FollowBody) -> OpResult<FollowReply> {
         self.call(&routes::FOLLOW, [], &(), body)
+    }
+
+    fn invite(&self) -> OpResult<InviteReply> {
+        self.read(&routes::INVITE, [], &())
+    }
+
+    fn block(&self, feed: &str, on: bool) -> OpResult<BlockReply> {
+        let route = if on { &routes::BLOCK } else { &routes::UNBLOCK };
+        self.call(route, [feed], &(), &())
+    }
+
+    fn sync(&self, body: &SyncBody) -> OpResult<SyncReply> {
+        self.call(&routes::SYNC, [], &(), body)
+    }
+
+    fn verify(&self, _progress: &mut dyn FnMut(u64, u64)) -> OpResult<VerifyReply> {
+        self.read(&routes::VERIFY, [], &())
     }
 
     fn follow(

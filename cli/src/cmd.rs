@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use kappadb_core::{CreateOptions, Db, DbConfig, FeedId, StoreError};
+use kappadb_core::{CreateOptions, Db, DbConfig, StoreError};
 use serde_json::{Value, json};
 
 use crate::answer::{AppendSummary, AppendedOne, PayloadFormat, Record};
@@ -165,6 +165,7 @@ pub fn connect_following(
 /// Run a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = resolve_dir(cli.dir);
+    out::set_utc(cli.utc);
     let mut out = Out::new(cli.json);
     match cli.command {
         Command::Init { max_payload, join } => init(&dir, max_payload, join, &mut out),
@@ -191,7 +192,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Feeds { drop: Some(feed) } => {
             crate::lifecycle_cmd::forget(&*connect(&dir)?, &feed, &mut out)
         }
-        Command::Verify => verify(&open(&dir)?, &mut out),
+        Command::Verify => verify(&*connect(&dir)?, &mut out),
         Command::Reindex => reindex(&dir, &mut out),
         Command::Status => status(&*connect(&dir)?, &mut out),
         Command::Kv(c) => crate::views_cmd::kv(&*connect(&dir)?, c, &mut out),
@@ -207,10 +208,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search(a) => crate::views_cmd::search(&*connect(&dir)?, a, &mut out),
         Command::Serve(args) => crate::net_cmd::serve(&dir, args, &mut out),
         Command::Bridge(cmd) => crate::bridge_cmd::run(&dir, cmd, &mut out),
-        Command::Sync { addr, timeout } => {
-            crate::net_cmd::sync(&open(&dir)?, &addr, timeout, &mut out)
-        }
-        Command::Invite => crate::net_cmd::invite(&open(&dir)?, &mut out),
+        Command::Ui { no_open } => crate::net_cmd::ui(&dir, no_open, &mut out),
+        Command::Sync { addr, timeout } => match open_or_node(&dir, true)? {
+            Opened::Local(db) => crate::net_cmd::sync(&db, &addr, timeout, &mut out),
+            Opened::Node(node) => crate::net_cmd::sync_via(&node, &addr, timeout, &mut out),
+        },
+        Command::Invite => crate::net_cmd::invite(&*connect(&dir)?, &mut out),
         Command::Peers => crate::net_cmd::peers(&*connect(&dir)?, &mut out),
         Command::Delete(a) => crate::lifecycle_cmd::delete(&*connect(&dir)?, a, &mut out),
         Command::Compact => crate::lifecycle_cmd::compact(&*connect(&dir)?, &mut out),
@@ -221,18 +224,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Forget { feed } => crate::lifecycle_cmd::forget(&*connect(&dir)?, &feed, &mut out),
         Command::Follow(a) => crate::lifecycle_cmd::follow(&*connect(&dir)?, a, &mut out),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "kappa", &mut buf);
+            out.line(String::from_utf8_lossy(&buf).trim_end())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service { manager } => {
+            out.line(crate::service::render(manager, &dir)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut buf)
+                .context("cannot render the manual page")?;
+            out.line(String::from_utf8_lossy(&buf).trim_end())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Unfollow { feeds } => {
             crate::lifecycle_cmd::unfollow(&*connect(&dir)?, feeds, &mut out)
         }
-        Command::Block { feed } => {
-            let db = open(&dir)?;
-            let feed = resolve_feed(&db, &feed)?;
-            crate::net_cmd::block(&db, feed, true, &mut out)
-        }
+        Command::Block { feed } => crate::net_cmd::block(&*connect(&dir)?, &feed, true, &mut out),
         Command::Unblock { feed } => {
-            let db = open(&dir)?;
-            let feed = resolve_feed(&db, &feed)?;
-            crate::net_cmd::block(&db, feed, false, &mut out)
+            crate::net_cmd::block(&*connect(&dir)?, &feed, false, &mut out)
         }
     }
 }
@@ -383,11 +400,6 @@ fn append(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolve a feed argument: a full id, "self", or a unique prefix of a known feed.
-pub fn resolve_feed(db: &Db, text: &str) -> anyhow::Result<FeedId> {
-    Ok(crate::ops::resolve_feed(db, text)?)
-}
-
 fn log(
     b: &dyn Backend,
     feed: Option<String>,
@@ -398,6 +410,9 @@ fn log(
 ) -> anyhow::Result<ExitCode> {
     let mut printed = 0usize;
     let mut next = since;
+    if !out.json {
+        out.line(out::record_header())?;
+    }
     loop {
         let want = limit.map(|l| l - printed);
         if want == Some(0) {
@@ -476,32 +491,19 @@ fn feeds(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let end = db.log_end();
-    let bar = out::progress(end, "verifying");
-    let report = db.verify(&mut out::follow(&bar))?;
+fn verify(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let bar = out::progress(0, "verifying");
+    let report = b.verify(&mut out::follow(&bar))?;
     bar.finish_and_clear();
-    let ok = report.problems.is_empty();
     if out.json {
-        out.json_line(&json!({
-            "ok": ok,
-            "records": report.records,
-            "entries": report.entries,
-            "feeds": report.feeds,
-            "fork_proofs": report.fork_proofs,
-            "missing_payloads": report.missing_payloads,
-            "erased_payloads": report.erased_payloads,
-            "deletions": report.deletions,
-            "ineffective_deletions": report.ineffective_deletions,
-            "problems": report.problems.iter().map(|p| json!({"offset": p.offset, "problem": p.what})).collect::<Vec<_>>(),
-        }))?;
+        out.json_line(&report)?;
     } else {
         for p in &report.problems {
-            out.line(format!("offset {}: {}", p.offset, p.what))?;
+            out.line(format!("offset {}: {}", p.offset, p.problem))?;
         }
         out.line(format!(
             "{}: {} records, {} entries in {} feeds, {} fork proofs, {} payloads not held, {} erased by {} deletions",
-            if ok { "ok" } else { "FAILED" },
+            if report.ok { "ok" } else { "FAILED" },
             report.records,
             report.entries,
             report.feeds,
@@ -511,7 +513,7 @@ fn verify(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
             report.deletions
         ))?;
     }
-    Ok(if ok {
+    Ok(if report.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -11,14 +11,18 @@ mod api;
 mod bridge_cmd;
 mod client;
 mod cmd;
+mod dash;
 mod follow;
 mod lifecycle;
 mod lifecycle_cmd;
+mod metrics;
 mod net_cmd;
 mod ops;
 mod out;
 mod params;
 mod routes;
+mod serve_config;
+mod service;
 mod views_cmd;
 
 use std::path::PathBuf;
@@ -40,6 +44,9 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show times in UTC (RFC 3339) instead of the local time zone.
+    #[arg(long, global = true)]
+    pub utc: bool,
     /// More log output on stderr: -v info, -vv debug, -vvv trace.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -173,6 +180,13 @@ pub enum Command {
     /// HOST:PORT --topic TOPIC` (inside a node: `serve --bridge`).
     #[command(subcommand)]
     Bridge(bridge_cmd::BridgeCommand),
+    /// Open the web dashboard of the node serving this database: prints a
+    /// one-time login link and opens it in a browser where there is one.
+    Ui {
+        /// Only print the link.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Sync once with a peer, both ways, until neither misses anything.
     Sync {
         /// The peer's multiaddr, e.g. /ip4/192.168.1.20/tcp/4747 (the
@@ -218,6 +232,21 @@ pub enum Command {
     /// restored database appends only once it has synced with a peer, so
     /// that it cannot fork its own feed.
     Restore(lifecycle_cmd::RestoreArgs),
+    /// Print a shell completion script: `kappa completions bash >
+    /// ~/.local/share/bash-completion/completions/kappa`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print a service definition that runs `kappa serve` on this
+    /// database at login: a systemd user unit or a launchd agent.
+    Service {
+        /// The service manager.
+        #[arg(value_enum)]
+        manager: service::Manager,
+    },
+    /// Print the manual page (roff): `kappa man > kappa.1; man ./kappa.1`.
+    Man,
     /// Stop replicating feeds; what was held of them is forgotten.
     Unfollow {
         /// Feed ids or unique prefixes.
@@ -227,25 +256,45 @@ pub enum Command {
 }
 
 fn main() -> ExitCode {
+    // Known before parsing, so that a usage error answers in JSON too.
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if json {
+                out::json_error("usage", &e.kind().to_string(), &e.render().to_string());
             } else {
-                ExitCode::SUCCESS
-            };
+                let _ = e.print();
+            }
+            return ExitCode::from(2);
         }
     };
     init_logging(&cli);
+    let json = cli.json;
     match cmd::run(cli) {
         Ok(code) => code,
         Err(e) if e.downcast_ref::<out::BrokenPipe>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
+            let usage = e.downcast_ref::<out::Usage>().is_some();
             let msg = format!("{e:#}");
-            out::note(format!("error: {msg}"));
-            ExitCode::FAILURE
+            if json {
+                let code = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<answer::OpError>())
+                    .map_or(if usage { "usage" } else { "error" }, |o| o.code.as_str());
+                out::json_error(code, "", &msg);
+            } else {
+                out::note(format!("error: {msg}"));
+            }
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -5,16 +5,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use kappadb_core::{CreateOptions, Db, FeedId};
-use kappadb_net::blocklist::BlockList;
+use anyhow::{Context, bail};
+use kappadb_core::{CreateOptions, Db};
 use kappadb_net::{DEFAULT_PORT, Invite, Multiaddr, Node, NodeEvent, PeerId, default_listen_addr};
 use kappadb_views::{Indexer, IndexerConfig};
 use serde_json::json;
 
+use crate::answer::{OpError, SyncReply};
 use crate::api::SharedNode;
 use crate::ops::{Backend, Local};
 use crate::out::{self, Out, note};
+use crate::params::SyncBody;
 
 /// Options of `kappa serve`.
 #[derive(clap::Args, Debug)]
@@ -40,13 +41,19 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_views: bool,
     /// Compact the log on its own once this many bytes of it are
-    /// reclaimable (erased payloads, forgotten feeds); 0 never does.
-    #[arg(long, value_name = "BYTES", default_value_t = AUTO_COMPACT_BYTES)]
-    pub compact_at: u64,
+    /// reclaimable (erased payloads, forgotten feeds); 0 never does
+    /// [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub compact_at: Option<u64>,
     /// Also stream the log into Kafka, exactly once:
     /// kafka://HOST:PORT[,HOST:PORT...]/TOPIC (see `kappa bridge kafka`).
     #[arg(long, value_name = "URL")]
     pub bridge: Option<String>,
+    /// Save these options in the database directory (serve.json), so a
+    /// plain `kappa serve` (or a service unit) starts the same way; flags
+    /// given later still win.
+    #[arg(long)]
+    pub save: bool,
     /// Create a database (with a new network) in --dir if it holds none.
     /// Only the default data directory is created without being asked.
     #[arg(long)]
@@ -113,10 +120,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// A multiaddr the user typed, or a usage error (exit code 2) that shows
+/// what one looks like.
 fn parse_addr(text: &str) -> anyhow::Result<Multiaddr> {
+    parse_multiaddr(text).map_err(|e| anyhow::Error::new(crate::out::Usage(e.message)))
+}
+
+/// A multiaddr given to an operation, or a 400 that shows what one looks
+/// like.
+pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, OpError> {
     text.parse::<Multiaddr>().map_err(|e| {
-        anyhow!(
-            "'{text}' is not a multiaddr ({e}); it looks like /ip4/192.168.1.20/tcp/{DEFAULT_PORT}"
+        OpError::bad(
+            "bad_addr",
+            format!(
+                "'{text}' is not a multiaddr ({e}); it looks like /ip4/192.168.1.20/tcp/{DEFAULT_PORT}"
+            ),
         )
     })
 }
@@ -140,20 +158,28 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
             d = dir.display()
         );
     };
-    let listen = if args.listen.is_empty() {
+    let opts = crate::serve_config::ServeConfig::load(dir)?.apply(&args)?;
+    let listen = if opts.listen.is_empty() {
         vec![default_listen_addr()]
     } else {
-        args.listen
+        opts.listen
             .iter()
             .map(|a| parse_addr(a))
             .collect::<anyhow::Result<_>>()?
     };
-    let peers: Vec<Multiaddr> = args
-        .peer
+    let peers: Vec<Multiaddr> = opts
+        .peers
         .iter()
         .map(|a| parse_addr(a))
         .collect::<anyhow::Result<_>>()?;
-    let indexer = if args.no_views {
+    if args.save {
+        crate::serve_config::ServeConfig::of(&opts).save(dir)?;
+        note(format!(
+            "saved these options in {}; a plain `kappa serve` starts this way from now on",
+            dir.join(crate::serve_config::FILE).display()
+        ));
+    }
+    let indexer = if !opts.views {
         None
     } else {
         let indexer = Indexer::open_with(db.clone(), IndexerConfig::default())?;
@@ -173,6 +199,10 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         Some(a) => Some(crate::bridge_cmd::start(&local, a)?),
         None => None,
     };
+    // The figures of `/metrics` and the dashboard, counted from here on.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    db.set_observer(metrics.clone());
+    let dash = Arc::new(crate::dash::Dash::new(metrics));
     let rt = runtime()?;
     let json = out.json;
     let res: anyhow::Result<()> = rt.block_on(async {
@@ -182,7 +212,7 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         use tokio::signal::unix::{SignalKind, signal};
         let mut int = signal(SignalKind::interrupt()).context("cannot watch for Ctrl-C")?;
         let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
-        let mut builder = Node::builder(db.clone()).mdns(!args.no_mdns);
+        let mut builder = Node::builder(db.clone()).mdns(opts.mdns);
         for a in listen {
             builder = builder.listen(a);
         }
@@ -192,6 +222,7 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         let node = builder.spawn().await?;
         let me = node.peer_id();
         let mut events = node.events();
+        tokio::spawn(crate::dash::track(dash.clone(), node.events()));
         note(format!(
             "kappa node for feed {} in {}",
             db.feed_id(),
@@ -201,25 +232,26 @@ pub fn serve(dir: &Path, args: ServeArgs, out: &mut Out) -> anyhow::Result<ExitC
         for a in node.listen_addrs() {
             note(format!("listening on {a}"));
         }
-        if args.no_views {
+        if !opts.views {
             note("folding no views (--no-views): storing and serving feeds only");
         }
         let (stop_compact, compact_stop) = tokio::sync::watch::channel(false);
-        let compactor = (args.compact_at > 0)
-            .then(|| tokio::spawn(auto_compact(db.clone(), args.compact_at, compact_stop)));
+        let compactor = (opts.compact_at > 0)
+            .then(|| tokio::spawn(auto_compact(db.clone(), opts.compact_at, compact_stop)));
         // The API's handlers borrow the node; it is taken back below to
         // shut it down.
         let node = Arc::new(SharedNode::new(node));
-        let api = if args.no_api {
-            None
-        } else {
-            let api = crate::api::start(local.clone(), Some(node.clone()), args.api).await?;
+        let api = if let Some(addr) = opts.api {
+            let api =
+                crate::api::start(local.clone(), Some(node.clone()), addr, dash.clone()).await?;
             note(format!(
                 "API on http://{} (bearer token in {})",
                 api.addr,
                 db.dir().join(crate::api::TOKEN_FILE).display()
             ));
             Some(api)
+        } else {
+            None
         };
         note("press Ctrl-C to stop");
         loop {
@@ -289,6 +321,7 @@ fn report_event(ev: &NodeEvent, me: PeerId, json: bool) {
                 peer,
                 feed,
                 entries,
+                ..
             } => {
                 json!({"event": "pulled", "peer": peer.to_string(), "feed": feed.to_string(), "entries": entries})
             }
@@ -319,6 +352,7 @@ fn report_event(ev: &NodeEvent, me: PeerId, json: bool) {
             peer,
             feed,
             entries,
+            ..
         } => {
             format!(
                 "pulled {entries} entries of feed {} from {peer}",
@@ -340,6 +374,52 @@ fn report_event(ev: &NodeEvent, me: PeerId, json: bool) {
     note(text);
 }
 
+/// `kappa ui`: a one-time login link to the dashboard of the node that
+/// serves `dir`, printed, and opened in a browser where there is a
+/// desktop to open it on.
+pub fn ui(dir: &Path, no_open: bool, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let Some(file) = crate::api::ApiFile::read(dir)? else {
+        bail!(
+            "no node serves {}; start one with `kappa --dir {} serve`, then run `kappa ui` again",
+            dir.display(),
+            dir.display()
+        );
+    };
+    let remote = crate::client::Remote::new(&file.addr, file.token);
+    let login = remote
+        .ui_login()
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    out.answer(&login, |l| {
+        vec![
+            l.url.clone(),
+            format!(
+                "(a one-time link, good for {} s; run `kappa ui` again for another)",
+                l.expires_in
+            ),
+        ]
+    })?;
+    let desktop = std::env::var_os("DISPLAY").is_some()
+        || std::env::var_os("WAYLAND_DISPLAY").is_some()
+        || cfg!(target_os = "macos");
+    if !no_open && desktop {
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        let spawned = std::process::Command::new(opener)
+            .arg(&login.url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if spawned.is_err() {
+            note(format!("could not run {opener}; open the link by hand"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `kappa sync ADDR`: connect once, sync both ways, print what moved.
 pub fn sync(db: &Db, addr: &str, timeout: u64, out: &mut Out) -> anyhow::Result<ExitCode> {
     let addr = parse_addr(addr)?;
@@ -359,25 +439,12 @@ pub fn sync(db: &Db, addr: &str, timeout: u64, out: &mut Out) -> anyhow::Result<
     db.watch().unsubscribe(listener);
     bar.finish_and_clear();
     let summary = res.with_context(|| format!("sync with {addr} failed"))?;
-    if out.json {
-        out.json_line(&json!({
-            "peer": summary.peer.to_string(),
-            "pulled": summary.pulled,
-            "pushed": summary.pushed_estimate,
-            "feeds": summary.feeds,
-        }))?;
-    } else {
-        out.line(format!(
-            "synced with {}: pulled {} entries, sent {}, {} feeds touched",
-            summary.peer, summary.pulled, summary.pushed_estimate, summary.feeds
-        ))?;
-    }
-    Ok(ExitCode::SUCCESS)
+    print_sync(&SyncReply::of(&summary), out)
 }
 
 /// Addresses other machines can reach this node at: every non-loopback
 /// interface address on the default port (loopback if there is none).
-fn reachable_addrs(peer: PeerId) -> Vec<Multiaddr> {
+pub fn reachable_addrs(peer: PeerId) -> Vec<Multiaddr> {
     let mut addrs: Vec<Multiaddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()
         .into_iter()
@@ -396,29 +463,57 @@ fn reachable_addrs(peer: PeerId) -> Vec<Multiaddr> {
     addrs
 }
 
-/// `kappa invite`: the network key and this node's addresses, as one string.
-pub fn invite(db: &Db, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let key = db.network_key()?;
-    let peer = peer_id_of(db)?;
-    let invite = Invite {
-        key,
-        addrs: reachable_addrs(peer),
-    };
-    let text = invite.to_string();
-    let addrs: Vec<String> = invite.addrs.iter().map(|a| a.to_string()).collect();
+/// `kappa invite`: the network key and this node's addresses, as one
+/// string (a running node's real listen addresses).
+pub fn invite(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let invite = b.invite()?;
     if out.json {
-        out.json_line(&json!({"invite": text, "addrs": addrs}))?;
+        out.json_line(&invite)?;
     } else {
         note("this invite holds the network key: anyone who has it can join; share it privately");
-        out.line(text)?;
+        out.line(&invite.invite)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kappa sync ADDR` while `kappa serve` runs: the node syncs.
+pub fn sync_via(
+    b: &dyn Backend,
+    addr: &str,
+    timeout: u64,
+    out: &mut Out,
+) -> anyhow::Result<ExitCode> {
+    parse_addr(addr)?;
+    let summary = b
+        .sync(&SyncBody {
+            addr: addr.to_string(),
+            timeout,
+        })
+        .with_context(|| format!("sync with {addr} failed"))?;
+    print_sync(&summary, out)
+}
+
+fn print_sync(s: &SyncReply, out: &mut Out) -> anyhow::Result<ExitCode> {
+    if out.json {
+        out.json_line(s)?;
+    } else {
+        out.line(format!(
+            "synced with {}: pulled {} entries, sent {}, {} feeds touched",
+            s.peer, s.pulled, s.pushed, s.feeds
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The libp2p peer id of this database's key.
-fn peer_id_of(db: &Db) -> anyhow::Result<PeerId> {
-    kappadb_net::behaviour::peer_of_feed(&db.feed_id())
-        .ok_or_else(|| anyhow!("this database's feed id is not a usable libp2p identity"))
+pub fn peer_id_of(db: &Db) -> Result<PeerId, OpError> {
+    kappadb_net::behaviour::peer_of_feed(&db.feed_id()).ok_or_else(|| {
+        OpError::new(
+            500,
+            "bad_identity",
+            "this database's feed id is not a usable libp2p identity",
+        )
+    })
 }
 
 /// Parse an invite given on the command line.
@@ -439,30 +534,20 @@ pub fn peers(b: &dyn Backend, out: &mut Out) -> anyhow::Result<ExitCode> {
 }
 
 /// `kappa block FEED` / `kappa unblock FEED`.
-pub fn block(db: &Db, feed: FeedId, on: bool, out: &mut Out) -> anyhow::Result<ExitCode> {
-    if on && feed == db.feed_id() {
-        bail!("refusing to block this database's own feed");
-    }
-    let mut list = BlockList::load(db.dir())?;
-    let changed = if on {
-        list.block(feed)?
-    } else {
-        list.unblock(&feed)?
-    };
+pub fn block(b: &dyn Backend, feed: &str, on: bool, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let r = b.block(feed, on)?;
     if out.json {
-        out.json_line(&json!({"feed": feed.to_string(), "blocked": on, "changed": changed}))?;
+        out.json_line(&r)?;
     } else {
         let what = if on { "blocked" } else { "unblocked" };
-        let state = if changed {
+        let state = if r.changed {
             what.to_string()
         } else {
             format!("already {what}")
         };
-        out.line(format!("feed {feed} {state}"))?;
+        out.line(format!("feed {} {state}", r.feed))?;
         if on {
-            note(
-                "a running `kappa serve` picks this up within seconds; `kappa forget` also removes what is held of the feed",
-            );
+            note("`kappa forget` also removes what is held of the feed");
         }
     }
     Ok(ExitCode::SUCCESS)

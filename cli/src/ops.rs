@@ -21,14 +21,14 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::answer::{
-    AppendReply, Appended, BackupReply, CompactReply, DeleteReply, Digest, Entry, FeedInfo,
-    FeedRange, FieldHit, FollowReply, ForgetReply, HoldReply, Id, KvHead, KvItem, KvWritten,
-    LogPage, OpError, OpResult, PeerInfo, RawEntry, Record, SearchHit, Status, TimelineItem,
-    ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
+    AppendReply, Appended, BackupReply, BlockReply, CompactReply, DeleteReply, Digest, Entry,
+    FeedInfo, FeedRange, FieldHit, FollowReply, ForgetReply, HoldReply, Id, InviteReply, KvHead,
+    KvItem, KvWritten, LogPage, OpError, OpResult, PeerInfo, RawEntry, Record, SearchHit, Status,
+    SyncReply, TimelineItem, VerifyReply, ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
 };
 use crate::params::{
     AppendBody, BackupBody, DeleteBody, EntryParams, FieldParams, FollowBody, KvListParams,
-    KvWrite, LogParams, RangeParams, SearchParams, TimelineParams, ViewAddBody,
+    KvWrite, LogParams, RangeParams, SearchParams, SyncBody, TimelineParams, ViewAddBody,
 };
 
 /// Records per page of `log` at most.
@@ -93,6 +93,15 @@ pub trait Backend {
     fn forget(&self, feed: &str) -> OpResult<ForgetReply>;
     /// The replication policy.
     fn following(&self) -> OpResult<FollowReply>;
+    /// An invite to this network, with the addresses this node is reached
+    /// at (the running node's real ones, when one runs).
+    fn invite(&self) -> OpResult<InviteReply>;
+    /// Block (`on`) or unblock a feed.
+    fn block(&self, feed: &str, on: bool) -> OpResult<BlockReply>;
+    /// Sync once with the peer at `body.addr`, both ways.
+    fn sync(&self, body: &SyncBody) -> OpResult<SyncReply>;
+    /// Re-check every record of the log.
+    fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> OpResult<VerifyReply>;
     /// Change the replication policy.
     fn set_following(&self, body: &FollowBody) -> OpResult<FollowReply>;
     /// Call `f` with every record from `since` on, waiting for new ones,
@@ -463,6 +472,8 @@ impl Backend for Local {
                     last_error: b.last_error,
                 }
             }),
+            node: None,
+            views: None,
         })
     }
 
@@ -496,6 +507,62 @@ impl Backend for Local {
 
     fn set_following(&self, body: &FollowBody) -> OpResult<FollowReply> {
         Local::set_following(self, body, true)
+    }
+
+    fn invite(&self) -> OpResult<InviteReply> {
+        let key = self.db.network_key()?;
+        let peer = crate::net_cmd::peer_id_of(&self.db)?;
+        Ok(InviteReply::of(key, crate::net_cmd::reachable_addrs(peer)))
+    }
+
+    fn block(&self, feed: &str, on: bool) -> OpResult<BlockReply> {
+        let feed = self.resolve_feed(feed)?;
+        if on && feed == self.db.feed_id() {
+            return Err(OpError::bad(
+                "own_feed",
+                "refusing to block this database's own feed",
+            ));
+        }
+        let mut list =
+            kappadb_net::blocklist::BlockList::load(self.db.dir()).map_err(OpError::block_list)?;
+        let changed = if on {
+            list.block(feed)
+        } else {
+            list.unblock(&feed)
+        }
+        .map_err(OpError::block_list)?;
+        Ok(BlockReply {
+            blocked: on,
+            changed,
+            feed: feed.to_string(),
+        })
+    }
+
+    fn sync(&self, body: &SyncBody) -> OpResult<SyncReply> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Inside the API of a process without a node.
+            return Err(OpError::not_found(
+                "no_node",
+                "this process runs no node to sync with; `kappa serve` runs one",
+            ));
+        }
+        let addr = crate::net_cmd::parse_multiaddr(&body.addr)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| OpError::new(500, "runtime", e.to_string()))?;
+        let summary = rt
+            .block_on(kappadb_net::sync_once(
+                self.db.clone(),
+                addr,
+                Duration::from_secs(body.timeout),
+            ))
+            .map_err(OpError::sync_failed)?;
+        Ok(SyncReply::of(&summary))
+    }
+
+    fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> OpResult<VerifyReply> {
+        Ok(VerifyReply::of(&self.db.verify(progress)?))
     }
 
     fn peers(&self) -> OpResult<Vec<PeerInfo>> {

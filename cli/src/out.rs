@@ -35,6 +35,30 @@ impl std::fmt::Display for BrokenPipe {
 
 impl std::error::Error for BrokenPipe {}
 
+/// With `--json`, an error is one JSON object on stderr:
+/// `{"error": {"code": …, "message": …}}` (and `"kind"`, clap's name for a
+/// usage error, when there is one).
+pub fn json_error(code: &str, kind: &str, message: &str) {
+    let mut err = serde_json::json!({"code": code, "message": message.trim_end()});
+    if !kind.is_empty() {
+        err["kind"] = kind.into();
+    }
+    eprintln!("{}", serde_json::json!({ "error": err }));
+}
+
+/// A command line that asks for something impossible (a value that does
+/// not parse, say): exit code 2, like clap's own usage errors.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 impl Out {
     pub fn new(json: bool) -> Self {
         Self {
@@ -147,7 +171,30 @@ pub fn counter(what: &str) -> ProgressBar {
 
 /// RFC 3339 time of a ms timestamp.
 pub fn fmt_time(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    if UTC.load(std::sync::atomic::Ordering::Relaxed) {
+        return humantime::format_rfc3339_millis(t).to_string();
+    }
+    chrono::DateTime::<chrono::Local>::from(t)
+        .format("%Y-%m-%d %H:%M:%S%.3f %:z")
+        .to_string()
+}
+
+/// `--utc`: times for people in UTC (RFC 3339) instead of local time.
+static UTC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Show times in UTC (`--utc`) rather than in the local zone.
+pub fn set_utc(on: bool) {
+    UTC.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The header row of `kappa log`'s lines.
+pub fn record_header() -> String {
+    let width = fmt_time(0).len();
+    format!(
+        "{:>10}  {:<8}  {:<7} {:<width$}  PAYLOAD",
+        "OFFSET", "FEED", "SEQ", "TIME"
+    )
 }
 
 /// The first 8 hex digits of an id, for lines.
@@ -324,6 +371,26 @@ pub fn status_lines(s: &Status) -> Vec<String> {
             lines.push(format!("kafka     last error: {e}"));
         }
     }
+    match &s.node {
+        None => lines.push("node      not running (`kappa serve` runs it)".to_string()),
+        Some(n) => {
+            lines.push(format!(
+                "node      running, peer id {}, {} peers connected",
+                n.peer_id,
+                n.connected.len()
+            ));
+            for a in &n.listen {
+                lines.push(format!("listen    {a}"));
+            }
+            for p in &n.connected {
+                lines.push(format!("peer      {p}"));
+            }
+        }
+    }
+    if let Some(views) = &s.views {
+        lines.push(String::new());
+        lines.extend(views_table(views));
+    }
     lines
 }
 
@@ -335,8 +402,13 @@ pub fn peer_line(p: &PeerInfo) -> String {
     };
     let synced = p.last_sync.map_or("never".to_string(), fmt_time);
     format!(
-        "{}  feed {}  seen {}  synced {}  {}",
+        "{}  {}  feed {}  seen {}  synced {}  {}",
         p.peer,
+        if p.connected {
+            "connected"
+        } else {
+            "-        "
+        },
         p.feed.as_deref().map_or("-".to_string(), short),
         seen,
         synced,

@@ -270,3 +270,38 @@ impl Default for FollowBody {
         }
     }
 }
+
+/// Body of a peer to connect to (`POST /v1/peers`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAddBody {
+    /// Its multiaddr, e.g. `/ip4/192.168.1.20/tcp/4747`.
+    pub addr: String,
+}
+
+/// Query of the dashboard's login (`GET /login?code=CODE`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginParams {
+    /// The one-time code `kappa ui` got.
+    pub code: Option<String>,
+}
+
+/// Body of a one-off sync with a peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncBody {
+    /// The peer's multiaddr (the `/p2p/PEER` suffix is optional).
+    pub addr: String,
+    /// Give up after this many seconds.
+    pub timeout: u64,
+}
+
+impl Default for SyncBody {
+    fn default() -> Self {
+        Self {
+            addr: String::new(),
+            timeout: 300,
+        }
+    }
+}

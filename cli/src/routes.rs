@@ -95,8 +95,8 @@ macro_rules! routes {
     ($($(#[$doc:meta])* $name:ident: $n:literal = $method:ident $path:literal;)*) => {
         $($(#[$doc])* pub const $name: Route<$n> = Route::new(Method::$method, $path);)*
 
-        /// Every route (method and template), for tests that walk them.
-        #[cfg(test)]
+        /// Every route (method and template): for tests that walk them,
+        /// and the API's request counts by route.
         pub const ALL: &[(Method, &str)] = &[$((Method::$method, $path)),*];
     };
 }
@@ -157,10 +157,52 @@ routes! {
     RELEASE_HOLD: 0 = Post "/v1/hold/release";
     /// Block a feed and drop what is held of it.
     FORGET: 1 = Post "/v1/feeds/{feed}/forget";
+    /// An invite to this network with the node's addresses.
+    INVITE: 0 = Get "/v1/invite";
+    /// Block a feed.
+    BLOCK: 1 = Post "/v1/feeds/{feed}/block";
+    /// Unblock a feed.
+    UNBLOCK: 1 = Post "/v1/feeds/{feed}/unblock";
+    /// Sync once with a peer, both ways.
+    SYNC: 0 = Post "/v1/sync";
+    /// Re-check every record of the log.
+    VERIFY: 0 = Get "/v1/verify";
     /// The replication policy.
     FOLLOWING: 0 = Get "/v1/follow";
     /// Change the replication policy.
     FOLLOW: 0 = Post "/v1/follow";
+    /// Connect to a peer by address.
+    PEER_ADD: 0 = Post "/v1/peers";
+    /// A one-time login link for the dashboard.
+    UI_LOGIN: 0 = Post "/v1/ui/login";
+    /// What the dashboard's panels show.
+    UI_STATE: 0 = Get "/v1/ui/state";
+    /// The same, once a second, as server-sent events.
+    UI_EVENTS: 0 = Get "/v1/ui/events";
+}
+
+/// Where the route table's templates give no route: the dashboard's page
+/// and assets, its login, and the metrics.
+pub const PAGES: &[&str] = &["/", "/login", "/metrics", "/ui/app.js", "/ui/style.css"];
+
+/// The template `path` was served by, for counting requests by route
+/// (`other` when none matches).
+pub fn label_of(path: &str) -> &'static str {
+    if let Some(p) = PAGES.iter().find(|p| **p == path) {
+        return p;
+    }
+    let segs: Vec<&str> = path.split('/').collect();
+    for (_, template) in ALL {
+        let t: Vec<&str> = template.split('/').collect();
+        if t.len() == segs.len()
+            && t.iter()
+                .zip(&segs)
+                .all(|(t, s)| t == s || (t.starts_with('{') && !s.is_empty()))
+        {
+            return template;
+        }
+    }
+    "other"
 }
 
 #[cfg(test)]
@@ -185,5 +227,15 @@ mod tests {
             assert!(seen.insert((*method, *path)), "{method:?} {path} twice");
         }
         assert_eq!(param_count("/v1/feeds/{feed}/{seq}"), 2);
+    }
+
+    #[test]
+    fn a_path_is_counted_under_its_template() {
+        assert_eq!(label_of("/v1/feeds/abc/7"), "/v1/feeds/{feed}/{seq}");
+        assert_eq!(label_of("/v1/feeds/abc"), "/v1/feeds/{feed}");
+        assert_eq!(label_of("/v1/status"), "/v1/status");
+        assert_eq!(label_of("/metrics"), "/metrics");
+        assert_eq!(label_of("/v1/feeds//7"), "other");
+        assert_eq!(label_of("/etc/passwd"), "other");
     }
 }

@@ -69,7 +69,10 @@ fn cli_init_append_log_feeds_get_verify() {
     let first: Value = serde_json::from_str(since.lines().next().unwrap()).unwrap();
     assert_eq!(first["offset"], second);
     assert_eq!(first["seq"], 2);
-    assert_eq!(ok(&dir, &["log", "--feed", &id[..6]]).lines().count(), 4);
+    // A header row, then the feed's 4 entries.
+    let human = ok(&dir, &["log", "--feed", &id[..6]]);
+    assert!(human.starts_with("    OFFSET  FEED"), "{human}");
+    assert_eq!(human.lines().count(), 5);
 
     // get, by full id, prefix and "self".
     let g: Value = serde_json::from_str(&ok(&dir, &["--json", "get", &id, "4"])).unwrap();

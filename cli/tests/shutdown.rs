@@ -27,7 +27,7 @@ fn api_of(dir: &std::path::Path) -> (String, String) {
 /// connection, to read the answer from.
 fn send(addr: &str, head: &str, body: &[u8]) -> BufReader<TcpStream> {
     let mut conn = TcpStream::connect(addr).unwrap();
-    conn.write_all(format!("{head}Host: x\r\n\r\n").as_bytes())
+    conn.write_all(format!("{head}Host: {addr}\r\n\r\n").as_bytes())
         .unwrap();
     conn.write_all(body).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(30)))

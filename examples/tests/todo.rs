@@ -108,3 +108,53 @@ fn offline_edits_converge_after_syncing_both_ways() {
     sync(&a, &b);
     assert_eq!(todo(&b, &["list"]), settled);
 }
+
+#[test]
+fn the_list_can_be_edited_while_its_own_node_serves_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    todo(&a, &["init"]);
+    let invite = todo(&a, &["invite"]).trim().to_string();
+    todo(&b, &["init", "--join", &invite]);
+    let milk = add(&a, "buy milk");
+    let mut node = Proc::spawn(
+        BIN,
+        &[
+            "--dir",
+            s(&a),
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+        ],
+    );
+    let addr = node.wait_for_prefix("listening on ");
+    // (The command socket is bound before the node starts listening.)
+    // Every editing command works while `serve` holds the database.
+    let bread = add(&a, "buy bread");
+    todo(&a, &["done", &milk]);
+    todo(&a, &["edit", &bread, "buy rye bread"]);
+    let list = todo(&a, &["list"]);
+    assert_eq!(
+        list,
+        format!("[x] {milk}  buy milk\n[ ] {bread}  buy rye bread\n")
+    );
+    // Errors come back as errors, and the server keeps going.
+    assert!(fails(BIN, &["--dir", s(&a), "done", "nope-1"]).contains("no item nope-1"));
+    assert!(fails(BIN, &["--dir", s(&a), "sync", &addr]).contains("being served"));
+    // A peer that syncs with the running node gets the edits; its own
+    // edit, synced back, shows in the served list at once.
+    let out = todo(&b, &["sync", &addr]);
+    assert!(out.starts_with("synced with "), "{out}");
+    assert_eq!(todo(&b, &["list"]), list);
+    todo(&b, &["rm", &milk]);
+    let out = todo(&b, &["sync", &addr]);
+    assert!(out.starts_with("synced with "), "{out}");
+    assert_eq!(todo(&a, &["list"]), format!("[ ] {bread}  buy rye bread\n"));
+    node.terminate();
+    node.wait_success();
+    // Stopped: the socket is gone and commands open the database again.
+    assert!(!a.join("todo.sock").exists());
+    assert_eq!(todo(&a, &["list"]), format!("[ ] {bread}  buy rye bread\n"));
+}

@@ -217,6 +217,36 @@ impl AddressBook {
     }
 }
 
+/// Whether an address starts with a loopback IP.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+/// Of the listen addresses a peer announces, those worth keeping for it:
+/// its loopback ones only if it is on this machine (it saw us at a
+/// loopback address, `observed`), and none that this node listens on
+/// itself (`own`): on another machine, the peer's 127.0.0.1:4747 is this
+/// node's own address, and dialing it dials ourselves.
+pub fn useful_listen_addrs(
+    announced: Vec<Multiaddr>,
+    observed: &Multiaddr,
+    own: &[Multiaddr],
+) -> Vec<Multiaddr> {
+    let same_machine = is_loopback(observed);
+    let own: Vec<Multiaddr> = own.iter().cloned().filter_map(dialable).collect();
+    announced
+        .into_iter()
+        .filter_map(dialable)
+        .filter(|a| same_machine || !is_loopback(a))
+        .filter(|a| !own.contains(a))
+        .collect()
+}
+
 /// The address without `/p2p`, if it can be dialed (not unspecified).
 fn dialable(addr: Multiaddr) -> Option<Multiaddr> {
     use libp2p::multiaddr::Protocol;
@@ -278,5 +308,35 @@ mod tests {
         assert_eq!(rec.last_sync, Some(9));
         fs::write(dir.path().join(PEERS_FILE), "{ not json").unwrap();
         assert!(AddressBook::load(dir.path()).peers().is_empty());
+    }
+
+    #[test]
+    fn a_peer_on_another_machine_keeps_no_loopback_or_own_address() {
+        let a = |s: &str| s.parse::<Multiaddr>().unwrap();
+        let own = [
+            a("/ip4/127.0.0.1/tcp/4747/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"),
+            a("/ip4/10.0.0.1/tcp/4747"),
+        ];
+        let announced = vec![
+            a("/ip4/127.0.0.1/tcp/4747"),
+            a("/ip4/10.0.0.2/tcp/4747"),
+            a("/ip4/10.0.0.1/tcp/4747"),
+            a("/ip6/::1/tcp/4747"),
+        ];
+        // It saw us at our LAN address: another machine.
+        assert_eq!(
+            useful_listen_addrs(announced.clone(), &a("/ip4/10.0.0.1/tcp/51000"), &own),
+            vec![a("/ip4/10.0.0.2/tcp/4747")]
+        );
+        // It saw us at loopback: the same machine, where its loopback
+        // addresses (but never ours) reach it.
+        assert_eq!(
+            useful_listen_addrs(
+                vec![a("/ip4/127.0.0.1/tcp/4800"), a("/ip4/127.0.0.1/tcp/4747")],
+                &a("/ip4/127.0.0.1/tcp/51000"),
+                &own
+            ),
+            vec![a("/ip4/127.0.0.1/tcp/4800")]
+        );
     }
 }

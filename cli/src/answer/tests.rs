@@ -107,10 +107,12 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
         forked_feeds: 0,
         held: Some("h".into()),
         log_bytes: 9,
+        node: None,
         own_forked_at: None,
         own_seq: 1,
         reclaimable_bytes: 0,
         records: 1,
+        views: Some(vec![]),
     });
     sorted(&DeleteReply {
         feed: "f".into(),
@@ -127,6 +129,36 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
         own_seq: 1,
     });
     sorted(&HoldReply { held: None });
+    sorted(&InviteReply {
+        addrs: vec![],
+        invite: "i".into(),
+    });
+    sorted(&BlockReply {
+        blocked: true,
+        changed: false,
+        feed: "f".into(),
+    });
+    sorted(&SyncReply {
+        feeds: 1,
+        peer: "p".into(),
+        pulled: 2,
+        pushed: 3,
+    });
+    sorted(&VerifyReply {
+        deletions: 0,
+        entries: 1,
+        erased_payloads: 0,
+        feeds: 1,
+        fork_proofs: 0,
+        ineffective_deletions: 0,
+        missing_payloads: 0,
+        ok: true,
+        problems: vec![VerifyProblem {
+            offset: 0,
+            problem: "p".into(),
+        }],
+        records: 1,
+    });
     sorted(&CompactReply {
         bytes_after: 1,
         bytes_before: 2,
@@ -150,6 +182,7 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
     });
     sorted(&PeerInfo {
         addrs: vec!["a".into()],
+        connected: true,
         feed: None,
         last_seen: 1,
         last_sync: Some(2),
@@ -185,6 +218,7 @@ fn fields_are_written_in_the_order_a_sorted_map_had() {
         entries: 1,
         lag: 0,
         name: "n".into(),
+        rebuild_checkpoint: Some(0),
         rebuilding: false,
         skipped: 0,
         version: 1,

@@ -81,6 +81,24 @@ impl Db {
     }
 
     fn ingest_inner(&self, page: CheckedEntries, strict: bool) -> Result<IngestReport, StoreError> {
+        let started = std::time::Instant::now();
+        let report = self.ingest_untimed(page, strict)?;
+        self.observe(|o| {
+            if report.accepted > 0 {
+                o.ingested(report.accepted, started.elapsed());
+            }
+            for (_, e) in &report.rejected {
+                o.rejected(e.reason());
+            }
+        });
+        Ok(report)
+    }
+
+    fn ingest_untimed(
+        &self,
+        page: CheckedEntries,
+        strict: bool,
+    ) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
         let (entries, ids, verdicts) = page.into_parts();
         let mut valid = Vec::with_capacity(entries.len());

@@ -127,6 +127,8 @@ struct Inner {
     created: bool,
     /// Appends held until this copy has synced (see `backup.rs`).
     holds: Mutex<backup::Holds>,
+    /// Told of appends, ingests and refusals (see `observe.rs`).
+    observer: RwLock<Option<Arc<dyn crate::observe::Observer>>>,
     /// Held for the life of the handle: the directory lock.
     _lock: File,
 }
@@ -291,6 +293,7 @@ impl Db {
                     restored: backup::load_restored(dir)?,
                     remote_seq: 0,
                 }),
+                observer: RwLock::new(None),
                 _lock: lock,
             }),
         };
@@ -404,6 +407,23 @@ impl Db {
     /// [`Db::open_or_create`] finding none), false when it opened one.
     pub fn created(&self) -> bool {
         self.inner.created
+    }
+
+    /// Tell `observer` of every append, ingest and refused entry from now
+    /// on (in place of any observer set before).
+    pub fn set_observer(&self, observer: Arc<dyn crate::observe::Observer>) {
+        if let Ok(mut o) = self.inner.observer.write() {
+            *o = Some(observer);
+        }
+    }
+
+    /// Run `f` with the observer, if one is set.
+    pub(crate) fn observe(&self, f: impl FnOnce(&dyn crate::observe::Observer)) {
+        if let Ok(o) = self.inner.observer.read()
+            && let Some(o) = o.as_ref()
+        {
+            f(o.as_ref());
+        }
     }
 
     /// The committed end of the log and a way to wait for it to move.

@@ -64,6 +64,19 @@ impl Db {
     /// for the whole batch. All or nothing: a payload over the limit fails
     /// the batch before anything is written.
     pub fn append_batch(&self, payloads: Vec<Vec<u8>>) -> Result<Vec<Appended>, AppendError> {
+        let started = std::time::Instant::now();
+        let res = self.append_batch_timed(payloads);
+        match &res {
+            Ok(done) if !done.is_empty() => {
+                self.observe(|o| o.appended(done.len(), started.elapsed()));
+            }
+            Err(AppendError::Rejected(e)) => self.observe(|o| o.rejected(e.reason())),
+            _ => {}
+        }
+        res
+    }
+
+    fn append_batch_timed(&self, payloads: Vec<Vec<u8>>) -> Result<Vec<Appended>, AppendError> {
         let limit = self.inner.config.max_payload_bytes;
         for p in &payloads {
             if p.len() as u64 > u64::from(limit) {

@@ -35,7 +35,7 @@
 //! item until the next write (which links both) settles it.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -145,12 +145,55 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", db.feed_id());
         return Ok(());
     }
-    let (db, created) = open_or_create(&dir, None)?;
+    let (db, created) = match open_or_create(&dir, None) {
+        Ok(opened) => opened,
+        // `serve` holds the list: hand the command to it.
+        Err(e) if is_locked(&e) && dir.join(SOCKET).exists() => {
+            return ask_server(&dir, &args.command);
+        }
+        Err(e) => return Err(e),
+    };
     if created {
         eprintln!("created a new todo list in {}", dir.display());
     }
     match args.command {
-        Command::Init { .. } => Ok(()),
+        Command::Sync { addr } => sync(db, &addr),
+        Command::Serve {
+            listen,
+            peer,
+            no_mdns,
+        } => serve(db, &listen, &peer, no_mdns),
+        command => {
+            let mut todo = Todo::open(&db)?;
+            let mut out = String::new();
+            exec(&db, &mut todo, command, &mut out)?;
+            std::io::stdout()
+                .write_all(out.as_bytes())
+                .context("cannot write to stdout")
+        }
+    }
+}
+
+/// Whether opening failed because another process holds the database.
+fn is_locked(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<kappadb_core::StoreError>(),
+            Some(kappadb_core::StoreError::Locked { .. })
+        )
+    })
+}
+
+/// Run one command that edits or reads the list, writing what it prints
+/// to `out`: the same code for a command run on its own and for one that
+/// `serve` runs for another process.
+fn exec(db: &Db, todo: &mut Todo<'_>, command: Command, out: &mut String) -> anyhow::Result<()> {
+    todo.refresh()?;
+    match command {
+        Command::Init { .. } => bail!("{} already holds a database", db.dir().display()),
+        Command::Sync { .. } | Command::Serve { .. } => {
+            bail!("the list is being served; stop `kappa-todo serve` first")
+        }
         Command::Invite { addrs } => {
             let addrs = addrs
                 .iter()
@@ -161,53 +204,178 @@ fn run(args: Args) -> anyhow::Result<()> {
                 addrs,
             };
             eprintln!("anyone with this invite can join the list's network; share it privately");
-            println!("{invite}");
+            out.push_str(&format!("{invite}\n"));
             Ok(())
         }
         Command::Add { text } => {
-            let todo = Todo::open(&db)?;
             // The seq this append will get: only this process writes to
-            // this feed (the directory is locked), so it is the head's + 1.
+            // this feed (the directory is locked, and `serve` runs the
+            // commands it is handed one at a time), so it is the head's + 1.
             let seq = db.head(&db.feed_id()).map_or(1, |h| h.seq + 1);
             let id = format!("{}-{seq}", &db.feed_id().to_string()[..6]);
             todo.put(
                 &item_key(&id),
                 json!({"text": text.join(" "), "created": now_ms()}),
             )?;
-            println!("{id}");
+            out.push_str(&format!("{id}\n"));
             Ok(())
         }
-        Command::Done { id } => Todo::open(&db)?.set_done(&id, true),
-        Command::Undo { id } => Todo::open(&db)?.set_done(&id, false),
+        Command::Done { id } => todo.set_done(&id, true),
+        Command::Undo { id } => todo.set_done(&id, false),
         Command::Edit { id, text } => {
-            let todo = Todo::open(&db)?;
             let mut item = todo.item(&id)?;
             item["text"] = Value::from(text.join(" "));
             todo.put(&item_key(&id), item)
         }
         Command::Rm { id } => {
-            let todo = Todo::open(&db)?;
             todo.item(&id)?;
             todo.del(&item_key(&id))?;
             todo.del(&done_key(&id))
         }
         Command::List => {
-            let mut out = String::new();
-            for line in Todo::open(&db)?.list()? {
+            for line in todo.list()? {
                 out.push_str(&line);
                 out.push('\n');
             }
-            std::io::stdout()
-                .write_all(out.as_bytes())
-                .context("cannot write to stdout")
+            Ok(())
         }
-        Command::Sync { addr } => sync(db, &addr),
-        Command::Serve {
-            listen,
-            peer,
-            no_mdns,
-        } => serve(db, &listen, &peer, no_mdns),
     }
+}
+
+/// The socket `serve` takes commands on, in the database directory
+/// (mode 0600: only this user can edit the list through it).
+const SOCKET: &str = "todo.sock";
+
+/// Largest request a client may send `serve`.
+const MAX_REQUEST: u64 = 1 << 20;
+
+/// What `serve` answers a command: its output, or the error; sent as
+/// `{"out": "...", "error": null | "..."}`.
+struct Reply {
+    out: String,
+    error: Option<String>,
+}
+
+/// The commands another process can hand to `serve`, as parsed there.
+#[derive(Parser, Debug)]
+#[command(name = "kappa-todo")]
+struct Handed {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Send this process's command line to the `serve` that holds the list,
+/// print its answer.
+fn ask_server(dir: &std::path::Path, command: &Command) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    if matches!(command, Command::Sync { .. } | Command::Serve { .. }) {
+        bail!(
+            "{} is being served by `kappa-todo serve`; stop it first",
+            dir.display()
+        );
+    }
+    // Everything after `--dir DIR` (or after the program name with
+    // KAPPA_TODO_DIR): the subcommand and its arguments, as typed.
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < argv.len() {
+        match argv[i].as_str() {
+            "--dir" => i += 2,
+            a if a.starts_with("--dir=") => i += 1,
+            a => {
+                rest.push(a.to_string());
+                i += 1;
+            }
+        }
+    }
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(dir.join(SOCKET)).with_context(|| {
+            format!(
+                "{} is locked, and its server does not answer",
+                dir.display()
+            )
+        })?;
+    let mut line = serde_json::to_string(&rest)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(stream.take(64 << 20))
+        .read_line(&mut answer)
+        .context("the server's answer broke off")?;
+    let reply: Value =
+        serde_json::from_str(&answer).context("the server's answer does not decode")?;
+    let out = reply["out"].as_str().unwrap_or_default();
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("cannot write to stdout")?;
+    match reply["error"].as_str() {
+        Some(e) => bail!("{e}"),
+        None => Ok(()),
+    }
+}
+
+/// Take commands from other `kappa-todo` processes on [`SOCKET`] while
+/// serving, one at a time, until the process ends.
+fn listen_for_commands(db: Db, listener: std::os::unix::net::UnixListener) {
+    use std::io::{BufRead, BufReader};
+    let mut todo = match Todo::open(&db) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kappa-todo: cannot take commands while serving: {e:#}");
+            return;
+        }
+    };
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut line = String::new();
+        let read = BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line);
+        let reply = match read
+            .map_err(anyhow::Error::from)
+            .and_then(|_| Ok(serde_json::from_str::<Vec<String>>(&line)?))
+        {
+            Err(e) => Reply {
+                out: String::new(),
+                error: Some(format!("a bad request: {e}")),
+            },
+            Ok(args) => {
+                let argv = std::iter::once("kappa-todo".to_string()).chain(args);
+                match Handed::try_parse_from(argv) {
+                    Err(e) => Reply {
+                        out: String::new(),
+                        error: Some(e.to_string()),
+                    },
+                    Ok(h) => {
+                        let mut out = String::new();
+                        let error = exec(&db, &mut todo, h.command, &mut out)
+                            .err()
+                            .map(|e| format!("{e:#}"));
+                        Reply { out, error }
+                    }
+                }
+            }
+        };
+        let mut text = json!({"out": reply.out, "error": reply.error}).to_string();
+        text.push('\n');
+        let _ = stream.write_all(text.as_bytes());
+    }
+}
+
+/// Bind the command socket (replacing a stale one: this process holds
+/// the database's lock, so no other server uses it).
+fn bind_socket(dir: &std::path::Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(SOCKET);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
 }
 
 fn item_key(id: &str) -> String {
@@ -222,6 +390,7 @@ fn done_key(id: &str) -> String {
 /// `kv` view.
 struct Todo<'a> {
     db: &'a Db,
+    indexer: Indexer,
     kv: KvReader,
 }
 
@@ -240,7 +409,15 @@ impl<'a> Todo<'a> {
         Ok(Self {
             db,
             kv: indexer.kv()?,
+            indexer,
         })
+    }
+
+    /// Fold what landed since (a peer's entries, while serving).
+    fn refresh(&mut self) -> anyhow::Result<()> {
+        self.indexer.catch_up()?;
+        self.kv = self.indexer.kv()?;
+        Ok(())
     }
 
     /// The ids of `key`'s current heads: what a new write supersedes.
@@ -326,6 +503,9 @@ fn sync(db: Db, addr: &str) -> anyhow::Result<()> {
 
 /// Run a node until Ctrl-C or SIGTERM, so peers can sync with this list.
 fn serve(db: Db, listen: &[String], peers: &[String], no_mdns: bool) -> anyhow::Result<()> {
+    let listener = bind_socket(db.dir())?;
+    let handler_db = db.clone();
+    std::thread::spawn(move || listen_for_commands(handler_db, listener));
     let rt = kappadb_examples::runtime()?;
     rt.block_on(async {
         let mut builder = Node::builder(db.clone()).mdns(!no_mdns);
@@ -339,7 +519,7 @@ fn serve(db: Db, listen: &[String], peers: &[String], no_mdns: bool) -> anyhow::
         for addr in node.listen_addrs() {
             println!("listening on {addr}");
         }
-        eprintln!("serving the list; Ctrl-C stops");
+        eprintln!("serving the list; Ctrl-C stops; other kappa-todo commands still edit it");
         let mut events = node.events();
         let stop = kappadb_examples::shutdown_signal();
         tokio::pin!(stop);
@@ -363,6 +543,7 @@ fn serve(db: Db, listen: &[String], peers: &[String], no_mdns: bool) -> anyhow::
         node.shutdown().await;
         res
     })?;
+    let _ = std::fs::remove_file(db.dir().join(SOCKET));
     db.flush_index()?;
     Ok(())
 }

@@ -157,6 +157,11 @@ pub enum NodeEvent {
         feed: FeedId,
         /// How many entries.
         entries: u64,
+        /// Their size as received (see [`crate::protocol::ENTRY_OVERHEAD`]).
+        bytes: u64,
+        /// Entries the peer still holds of the feeds being pulled from it
+        /// now, as far as its heads say.
+        remaining: u64,
     },
     /// Neither side misses anything the other announced.
     SyncIdle {

@@ -433,7 +433,18 @@ impl Runner {
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if let Some(book) = self.book.as_mut() {
-                    book.add_addrs(peer_id, info.listen_addrs);
+                    let own = self
+                        .shared
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .listen_addrs
+                        .clone();
+                    let addrs = crate::peers::useful_listen_addrs(
+                        info.listen_addrs,
+                        &info.observed_addr,
+                        &own,
+                    );
+                    book.add_addrs(peer_id, addrs);
                 }
             }
             BehaviourEvent::Identify(_) | BehaviourEvent::Ping(_) => {}
@@ -621,10 +632,14 @@ impl Runner {
                 peer,
                 feed,
                 entries,
+                bytes,
+                remaining,
             } => self.emit(NodeEvent::SyncProgress {
                 peer,
                 feed,
                 entries,
+                bytes,
+                remaining,
             }),
             SyncEvent::Idle { peer, stats } => {
                 tracing::debug!(%peer, ?stats, "in sync");

@@ -16,12 +16,13 @@
 
 pub mod engine;
 pub mod follow;
+pub mod reconcile;
 pub mod store;
 pub mod wire;
 
 pub use engine::{
-    ConfigError, Engine, Input, Output, PeerKey, SyncConfig, SyncError, SyncEvent, SyncStats,
-    check_page, check_proofs, receive, receive_announce,
+    ConfigError, ENTRY_OVERHEAD, Engine, Input, Output, PeerKey, SyncConfig, SyncError, SyncEvent,
+    SyncStats, check_page, check_proofs, receive, receive_announce,
 };
 pub use follow::Follow;
 pub use store::SyncStore;

@@ -302,6 +302,11 @@ pub struct SyncStats {
     pub feeds: usize,
 }
 
+/// What a received entry costs besides its payload, in
+/// [`SyncEvent::Progress`]'s byte counts: the header and its signature
+/// (about their encoded size).
+pub const ENTRY_OVERHEAD: u64 = 160;
+
 /// Progress reports of the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -314,6 +319,12 @@ pub enum SyncEvent<P> {
         feed: FeedId,
         /// How many.
         entries: u64,
+        /// Their size as received: payloads, plus [`ENTRY_OVERHEAD`] per
+        /// entry for the signed header.
+        bytes: u64,
+        /// Entries the peer still holds of the feeds being pulled from it,
+        /// as far as its heads say (an estimate of what is left).
+        remaining: u64,
     },
     /// Neither side misses anything the other announced.
     Idle {

@@ -7,7 +7,7 @@ use kappadb_core::{CheckedEntries, EntryError, FeedId, ForkProof, StoreError};
 
 use super::check::{SyncError, check_entries};
 use super::session::{Pull, Session};
-use super::{Engine, Output, PeerKey, Pending, SyncEvent};
+use super::{ENTRY_OVERHEAD, Engine, Output, PeerKey, Pending, SyncEvent};
 use crate::protocol::store::SyncStore;
 use crate::protocol::wire::{
     HeadInfo, Heads, MAX_FORK_PROOFS_PER_ANNOUNCE, MAX_FORK_PROOFS_PER_MESSAGE, Request, Want,
@@ -303,6 +303,16 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             if batch.is_empty() {
                 continue;
             }
+            // Bytes received per feed and seq (payloads and the signed
+            // header), to report what each new head brought.
+            let mut sizes: HashMap<FeedId, Vec<(u64, u64)>> = HashMap::new();
+            for e in batch.entries() {
+                let len = e.payload.bytes().map_or(0, |p| p.len() as u64) + ENTRY_OVERHEAD;
+                sizes
+                    .entry(e.header.author)
+                    .or_default()
+                    .push((e.header.seq, len));
+            }
             let report = self.store.ingest_checked(batch)?;
             if report.dropped {
                 let why = report
@@ -319,13 +329,32 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                 return Ok(());
             };
             s.stats.pulled += report.accepted as u64;
+            // What the peer still has for the feeds pulled from it now, as
+            // its heads say (a few feeds at a time, so this is cheap).
+            let remaining: u64 = s
+                .pulls
+                .keys()
+                .filter_map(|f| {
+                    let (theirs, _) = s.remote.get(f)?;
+                    let ours = self.store.head(f).map_or(0, |h| h.seq);
+                    Some(theirs.saturating_sub(ours))
+                })
+                .sum();
             for (feed, seq) in &report.new_heads {
                 let old = before.get(feed).copied().unwrap_or(0);
                 s.touch(*feed);
+                let bytes = sizes.get(feed).map_or(0, |v| {
+                    v.iter()
+                        .filter(|(s, _)| *s > old && *s <= *seq)
+                        .map(|(_, n)| n)
+                        .sum()
+                });
                 self.out.push(Output::Event(SyncEvent::Progress {
                     peer,
                     feed: *feed,
                     entries: seq.saturating_sub(old),
+                    bytes,
+                    remaining,
                 }));
             }
             if report.accepted > 0 {
