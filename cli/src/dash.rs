@@ -316,6 +316,13 @@ impl Dash {
                         .then(|| *behind.entry(v.name.clone()).or_insert_with(Instant::now));
                     let mut j = serde_json::to_value(v).unwrap_or(Value::Null);
                     j["lag_seconds"] = json!(since.map_or(0, |t| t.elapsed().as_secs()));
+                    let (records, more) = if v.lag > 0 {
+                        records_behind(local.db(), v.checkpoint)
+                    } else {
+                        (0, false)
+                    };
+                    j["lag_records"] = json!(records);
+                    j["lag_records_more"] = json!(more);
                     j
                 })
                 .collect()
@@ -413,6 +420,24 @@ pub async fn track(dash: Arc<Dash>, mut events: tokio::sync::broadcast::Receiver
     }
 }
 
+/// Most records counted behind a view's checkpoint for the dashboard
+/// (read from the log once a second while a view is behind).
+const LAG_RECORDS_COUNTED: usize = 10_000;
+
+/// How many records of the log lie past `checkpoint` (a record boundary):
+/// the count, and whether there are more than [`LAG_RECORDS_COUNTED`].
+fn records_behind(db: &kappadb_core::Db, checkpoint: u64) -> (u64, bool) {
+    let n = db
+        .log_iter(checkpoint)
+        .take(LAG_RECORDS_COUNTED + 1)
+        .count();
+    if n > LAG_RECORDS_COUNTED {
+        (LAG_RECORDS_COUNTED as u64, true)
+    } else {
+        (n as u64, false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +471,10 @@ mod tests {
         let views = s["views"].as_array().unwrap();
         assert!(views.iter().any(|v| v["name"] == "timeline"), "{s}");
         assert!(views.iter().all(|v| v["lag_seconds"].is_u64()), "{s}");
+        assert!(views.iter().all(|v| v["lag_records"].is_u64()), "{s}");
+        // Records behind a checkpoint are counted from the log.
+        assert_eq!(records_behind(local.db(), 0), (1, false));
+        assert_eq!(records_behind(local.db(), local.db().log_end()), (0, false));
         assert_eq!(s["peers"], json!([]));
         // A forked feed comes with its proof.
         let key = kappadb_core::SigningKey::from_seed([7; 32]);

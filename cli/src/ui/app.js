@@ -208,7 +208,8 @@ function renderViews(s) {
     } else {
       progress = el("span", { class: "muted" }, "—");
     }
-    const lag = v.lag ? bytes(v.lag) + " behind" + (v.lag_seconds ? " for " + duration(v.lag_seconds) : "") : "caught up";
+    const records = v.lag_records ? v.lag_records.toLocaleString() + (v.lag_records_more ? "+" : "") + " records, " : "";
+    const lag = v.lag ? records + bytes(v.lag) + " behind" + (v.lag_seconds ? " for " + duration(v.lag_seconds) : "") : "caught up";
     return el("tr", { "data-view": v.name },
       el("td", {}, el("strong", {}, v.name), el("div", { class: "muted" }, v.description)),
       el("td", {}, String(v.version)),
