@@ -5,13 +5,16 @@
 //! them over channels (`test_utils::Pair`, feature `test_utils`).
 //!
 //! ```text
-//! A                                   B
-//! Heads{all of A} ------------------> apply, work out what B misses
-//! apply, work out what A misses <---- Heads{all of B}  (B's request)
+//! A (smaller key)                     B
+//! Reconcile{first, fingerprint} ----> compare with its own heads
+//! Reconcile{split, items} <---------- fingerprints of the parts, or heads
+//! ... a few rounds, then a settled message: each knows what differs
+//! Heads{changed, idle} -------------> (and B's Heads{changed, idle} to A)
 //! Want{feed, from, to} x4 ----------> read from the log
 //! check + ingest_page <-------------- Page{entries}
 //! Heads{changed, idle: true} -------> both idle: SyncEvent::Idle
-//!        (every heads request is answered with the responder's idle flag)
+//!        (every heads request is answered with the responder's idle flag;
+//!         with an older peer the first Heads carry every head instead)
 //! ```
 
 pub mod engine;
