@@ -152,9 +152,12 @@ impl Delegation {
     }
 
     /// A delegation from a consent signature made elsewhere (the device
-    /// signed [`consent_message`] on its own machine).
-    pub fn from_consent(device: FeedId, device_sig: ed25519_dalek::Signature) -> Self {
-        Self { device, device_sig }
+    /// signed [`consent_message`] on its own machine), as its 64 bytes.
+    pub fn from_consent(device: FeedId, device_sig: [u8; 64]) -> Self {
+        Self {
+            device,
+            device_sig: ed25519_dalek::Signature::from_bytes(&device_sig),
+        }
     }
 
     /// The payload of this delegation.
@@ -256,6 +259,160 @@ pub fn check_payload(author: &FeedId, payload: &[u8]) -> Result<(), IdentityErro
     }
 }
 
+/// The prefix of a pairing offer (kind `pair-offer`, version 1).
+pub const PAIR_OFFER_V1: &[u8] = b"\0kappadb/pair-offer/v1\0";
+
+/// The prefix of a pairing request (kind `pair-request`, version 1).
+pub const PAIR_REQUEST_V1: &[u8] = b"\0kappadb/pair-request/v1\0";
+
+/// The alphabet of pairing codes: lowercase letters and digits without
+/// the look-alikes `l`, `o`, `0` and `1`.
+const CODE_ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+
+/// Bytes of secret in a pairing code (80 bits, 16 characters).
+pub const CODE_BYTES: usize = 10;
+
+/// A pairing code: the secret `kappa identity invite` prints and
+/// `kappa identity join` takes. Never stored in the log; only keyed
+/// hashes of it are (see `ARCHITECTURE.md`, *Pairing*). `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PairingCode([u8; CODE_BYTES]);
+
+impl PairingCode {
+    /// A fresh random code.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut b = [0u8; CODE_BYTES];
+        getrandom::fill(&mut b).map_err(|e| KeyError::Random(e.to_string()))?;
+        Ok(Self(b))
+    }
+
+    /// A code from its bytes (tests).
+    pub fn from_bytes(bytes: [u8; CODE_BYTES]) -> Self {
+        Self(bytes)
+    }
+
+    /// The printed form: 16 characters in groups of 4 (`abcd-efgh-...`).
+    pub fn to_text(&self) -> String {
+        let mut bits: u128 = 0;
+        for b in self.0 {
+            bits = (bits << 8) | u128::from(b);
+        }
+        let mut out = String::new();
+        for i in 0..CODE_BYTES * 8 / 5 {
+            if i > 0 && i % 4 == 0 {
+                out.push('-');
+            }
+            let shift = CODE_BYTES * 8 - 5 * (i + 1);
+            out.push(CODE_ALPHABET[((bits >> shift) & 31) as usize] as char);
+        }
+        out
+    }
+
+    /// Parse the printed form: case, spaces and dashes do not matter.
+    pub fn from_text(text: &str) -> Result<Self, IdentityError> {
+        let mut bits: u128 = 0;
+        let mut n = 0;
+        for c in text.chars().filter(|c| !matches!(c, '-' | ' ')) {
+            let c = c.to_ascii_lowercase() as u8;
+            let v = CODE_ALPHABET
+                .iter()
+                .position(|&a| a == c)
+                .ok_or(IdentityError::BadCode)?;
+            bits = (bits << 5) | v as u128;
+            n += 1;
+        }
+        if n != CODE_BYTES * 8 / 5 {
+            return Err(IdentityError::BadCode);
+        }
+        let mut out = [0u8; CODE_BYTES];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = (bits >> (8 * (CODE_BYTES - 1 - i))) as u8;
+        }
+        Ok(Self(out))
+    }
+
+    fn key(&self) -> [u8; 32] {
+        blake3::derive_key("kappadb pairing v1", &self.0)
+    }
+
+    /// The offer's tag for `identity`:
+    /// `blake3_keyed(derive_key("kappadb pairing v1", code), "offer" || identity)`.
+    pub fn offer_tag(&self, identity: &FeedId) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.key());
+        h.update(b"offer");
+        h.update(identity.as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    /// The request's proof that `device` holds the code:
+    /// `blake3_keyed(key, "request" || identity || device)`.
+    pub fn request_proof(&self, identity: &FeedId, device: &FeedId) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.key());
+        h.update(b"request");
+        h.update(identity.as_bytes());
+        h.update(device.as_bytes());
+        *h.finalize().as_bytes()
+    }
+}
+
+impl fmt::Debug for PairingCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PairingCode(..)")
+    }
+}
+
+/// A pairing offer's body, an entry of the identity feed. Field order is
+/// part of the format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairOffer {
+    /// [`PairingCode::offer_tag`] of the identity.
+    pub tag: [u8; 32],
+    /// Milliseconds since the epoch after which the offer is void.
+    pub expires: u64,
+}
+
+impl PairOffer {
+    /// The payload of this offer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = PAIR_OFFER_V1.to_vec();
+        // Encoding plain data into a Vec cannot fail.
+        out.extend_from_slice(&postcard::to_stdvec(self).unwrap_or_default());
+        out
+    }
+}
+
+/// A pairing request's body, an entry of the joining device's own feed.
+/// Field order is part of the format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRequest {
+    /// The identity the device asks to join.
+    pub identity: FeedId,
+    /// [`PairingCode::request_proof`] of the identity and the device.
+    pub proof: [u8; 32],
+    /// The device's consent ([`consent_message`]), for the delegation.
+    pub device_sig: ed25519_dalek::Signature,
+}
+
+impl PairRequest {
+    /// The request of `device` to join `identity` with `code`.
+    pub fn new(identity: FeedId, device: &SigningKey, code: &PairingCode) -> Self {
+        let d = Delegation::new(identity, device);
+        Self {
+            identity,
+            proof: code.request_proof(&identity, &device.feed_id()),
+            device_sig: d.device_sig,
+        }
+    }
+
+    /// The payload of this request.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = PAIR_REQUEST_V1.to_vec();
+        // Encoding plain data into a Vec cannot fail.
+        out.extend_from_slice(&postcard::to_stdvec(self).unwrap_or_default());
+        out
+    }
+}
+
 /// Why an identity op is refused, or why an identity action cannot be
 /// done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -301,6 +458,11 @@ pub enum IdentityError {
         /// Where it forked.
         fork_seq: u64,
     },
+    /// Text that should be a pairing code is not one.
+    #[error(
+        "not a pairing code: expected 16 letters and digits as printed by `kappa identity invite`"
+    )]
+    BadCode,
     /// Text that should be an identity key is not one.
     #[error("not an identity key: expected kappa-identity-v1: and 64 hex digits")]
     BadKeyText,
@@ -410,6 +572,58 @@ mod tests {
         ));
         // Other payloads pass: they are not identity ops.
         assert_eq!(check_payload(&identity.id(), b"{}"), Ok(()));
+    }
+
+    #[test]
+    fn pairing_known_answer() {
+        // Pins the pairing formats: the code's text, the offer tag and the
+        // request proof, and both payloads.
+        let code = PairingCode::from_bytes([0x42; CODE_BYTES]);
+        assert_eq!(code.to_text(), "ijbe-esuc-ijbe-esuc");
+        assert_eq!(
+            PairingCode::from_text(&code.to_text().to_uppercase()).unwrap(),
+            code
+        );
+        assert_eq!(PairingCode::from_text("abcd"), Err(IdentityError::BadCode));
+        let identity = IdentityKey::from_seed([1; 32]);
+        let device = SigningKey::from_seed([2; 32]);
+        let offer = PairOffer {
+            tag: code.offer_tag(&identity.id()),
+            expires: 1_000,
+        };
+        assert_eq!(
+            hex(&offer.encode()),
+            concat!(
+                "006b617070616462",                                                 // "\0kappadb"
+                "2f706169722d6f66666572",                                           // "/pair-offer"
+                "2f763100",                                                         // "/v1\0"
+                "ffea8dd587ea8252b1a26ac4e9815d4b295eb6c354c06ed258732dcc6624e19f", // tag
+                "e807", // expires 1000 (varint)
+            )
+        );
+        let req = PairRequest::new(identity.id(), &device, &code);
+        assert_eq!(
+            hex(&req.proof),
+            "6e83d1be395baf6cf128e49e81470f92be83b4896411868b554730410ea0859c"
+        );
+        // The request body: identity, proof, then the consent (length-prefixed).
+        assert!(hex(&req.encode()).starts_with(concat!(
+            "006b6170706164622f706169722d726571756573742f763100",
+            "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c",
+            "6e83d1be395baf6cf128e49e81470f92be83b4896411868b554730410ea0859c",
+            "40",
+        )));
+        assert_eq!(
+            SystemPayload::parse(&req.encode()),
+            Some(Ok(SystemPayload::PairRequest(req.clone())))
+        );
+        assert_eq!(
+            SystemPayload::parse(&offer.encode()),
+            Some(Ok(SystemPayload::PairOffer(offer)))
+        );
+        // Another code gives other tags.
+        let other = PairingCode::from_bytes([0x43; CODE_BYTES]);
+        assert_ne!(other.offer_tag(&identity.id()), offer.tag);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! kind "delete", version 1: body = Deletion { targets: [(seq u64, id [32])], up_to: Option<u64> }
 //! kind "delegate", version 1: body = Delegation { device: [32], device_sig: 0x40 [64] }
 //! kind "revoke", version 1: body = Revocation { device: [32], from: u64 }
+//! kind "pair-offer", version 1: body = PairOffer { tag: [32], expires: u64 }
+//! kind "pair-request", version 1: body = PairRequest { identity: [32], proof: [32], device_sig: 0x40 [64] }
 //! ```
 //!
 //! Delegations and revocations are the entries of an *identity feed* (a
@@ -97,6 +99,10 @@ pub enum SystemPayload {
     /// A revocation: the author (an identity) says `device` no longer
     /// speaks for it from seq `from` on.
     Revocation(crate::identity::Revocation),
+    /// A pairing offer (an identity feed waits for a device with a code).
+    PairOffer(crate::identity::PairOffer),
+    /// A pairing request (a device that holds the code asks to join).
+    PairRequest(crate::identity::PairRequest),
 }
 
 /// Why a system payload has no effect.
@@ -198,6 +204,18 @@ impl SystemPayload {
             return Some(
                 canonical::<crate::identity::Revocation>(body, payload, |r| r.encode())
                     .map(SystemPayload::Revocation),
+            );
+        }
+        if let Some(body) = payload.strip_prefix(crate::identity::PAIR_OFFER_V1) {
+            return Some(
+                canonical::<crate::identity::PairOffer>(body, payload, |o| o.encode())
+                    .map(SystemPayload::PairOffer),
+            );
+        }
+        if let Some(body) = payload.strip_prefix(crate::identity::PAIR_REQUEST_V1) {
+            return Some(
+                canonical::<crate::identity::PairRequest>(body, payload, |r| r.encode())
+                    .map(SystemPayload::PairRequest),
             );
         }
         let Some(body) = payload.strip_prefix(DELETE_V1) else {

@@ -104,6 +104,41 @@ impl Db {
                 }
             }
         }
+        self.append_as(key, payload)
+    }
+
+    /// Append a pairing offer for `code` to the feed of the identity `key`
+    /// (see `kappa identity invite`), void after `expires` (ms since the
+    /// epoch). Returns its seq and id.
+    pub fn offer_pairing(
+        &self,
+        key: &IdentityKey,
+        code: &crate::identity::PairingCode,
+        expires: u64,
+    ) -> Result<(u64, EntryId), AppendError> {
+        let identity = key.id();
+        let _guard = IDENTITY_WRITES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = self.fork(&identity) {
+            return Err(refused(IdentityError::Forked {
+                identity,
+                fork_seq: f.seq,
+            }));
+        }
+        let offer = crate::identity::PairOffer {
+            tag: code.offer_tag(&identity),
+            expires,
+        };
+        self.append_as(key, offer.encode())
+    }
+
+    /// Sign `payload` as the next entry of `key`'s feed and store it like
+    /// a peer's entry. The caller holds `IDENTITY_WRITES`.
+    fn append_as(
+        &self,
+        key: &IdentityKey,
+        payload: Vec<u8>,
+    ) -> Result<(u64, EntryId), AppendError> {
+        let identity = key.id();
         let prev = match self.head(&identity) {
             Some(h) => Some(self.get(&identity, h.seq)?.ok_or(AppendError::Rejected(
                 EntryError::Malformed("the identity feed's head is not readable"),
