@@ -1,7 +1,8 @@
 //! Pairing over a LAN with no internet, for real: two network namespaces
 //! joined by a veth pair (10.78.x.0/24 inside the namespaces only), the
 //! `kappa` binary in each. `kappa identity invite` on A prints a code,
-//! `kappa identity join CODE` on B finds A by mDNS (no address given);
+//! `kappa identity join CODE` on B finds A on the LAN (mDNS, or the
+//! addresses of the network invite made inside A's namespace);
 //! both end up with the delegation stored.
 //!
 //! Needs root and `ip netns`: skipped, saying why, when not root; fails
