@@ -37,6 +37,20 @@ fn need_key(db: &Db) -> OpResult<IdentityKey> {
     })
 }
 
+/// Refuse to write the first entry of an identity feed that may exist
+/// elsewhere: an imported key on a database that has not synced the
+/// identity feed would start it over, which forks it.
+pub fn need_identity_feed(db: &Db, key: &IdentityKey) -> OpResult<()> {
+    if db.head(&key.id()).is_none() {
+        return Err(OpError::new(
+            409,
+            "identity_feed_missing",
+            "this database holds none of the identity feed yet: sync with a device of the identity first (writing now would fork it)",
+        ));
+    }
+    Ok(())
+}
+
 fn parse_feed(l: &Local, text: &str) -> OpResult<FeedId> {
     l.resolve_feed(text)
 }
@@ -85,6 +99,11 @@ impl Local {
                 "device_sig must be 128 hex digits (an ed25519 signature)",
             )
         })?;
+        // `identity new` starts the feed by delegating this database's
+        // own feed; anything else extends a feed held here.
+        if device != self.db().feed_id() {
+            need_identity_feed(self.db(), &key)?;
+        }
         let d = Delegation::from_consent(device, sig);
         let (seq, _) = self.db().append_identity(&key, &IdentityOp::Delegate(d))?;
         Ok(IdentityOpReply {
@@ -100,6 +119,7 @@ impl Local {
     /// of it held here).
     pub fn revoke_identity(&self, body: &RevokeBody) -> OpResult<IdentityOpReply> {
         let key = need_key(self.db())?;
+        need_identity_feed(self.db(), &key)?;
         let device = parse_feed(self, &body.feed)?;
         let from = match body.from {
             Some(f) => f,
@@ -114,6 +134,18 @@ impl Local {
             op: "revoke".into(),
             seq,
         })
+    }
+
+    /// The identity `who` names: `self` (this database's: the key held
+    /// here, else what its feed resolves to), or an id or unique prefix.
+    pub fn identity_named(&self, who: &str, ids: &kappadb_views::Identities) -> OpResult<FeedId> {
+        if who == "self" {
+            return Ok(match held_key(self.db().dir())? {
+                Some(k) => k.id(),
+                None => ids.resolve(&self.db().feed_id()),
+            });
+        }
+        self.resolve_feed(who)
     }
 
     /// The identity-resolved heads of a kv key.

@@ -309,6 +309,7 @@ fn invite(
     let key = held_key(dir)?.ok_or_else(|| {
         anyhow!("this database holds no identity key: run `kappa identity new` (or import the key) first")
     })?;
+    crate::identity::need_identity_feed(&db, &key)?;
     let code = PairingCode::generate()?;
     let deadline = Instant::now() + Duration::from_secs(timeout);
     let expires = kappadb_core::now_ms().saturating_add(timeout.saturating_mul(1000));

@@ -615,6 +615,20 @@ impl Backend for Local {
     fn kv_list(&self, p: &KvListParams) -> OpResult<Vec<KvItem>> {
         let kv = self.caught_up("kv")?.kv()?;
         let mut items = Vec::new();
+        if p.identity {
+            let ids = self.caught_up("identity")?.identities()?;
+            for item in kv.resolved_list(self.db(), &ids, &p.prefix)? {
+                if p.limit.is_some_and(|l| items.len() >= l) {
+                    break;
+                }
+                items.push(KvItem {
+                    heads: item.heads,
+                    key: item.key,
+                    value: item.value,
+                });
+            }
+            return Ok(items);
+        }
         for item in kv.list(&p.prefix) {
             if p.limit.is_some_and(|l| items.len() >= l) {
                 break;
@@ -672,18 +686,9 @@ impl Backend for Local {
             None => timeline.query(&q)?,
             Some(who) => {
                 let ids = self.caught_up("identity")?.identities()?;
-                let identity = if who == "self" {
-                    let own = self.db().feed_id();
-                    match crate::identity::held_key(self.db().dir())? {
-                        Some(k) => k.id(),
-                        None => ids.resolve(&own),
-                    }
-                } else {
-                    self.resolve_feed(who)?
-                };
                 let filter = kappadb_views::IdentityFilter {
                     ids: &ids,
-                    identity: Some(identity),
+                    identity: Some(self.identity_named(who, &ids)?),
                 };
                 timeline.query_resolved(&q, &filter)?
             }
@@ -790,7 +795,18 @@ impl Backend for Local {
     fn field_query(&self, name: &str, p: &FieldParams) -> OpResult<Vec<FieldHit>> {
         check_name(name)?;
         let q = field_query_of(p)?;
-        let hits = self.caught_up(name)?.field_index(name)?.query(&q)?;
+        let index = self.caught_up(name)?.field_index(name)?;
+        let hits = match p.identity.as_deref() {
+            None => index.query(&q)?,
+            Some(who) => {
+                let ids = self.caught_up("identity")?.identities()?;
+                let filter = kappadb_views::IdentityFilter {
+                    ids: &ids,
+                    identity: Some(self.identity_named(who, &ids)?),
+                };
+                index.query_resolved(&q, &filter)?
+            }
+        };
         Ok(hits.iter().map(FieldHit::of).collect())
     }
 

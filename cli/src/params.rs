@@ -107,6 +107,10 @@ pub struct FieldParams {
     pub to: Option<String>,
     /// At most this many results.
     pub limit: usize,
+    /// Only entries of this identity (id, prefix, or `self`), authors
+    /// resolved through delegations; revoked entries left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl Default for FieldParams {
@@ -116,6 +120,7 @@ impl Default for FieldParams {
             from: None,
             to: None,
             limit: FieldQuery::default().limit,
+            identity: None,
         }
     }
 }
@@ -129,6 +134,10 @@ pub struct KvListParams {
     /// At most this many keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Resolve authors to identities (devices of one identity write like
+    /// one author; revoked writes left out).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub identity: bool,
 }
 
 /// Body of a kv put or delete.

@@ -63,6 +63,9 @@ pub enum KvCommand {
         /// At most this many keys.
         #[arg(long)]
         limit: Option<usize>,
+        /// Resolve authors to identities (see `kv get --identity`).
+        #[arg(long)]
+        identity: bool,
     },
 }
 
@@ -122,6 +125,10 @@ pub enum ViewCommand {
         /// At most this many results.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Only entries of this identity (id, prefix, or `self`); revoked
+        /// entries are left out.
+        #[arg(long, value_name = "IDENTITY")]
+        identity: Option<String>,
     },
 }
 
@@ -254,8 +261,16 @@ pub fn kv(b: &dyn Backend, cmd: KvCommand, out: &mut Out) -> anyhow::Result<Exit
                 }
             }
         }
-        KvCommand::List { prefix, limit } => {
-            let items = b.kv_list(&KvListParams { prefix, limit })?;
+        KvCommand::List {
+            prefix,
+            limit,
+            identity,
+        } => {
+            let items = b.kv_list(&KvListParams {
+                prefix,
+                limit,
+                identity,
+            })?;
             out.answer(&items, |i| i.iter().map(out::kv_item_line).collect())?;
         }
     }
@@ -362,6 +377,7 @@ pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<
             from,
             to,
             limit,
+            identity,
         } => {
             if eq.is_none() && from.is_none() && to.is_none() {
                 bail!("give --eq VALUE, or --from and/or --to");
@@ -373,6 +389,7 @@ pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<
                     from,
                     to,
                     limit,
+                    identity,
                 },
             )?;
             for hit in &hits {

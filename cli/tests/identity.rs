@@ -126,6 +126,10 @@ fn two_devices_become_one_identity_and_a_revocation_hides_later_writes() {
     assert_eq!(merged.len(), 1, "{merged:?}");
     assert_eq!(merged[0]["value"], "blue");
     assert_eq!(merged[0]["feed"], id_b.as_str());
+    let listed = json(c, &["kv", "list", "--identity"]);
+    assert_eq!(listed[0]["heads"], 1, "{listed}");
+    assert_eq!(json(c, &["kv", "list"])[0]["heads"], 2);
+    ok(c, &["view", "add", "by-value", "--field", "/value"]);
     let timeline: Vec<Value> = ok(c, &["--json", "timeline", "--identity", &identity])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -158,6 +162,15 @@ fn two_devices_become_one_identity_and_a_revocation_hides_later_writes() {
                 .any(|h| h["value"] == "green")
         );
     }
+    let query = |identity: Option<&str>| -> usize {
+        let mut args = vec!["--json", "view", "query", "by-value", "--eq", "green"];
+        if let Some(i) = identity {
+            args.extend(["--identity", i]);
+        }
+        ok(c, &args).lines().count()
+    };
+    assert_eq!(query(None), 1);
+    assert_eq!(query(Some(&identity)), 0);
     let show_c = json(c, &["identity", "show"]);
     assert_eq!(show_c["identity"], Value::Null);
     assert!(node.stop());
