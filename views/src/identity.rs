@@ -37,6 +37,32 @@
 //! and shown in author-level (not identity-resolved) results; a device
 //! holding the identity key cannot be cut off (revoke the identity by
 //! making a new one).
+//!
+//! Embedding: write identity ops with `Db::append_identity`, resolve with
+//! [`crate::Indexer::identities`] and ask the built-in views their
+//! identity-resolved questions:
+//!
+//! ```
+//! use kappadb_core::identity::{Delegation, IdentityKey, IdentityOp};
+//! use kappadb_core::{CreateOptions, Db};
+//! use kappadb_views::{Indexer, IndexerConfig};
+//! use serde_json::json;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let db = Db::create(dir.path(), CreateOptions::default()).unwrap();
+//! let me = IdentityKey::generate().unwrap();
+//! // This database's feed speaks for `me` (it signs its own consent).
+//! let d = Delegation::new(me.id(), db.signing_key());
+//! db.append_identity(&me, &IdentityOp::Delegate(d)).unwrap();
+//! db.append(kappadb_views::kv::put_payload("color", &json!("red"), &[])).unwrap();
+//!
+//! let ix = Indexer::open_with(db.clone(), IndexerConfig { live: false, ..Default::default() }).unwrap();
+//! ix.catch_up().unwrap();
+//! let ids = ix.identities().unwrap();
+//! assert_eq!(ids.resolve(&db.feed_id()), me.id());
+//! let kv = ix.kv().unwrap();
+//! assert_eq!(kv.resolved_get(&db, &ids, "color").unwrap(), Some(json!("red")));
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 
