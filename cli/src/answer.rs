@@ -73,6 +73,10 @@ pub enum PayloadFormat {
     Erased,
     /// A deletion entry: `payload` is `{"targets": [{"seq", "id"}], "up_to"}`.
     Deletion,
+    /// An identity entry: `payload` is `{"kind": "delegate", "device"}`,
+    /// `{"kind": "revoke", "device", "from"}`, `{"kind": "pair-offer",
+    /// "expires"}` or `{"kind": "pair-request", "identity"}`.
+    Identity,
 }
 
 /// The text forms of ids or addresses.
@@ -99,6 +103,22 @@ pub fn payload_of(payload: Option<&[u8]>) -> (Value, PayloadFormat) {
                     "up_to": d.up_to,
                 }),
                 PayloadFormat::Deletion,
+            ),
+            Some(Ok(SystemPayload::Delegation(d))) => (
+                serde_json::json!({"kind": "delegate", "device": d.device.to_string()}),
+                PayloadFormat::Identity,
+            ),
+            Some(Ok(SystemPayload::Revocation(r))) => (
+                serde_json::json!({"kind": "revoke", "device": r.device.to_string(), "from": r.from}),
+                PayloadFormat::Identity,
+            ),
+            Some(Ok(SystemPayload::PairOffer(o))) => (
+                serde_json::json!({"kind": "pair-offer", "expires": o.expires}),
+                PayloadFormat::Identity,
+            ),
+            Some(Ok(SystemPayload::PairRequest(r))) => (
+                serde_json::json!({"kind": "pair-request", "identity": r.identity.to_string()}),
+                PayloadFormat::Identity,
             ),
             _ => (Value::String(hex(p)), PayloadFormat::Binary),
         },

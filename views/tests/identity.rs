@@ -86,3 +86,59 @@ fn two_devices_of_one_identity_write_like_one_author_until_revoked() {
     ix.rebuild("identity", &mut |_, _| {}).unwrap();
     assert_eq!(ix.digest("identity").unwrap(), digest);
 }
+
+#[test]
+fn a_forked_identity_feed_is_surfaced_and_counts_only_below_the_fork() {
+    use kappadb_core::identity::IdentityOp;
+    let identity = IdentityKey::from_seed([0x2d; 32]);
+    let laptop = TestPeer::new(11);
+    let desktop = TestPeer::new(12);
+    let phone = TestPeer::new(13);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = create_db(dir_a.path(), 21);
+    let b = create_db(dir_b.path(), 22);
+    // Both hold the identity key (imported twice) and write seq 2 on
+    // their own: the identity feed forks.
+    let first = IdentityOp::Delegate(Delegation::new(identity.id(), &laptop.key));
+    a.append_identity(&identity, &first).unwrap();
+    b.ingest(
+        a.feed_range(&identity.id(), 1, 1)
+            .map(Result::unwrap)
+            .collect(),
+    )
+    .unwrap();
+    a.append_identity(
+        &identity,
+        &IdentityOp::Delegate(Delegation::new(identity.id(), &desktop.key)),
+    )
+    .unwrap();
+    b.append_identity(
+        &identity,
+        &IdentityOp::Delegate(Delegation::new(identity.id(), &phone.key)),
+    )
+    .unwrap();
+    let from_b: Vec<_> = b
+        .feed_range(&identity.id(), 1, 2)
+        .map(Result::unwrap)
+        .collect();
+    let report = a.ingest(from_b).unwrap();
+    assert_eq!(report.forks.len(), 1);
+    assert_eq!(a.fork(&identity.id()).unwrap().seq, 2);
+    // Refused from now on, with a typed reason.
+    assert!(matches!(
+        a.append_identity(&identity, &first),
+        Err(kappadb_core::AppendError::Rejected(
+            kappadb_core::EntryError::Identity(kappadb_core::identity::IdentityError::Forked {
+                fork_seq: 2,
+                ..
+            })
+        ))
+    ));
+    let ix = indexer(&a, 4);
+    ix.catch_up().unwrap();
+    let ids = ix.identities().unwrap();
+    // What both branches agree on counts; neither branch's seq 2 does.
+    assert_eq!(ids.resolve(&laptop.key.feed_id()), identity.id());
+    assert_eq!(ids.resolve(&desktop.key.feed_id()), desktop.key.feed_id());
+    assert_eq!(ids.resolve(&phone.key.feed_id()), phone.key.feed_id());
+}
