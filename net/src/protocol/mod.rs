@@ -29,6 +29,7 @@ pub use store::SyncStore;
 pub use wire::{
     Announce, HeadInfo, Heads, Limits, MAX_FORK_PROOFS_PER_ANNOUNCE, MAX_FORK_PROOFS_PER_MESSAGE,
     MAX_HEADS_PER_ANNOUNCE, MAX_HEADS_PER_MESSAGE, MAX_PAGE_BYTES, MAX_PAGE_ENTRIES, PROTOCOL_NAME,
-    PROTOCOL_V1, Page, Request, Response, Want, WireError, decode_announce, decode_request,
-    decode_response, encode_announce, encode_request, encode_response, entry_wire_size,
+    PROTOCOL_V1, PROTOCOL_V2, Page, Reconcile, Request, Response, Want, WireError, decode_announce,
+    decode_request, decode_response, encode_announce, encode_request, encode_response,
+    entry_wire_size,
 };
