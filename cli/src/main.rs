@@ -13,6 +13,8 @@ mod client;
 mod cmd;
 mod dash;
 mod follow;
+mod identity;
+mod identity_cmd;
 mod lifecycle;
 mod lifecycle_cmd;
 mod metrics;
@@ -180,6 +182,10 @@ pub enum Command {
     /// HOST:PORT --topic TOPIC` (inside a node: `serve --bridge`).
     #[command(subcommand)]
     Bridge(bridge_cmd::BridgeCommand),
+    /// Identities: one person, several devices (new, export, import,
+    /// show, invite, join, revoke).
+    #[command(subcommand)]
+    Identity(identity_cmd::IdentityCommand),
     /// Open the web dashboard of the node serving this database: prints a
     /// one-time login link and opens it in a browser where there is one.
     Ui {

@@ -101,6 +101,10 @@ impl View for TimelineView {
                 undone
             } else if r.forgets() {
                 undo.take_up_to(tx, &r.author, None)?
+            } else if r.identity_op().is_some() {
+                // Identity ops are not application entries.
+                tx.skip();
+                continue;
             } else {
                 let kind = r.kind();
                 buckets.add(&[BY_TIME], r.timestamp, &r.author, r.seq);
@@ -210,6 +214,25 @@ impl TimelineReader {
 
     /// Run a query.
     pub fn query(&self, q: &TimelineQuery) -> Result<Vec<TimelineItem>, ViewError> {
+        self.query_inner(q, None)
+    }
+
+    /// Run a query with authors resolved to identities: entries cut off by
+    /// a revocation are left out and, with `filter.identity`, only that
+    /// identity's feeds are kept (`q.author` still applies).
+    pub fn query_resolved(
+        &self,
+        q: &TimelineQuery,
+        filter: &crate::identity::IdentityFilter<'_>,
+    ) -> Result<Vec<TimelineItem>, ViewError> {
+        self.query_inner(q, Some(filter))
+    }
+
+    fn query_inner(
+        &self,
+        q: &TimelineQuery,
+        filter: Option<&crate::identity::IdentityFilter<'_>>,
+    ) -> Result<Vec<TimelineItem>, ViewError> {
         if q.limit == 0 {
             return Ok(Vec::new());
         }
@@ -252,6 +275,9 @@ impl TimelineReader {
             for (timestamp, author, seq) in entries {
                 if q.author.is_some_and(|a| a != author) {
                     continue 'scan;
+                }
+                if filter.is_some_and(|f| !f.admits(&author, seq)) {
+                    continue;
                 }
                 let Some(entry) = self.db.get(&author, seq)? else {
                     tracing::warn!(author = %author.fmt_short(), seq, "timeline names an entry the feed index does not hold");
