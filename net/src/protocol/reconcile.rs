@@ -178,9 +178,13 @@ impl HeadSet {
     /// the one with the highest seq is kept).
     pub fn new(heads: impl IntoIterator<Item = HeadInfo>) -> Self {
         let mut items: Vec<HeadInfo> = heads.into_iter().collect();
-        // By feed, the highest seq first, so that dedup keeps it.
-        items.sort_unstable_by(|a, b| a.feed.cmp(&b.feed).then(b.seq.cmp(&a.seq)));
-        items.dedup_by(|later, first| later.feed == first.feed);
+        // Already sorted, one per feed (as `SyncStore::feeds` gives them):
+        // no sort needed.
+        if !items.windows(2).all(|w| w[0].feed < w[1].feed) {
+            // By feed, the highest seq first, so that dedup keeps it.
+            items.sort_unstable_by(|a, b| a.feed.cmp(&b.feed).then(b.seq.cmp(&a.seq)));
+            items.dedup_by(|later, first| later.feed == first.feed);
+        }
         let mut prefix = Vec::with_capacity(items.len() + 1);
         let mut sum = 0u128;
         prefix.push(sum);
@@ -204,6 +208,11 @@ impl HeadSet {
     /// The heads, by feed id.
     pub fn heads(&self) -> &[HeadInfo] {
         &self.items
+    }
+
+    /// The seq of the head held for `feed`.
+    pub fn seq_of(&self, feed: &FeedId) -> Option<u64> {
+        self.get(feed).map(|h| h.seq)
     }
 
     /// The index of the first head at or above `bound` (`None`: the end).
@@ -271,6 +280,11 @@ impl Reconciler {
     /// Take the learned heads out.
     pub fn into_learned(self) -> Vec<HeadInfo> {
         self.learned.into_values().collect()
+    }
+
+    /// This side's set and the learned heads.
+    pub fn into_parts(self) -> (HeadSet, Vec<HeadInfo>) {
+        (self.set, self.learned.into_values().collect())
     }
 
     /// This side's heads, as they were when the reconciliation started.

@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use super::check::SyncError;
-use super::session::Exchange;
+use super::session::{Exchange, Snap};
 use super::{Engine, Output, PeerKey, Pending};
 use crate::protocol::reconcile::{HeadSet, Message, Reconciler};
 use crate::protocol::store::SyncStore;
@@ -35,12 +35,15 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     }
 
     /// This side's heads as a reconciliation sees them: every feed held
-    /// but the blocked ones (as [`Self::heads_for`] tells them).
-    fn head_set(&self) -> HeadSet {
+    /// but the blocked ones (as [`Self::heads_for`] tells them), and the
+    /// store's state they were taken at.
+    fn head_set(&self) -> (HeadSet, Snap) {
+        let version = self.store.heads_version();
+        let feeds = self.store.feeds();
+        let forks = feeds.iter().any(|info| info.fork.is_some());
         let blocked = &self.blocked;
-        HeadSet::new(
-            self.store
-                .feeds()
+        let set = HeadSet::new(
+            feeds
                 .into_iter()
                 .filter(|info| info.head.seq > 0 && !blocked.contains(&info.feed))
                 .map(|info| HeadInfo {
@@ -48,16 +51,19 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                     seq: info.head.seq,
                     id: info.head.id,
                 }),
-        )
+        );
+        (set, Snap { version, forks })
     }
 
     /// Send the first message of this side's reconciliation with `peer`.
     pub(super) fn start_reconcile(&mut self, peer: P) {
-        let rec = Reconciler::new(self.head_set());
+        let (set, snap) = self.head_set();
+        let rec = Reconciler::new(set);
         let message = rec.start();
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
+        s.own_snap = snap;
         tracing::trace!(?peer, heads = rec.set().len(), "reconciliation started");
         s.exchange = Exchange::Running(Box::new(rec));
         self.send_reconcile(peer, true, message);
@@ -91,11 +97,17 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         };
         match std::mem::take(&mut s.exchange) {
             // The answer to the last, settled message: over for both.
-            Exchange::Finishing(rec) => self.reconciled(peer, *rec),
+            Exchange::Finishing(rec) => {
+                let snap = s.own_snap;
+                self.reconciled(peer, *rec, snap);
+            }
             Exchange::Running(mut rec) => match rec.receive(message) {
                 Err(e) => self.ban(peer, SyncError::Reconcile(e)),
                 // The peer settled everything: it knows it is over.
-                Ok(None) if message.is_done() => self.reconciled(peer, *rec),
+                Ok(None) if message.is_done() => {
+                    let snap = s.own_snap;
+                    self.reconciled(peer, *rec, snap);
+                }
                 // This side settled what was left: tell the peer.
                 Ok(None) => {
                     s.exchange = Exchange::Finishing(rec);
@@ -120,8 +132,9 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         }
         let fresh = req.first.then(|| self.head_set());
         let s = self.sessions.get_mut(&peer)?;
-        if let Some(set) = fresh {
+        if let Some((set, snap)) = fresh {
             s.answering = Some(Box::new(Reconciler::new(set)));
+            s.answer_snap = snap;
         }
         let Some(rec) = s.answering.as_mut() else {
             return Some(Response::Refused("no reconciliation under way".into()));
@@ -134,7 +147,8 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             Ok(Some(next)) => Some(Response::Reconcile(next)),
             Ok(None) => {
                 if let Some(rec) = s.answering.take() {
-                    self.reconciled(peer, *rec);
+                    let snap = s.answer_snap;
+                    self.reconciled(peer, *rec, snap);
                 }
                 Some(Response::Reconcile(Message::done()))
             }
@@ -145,22 +159,25 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     /// that differ, and count every head of this side's set as told (the
     /// peer learned those that differ; it holds the others). Heads
     /// requests with the idle flags follow.
-    fn reconciled(&mut self, peer: P, rec: Reconciler) {
+    fn reconciled(&mut self, peer: P, rec: Reconciler, snap: Snap) {
+        let rounds = rec.rounds();
+        let (set, learned) = rec.into_parts();
+        // Nothing changed since the snapshot and no fork to tell: the peer
+        // knows everything this side holds, no scan needed.
+        let unchanged =
+            snap.version.is_some() && !snap.forks && self.store.heads_version() == snap.version;
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
-        for h in rec.set().heads() {
-            s.told.insert(h.feed, h.seq);
-        }
-        s.told_all = None;
+        s.told.clear();
+        s.told_base = Some(set);
+        s.told_all = if unchanged { snap.version } else { None };
         s.remote_complete = true;
         s.heads_pending = true;
         // Of two reconciliations under way, either settles both.
         if !matches!(s.exchange, Exchange::Running(_) | Exchange::Finishing(_)) {
             s.exchange = Exchange::Done;
         }
-        let rounds = rec.rounds();
-        let learned = rec.into_learned();
         tracing::debug!(?peer, rounds, differing = learned.len(), "heads reconciled");
         self.apply_heads(peer, &learned, &[]);
     }

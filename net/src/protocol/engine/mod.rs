@@ -691,7 +691,8 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             if s.remote.contains_key(&feed) {
                 s.todo.insert(feed);
             }
-            s.told.remove(&feed);
+            // Not told (whatever the reconciled set says): seq 0.
+            s.told.insert(feed, 0);
             s.told_all = None;
         }
         self.announced.remove(&feed);

@@ -149,6 +149,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                 s.told.clear();
                 s.told_forks.clear();
                 s.told_all = None;
+                s.told_base = None;
                 s.heads_pending = true;
                 if matches!(s.exchange, Exchange::Done) {
                     s.exchange = Exchange::Start;

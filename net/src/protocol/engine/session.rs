@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use kappadb_core::{CheckedEntries, EntryId, FeedId};
 
 use super::{Engine, Output, PeerKey, SyncEvent, SyncStats};
-use crate::protocol::reconcile::Reconciler;
+use crate::protocol::reconcile::{HeadSet, Reconciler};
 use crate::protocol::store::SyncStore;
 use crate::protocol::wire::{
     HeadInfo, Heads, MAX_FORK_PROOFS_PER_MESSAGE, MAX_HEADS_PER_MESSAGE, entry_wire_size,
@@ -20,6 +20,15 @@ pub(super) struct Pull {
     pub(super) ranges: VecDeque<(u64, u64)>,
     /// Wants of this feed in flight.
     pub(super) in_flight: usize,
+}
+
+/// The store when a reconciliation took its snapshot of the heads.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Snap {
+    /// [`SyncStore::heads_version`] just before the snapshot.
+    pub(super) version: Option<u64>,
+    /// Whether any feed was forked.
+    pub(super) forks: bool,
 }
 
 /// Where a session's first heads exchange stands.
@@ -78,6 +87,13 @@ pub(super) struct Session {
     /// The seq of each feed as we last told the peer.
     pub(super) told: HashMap<FeedId, u64>,
     pub(super) told_forks: HashSet<FeedId>,
+    /// What the last reconciliation settled: the peer knows every head
+    /// of this set, unless `told` says otherwise (it is consulted first).
+    pub(super) told_base: Option<HeadSet>,
+    /// The store as this side's reconciliation and the one it answers
+    /// saw it when they took their snapshots.
+    pub(super) own_snap: Snap,
+    pub(super) answer_snap: Snap,
     /// The store's heads version when the peer was last told every head
     /// and fork (`None`: not since `told` last changed otherwise).
     pub(super) told_all: Option<u64>,
@@ -117,8 +133,17 @@ impl Session {
 
     /// Forget what we told the peer and what it told us about being idle,
     /// so the next exchange starts over (a resync).
+    /// The seq of `feed` as last told to the peer.
+    pub(super) fn told_seq(&self, feed: &FeedId) -> Option<u64> {
+        match self.told.get(feed) {
+            Some(seq) => Some(*seq),
+            None => self.told_base.as_ref().and_then(|b| b.seq_of(feed)),
+        }
+    }
+
     pub(super) fn restart(&mut self) {
         self.told_all = None;
+        self.told_base = None;
         self.told.clear();
         self.told_forks.clear();
         self.told_idle = None;
@@ -357,7 +382,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             !all_told
                 && self.store.feeds().into_iter().any(|info| {
                     !self.blocked.contains(&info.feed)
-                        && (s.told.get(&info.feed) != Some(&info.head.seq)
+                        && (s.told_seq(&info.feed) != Some(info.head.seq)
                             || (info.fork.is_some() && !s.told_forks.contains(&info.feed)))
                 })
         };
@@ -418,7 +443,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                     msg.more = true;
                 }
             }
-            if s.told.get(&info.feed) == Some(&info.head.seq) {
+            if s.told_seq(&info.feed) == Some(info.head.seq) {
                 continue;
             }
             if msg.heads.len() >= MAX_HEADS_PER_MESSAGE {
