@@ -81,6 +81,7 @@ pub mod field;
 pub mod generation;
 pub mod indexer;
 pub mod kv;
+mod slot;
 pub mod timeline;
 pub mod undo;
 pub mod view;
