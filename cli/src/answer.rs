@@ -73,6 +73,10 @@ pub enum PayloadFormat {
     Erased,
     /// A deletion entry: `payload` is `{"targets": [{"seq", "id"}], "up_to"}`.
     Deletion,
+    /// An identity entry: `payload` is `{"kind": "delegate", "device"}`,
+    /// `{"kind": "revoke", "device", "from"}`, `{"kind": "pair-offer",
+    /// "expires"}` or `{"kind": "pair-request", "identity"}`.
+    Identity,
 }
 
 /// The text forms of ids or addresses.
@@ -99,6 +103,22 @@ pub fn payload_of(payload: Option<&[u8]>) -> (Value, PayloadFormat) {
                     "up_to": d.up_to,
                 }),
                 PayloadFormat::Deletion,
+            ),
+            Some(Ok(SystemPayload::Delegation(d))) => (
+                serde_json::json!({"kind": "delegate", "device": d.device.to_string()}),
+                PayloadFormat::Identity,
+            ),
+            Some(Ok(SystemPayload::Revocation(r))) => (
+                serde_json::json!({"kind": "revoke", "device": r.device.to_string(), "from": r.from}),
+                PayloadFormat::Identity,
+            ),
+            Some(Ok(SystemPayload::PairOffer(o))) => (
+                serde_json::json!({"kind": "pair-offer", "expires": o.expires}),
+                PayloadFormat::Identity,
+            ),
+            Some(Ok(SystemPayload::PairRequest(r))) => (
+                serde_json::json!({"kind": "pair-request", "identity": r.identity.to_string()}),
+                PayloadFormat::Identity,
             ),
             _ => (Value::String(hex(p)), PayloadFormat::Binary),
         },
@@ -525,6 +545,63 @@ pub struct KvHead {
     pub value: Value,
 }
 
+impl KvHead {
+    /// A head from the view.
+    pub fn of(h: &kappadb_views::KvHead) -> Self {
+        KvHead {
+            deleted: h.is_deleted(),
+            feed: h.author.to_string(),
+            id: h.id.to_string(),
+            seq: h.seq,
+            timestamp: h.timestamp,
+            value: h.value.clone().unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// A device of an identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityDevice {
+    /// Its first entry that no longer speaks for the identity (revoked).
+    pub cut: Option<u64>,
+    /// The identity feed's seq of the delegation that counts.
+    pub delegated_at: u64,
+    /// The device's feed.
+    pub feed: String,
+    /// Whether it is this database's own feed.
+    pub this: bool,
+}
+
+/// `identity show`: the identity this database's feed speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityInfo {
+    /// The identity's devices, by feed id.
+    pub devices: Vec<IdentityDevice>,
+    /// This database's own feed.
+    pub feed: String,
+    /// The seq at which the identity feed forked, if it did.
+    pub forked_at: Option<u64>,
+    /// The identity (none if this feed belongs to none).
+    pub identity: Option<String>,
+    /// Whether this database holds the identity key.
+    pub key_here: bool,
+}
+
+/// A delegation or revocation stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityOpReply {
+    /// The device named.
+    pub device: String,
+    /// A revocation's point.
+    pub from: Option<u64>,
+    /// The identity.
+    pub identity: String,
+    /// `delegate` or `revoke`.
+    pub op: String,
+    /// The entry's seq in the identity feed.
+    pub seq: u64,
+}
+
 /// A live key of the kv view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KvItem {
@@ -842,6 +919,7 @@ impl From<EntryError> for OpError {
         match e {
             EntryError::PayloadTooLarge { .. } => Self::new(413, "payload_too_large", msg),
             EntryError::FeedForked { .. } => Self::new(409, "feed_forked", msg),
+            EntryError::Identity(_) => Self::bad(e.reason(), msg),
             _ => Self::bad("bad_entry", msg),
         }
     }

@@ -378,6 +378,10 @@ fn router(state: Arc<AppState>) -> Router {
         .at(&routes::KV_LIST, kv_list)
         .at(&routes::KV_PUT, kv_put)
         .at(&routes::KV_DEL, kv_del)
+        .at(&routes::IDENTITY, identity)
+        .at(&routes::IDENTITY_DELEGATE, identity_delegate)
+        .at(&routes::IDENTITY_REVOKE, identity_revoke)
+        .at(&routes::IDENTITY_KV_HEADS, identity_kv_heads)
         .at(&routes::EVENTS, events)
         .at(&routes::DELETE, delete)
         .at(&routes::KV_PURGE, kv_purge)
@@ -770,6 +774,25 @@ async fn kv_get(State(st): St, RawQuery(q): RawQuery) -> Response {
 async fn kv_heads(State(st): St, RawQuery(q): RawQuery) -> Response {
     let key = try_op!(key_of(q));
     blocking(&st, move |l| l.kv_heads(&key)).await
+}
+
+async fn identity(State(st): St) -> Response {
+    blocking(&st, move |l| l.show_identity()).await
+}
+
+async fn identity_delegate(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: crate::params::DelegateBody = try_op!(body(b));
+    blocking(&st, move |l| l.delegate_identity(&b)).await
+}
+
+async fn identity_revoke(State(st): St, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: crate::params::RevokeBody = try_op!(body(b));
+    blocking(&st, move |l| l.revoke_identity(&b)).await
+}
+
+async fn identity_kv_heads(State(st): St, RawQuery(q): RawQuery) -> Response {
+    let key = try_op!(key_of(q));
+    blocking(&st, move |l| l.resolved_kv_heads(&key)).await
 }
 
 async fn kv_list(State(st): St, RawQuery(q): RawQuery) -> Response {

@@ -13,15 +13,16 @@ use serde_json::Value;
 
 use crate::answer::{
     AppendReply, BackupReply, BlockReply, CompactReply, DeleteReply, Digest, Entry, ErrorBody,
-    FeedInfo, FieldHit, FollowReply, ForgetReply, HoldReply, Id, InviteReply, KvHead, KvItem,
-    KvWritten, LogPage, OpError, OpResult, PeerInfo, Record, SearchHit, Status, SyncReply,
-    TimelineItem, VerifyReply, ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
+    FeedInfo, FieldHit, FollowReply, ForgetReply, HoldReply, Id, IdentityInfo, IdentityOpReply,
+    InviteReply, KvHead, KvItem, KvWritten, LogPage, OpError, OpResult, PeerInfo, Record,
+    SearchHit, Status, SyncReply, TimelineItem, VerifyReply, ViewAdded, ViewInfo, ViewRebuilt,
+    ViewRemoved,
 };
 use crate::ops::Backend;
 use crate::params::{
-    AppendBody, BackupBody, DeleteBody, EntryParams, EventParams, FieldParams, FollowBody, KeyBody,
-    KeyParam, KvListParams, KvWrite, LogParams, SearchParams, SyncBody, TimelineParams,
-    ViewAddBody,
+    AppendBody, BackupBody, DelegateBody, DeleteBody, EntryParams, EventParams, FieldParams,
+    FollowBody, KeyBody, KeyParam, KvListParams, KvWrite, LogParams, RevokeBody, SearchParams,
+    SyncBody, TimelineParams, ViewAddBody,
 };
 use crate::routes::{self, Method, Route};
 
@@ -229,6 +230,25 @@ impl Backend for Remote {
 
     fn timeline(&self, p: &TimelineParams) -> OpResult<Vec<TimelineItem>> {
         self.read(&routes::TIMELINE, [], p)
+    }
+
+    fn identity(&self) -> OpResult<IdentityInfo> {
+        self.read(&routes::IDENTITY, [], &())
+    }
+
+    fn identity_delegate(&self, body: &DelegateBody) -> OpResult<IdentityOpReply> {
+        self.call(&routes::IDENTITY_DELEGATE, [], &(), body)
+    }
+
+    fn identity_revoke(&self, body: &RevokeBody) -> OpResult<IdentityOpReply> {
+        self.call(&routes::IDENTITY_REVOKE, [], &(), body)
+    }
+
+    fn identity_kv_heads(&self, key: &str) -> OpResult<Vec<KvHead>> {
+        let key = KeyParam {
+            key: Some(key.to_string()),
+        };
+        self.read(&routes::IDENTITY_KV_HEADS, [], &key)
     }
 
     fn views(&self) -> OpResult<Vec<ViewInfo>> {

@@ -214,6 +214,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Opened::Node(node) => crate::net_cmd::sync_via(&node, &addr, timeout, &mut out),
         },
         Command::Invite => crate::net_cmd::invite(&*connect(&dir)?, &mut out),
+        Command::Identity(c) => crate::identity_cmd::run(&dir, c, &mut out),
         Command::Peers => crate::net_cmd::peers(&*connect(&dir)?, &mut out),
         Command::Delete(a) => crate::lifecycle_cmd::delete(&*connect(&dir)?, a, &mut out),
         Command::Compact => crate::lifecycle_cmd::compact(&*connect(&dir)?, &mut out),

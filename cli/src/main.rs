@@ -14,6 +14,8 @@ mod cmd;
 mod dash;
 mod follow;
 mod group_commit;
+mod identity;
+mod identity_cmd;
 mod lifecycle;
 mod lifecycle_cmd;
 mod metrics;
@@ -181,6 +183,10 @@ pub enum Command {
     /// HOST:PORT --topic TOPIC` (inside a node: `serve --bridge`).
     #[command(subcommand)]
     Bridge(bridge_cmd::BridgeCommand),
+    /// Identities: one person, several devices (new, export, import,
+    /// show, invite, join, revoke).
+    #[command(subcommand)]
+    Identity(identity_cmd::IdentityCommand),
     /// Open the web dashboard of the node serving this database: prints a
     /// one-time login link and opens it in a browser where there is one.
     Ui {

@@ -109,7 +109,7 @@ async fn auto_compact(db: Db, threshold: u64, mut stop: tokio::sync::watch::Rece
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         // API requests and log reads run on the blocking pool; bounded, so
         // a burst of requests queues instead of growing threads (and the

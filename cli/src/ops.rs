@@ -22,14 +22,16 @@ use tokio::sync::watch;
 
 use crate::answer::{
     AppendReply, Appended, BackupReply, BlockReply, CompactReply, DeleteReply, Digest, Entry,
-    FeedInfo, FeedRange, FieldHit, FollowReply, ForgetReply, HoldReply, Id, InviteReply, KvHead,
-    KvItem, KvWritten, LogPage, OpError, OpResult, PeerInfo, RawEntry, Record, SearchHit, Status,
-    SyncReply, TimelineItem, VerifyReply, ViewAdded, ViewInfo, ViewRebuilt, ViewRemoved,
+    FeedInfo, FeedRange, FieldHit, FollowReply, ForgetReply, HoldReply, Id, IdentityInfo,
+    IdentityOpReply, InviteReply, KvHead, KvItem, KvWritten, LogPage, OpError, OpResult, PeerInfo,
+    RawEntry, Record, SearchHit, Status, SyncReply, TimelineItem, VerifyReply, ViewAdded, ViewInfo,
+    ViewRebuilt, ViewRemoved,
 };
 use crate::group_commit::GroupCommit;
 use crate::params::{
-    AppendBody, BackupBody, DeleteBody, EntryParams, FieldParams, FollowBody, KvListParams,
-    KvWrite, LogParams, RangeParams, SearchParams, SyncBody, TimelineParams, ViewAddBody,
+    AppendBody, BackupBody, DelegateBody, DeleteBody, EntryParams, FieldParams, FollowBody,
+    KvListParams, KvWrite, LogParams, RangeParams, RevokeBody, SearchParams, SyncBody,
+    TimelineParams, ViewAddBody,
 };
 
 /// Records per page of `log` at most.
@@ -65,6 +67,14 @@ pub trait Backend {
     fn kv_write(&self, w: KvWrite) -> OpResult<KvWritten>;
     /// Timeline query.
     fn timeline(&self, p: &TimelineParams) -> OpResult<Vec<TimelineItem>>;
+    /// The identity this database's feed speaks for, and its devices.
+    fn identity(&self) -> OpResult<IdentityInfo>;
+    /// Delegate a device (with its consent) to the identity held here.
+    fn identity_delegate(&self, body: &DelegateBody) -> OpResult<IdentityOpReply>;
+    /// Revoke a device of the identity held here.
+    fn identity_revoke(&self, body: &RevokeBody) -> OpResult<IdentityOpReply>;
+    /// A kv key's heads with authors resolved to identities.
+    fn identity_kv_heads(&self, key: &str) -> OpResult<Vec<KvHead>>;
     /// Views and their lag.
     fn views(&self) -> OpResult<Vec<ViewInfo>>;
     /// A view's digest.
@@ -635,6 +645,20 @@ impl Backend for Local {
     fn kv_list(&self, p: &KvListParams) -> OpResult<Vec<KvItem>> {
         let kv = self.caught_up("kv")?.kv()?;
         let mut items = Vec::new();
+        if p.identity {
+            let ids = self.caught_up("identity")?.identities()?;
+            for item in kv.resolved_list(self.db(), &ids, &p.prefix)? {
+                if p.limit.is_some_and(|l| items.len() >= l) {
+                    break;
+                }
+                items.push(KvItem {
+                    heads: item.heads,
+                    key: item.key,
+                    value: item.value,
+                });
+            }
+            return Ok(items);
+        }
         for item in kv.list(&p.prefix) {
             if p.limit.is_some_and(|l| items.len() >= l) {
                 break;
@@ -682,18 +706,43 @@ impl Backend for Local {
                 ));
             }
         };
-        let items = self
-            .caught_up("timeline")?
-            .timeline()?
-            .query(&TimelineQuery {
-                kind: p.kind.clone(),
-                author,
-                from: p.from,
-                to: p.to,
-                limit: p.limit,
-                order,
-            })?;
+        let q = TimelineQuery {
+            kind: p.kind.clone(),
+            author,
+            from: p.from,
+            to: p.to,
+            limit: p.limit,
+            order,
+        };
+        let timeline = self.caught_up("timeline")?.timeline()?;
+        let items = match p.identity.as_deref() {
+            None => timeline.query(&q)?,
+            Some(who) => {
+                let ids = self.caught_up("identity")?.identities()?;
+                let filter = kappadb_views::IdentityFilter {
+                    ids: &ids,
+                    identity: Some(self.identity_named(who, &ids)?),
+                };
+                timeline.query_resolved(&q, &filter)?
+            }
+        };
         Ok(items.iter().map(TimelineItem::of).collect())
+    }
+
+    fn identity(&self) -> OpResult<IdentityInfo> {
+        self.show_identity()
+    }
+
+    fn identity_delegate(&self, body: &DelegateBody) -> OpResult<IdentityOpReply> {
+        self.delegate_identity(body)
+    }
+
+    fn identity_revoke(&self, body: &RevokeBody) -> OpResult<IdentityOpReply> {
+        self.revoke_identity(body)
+    }
+
+    fn identity_kv_heads(&self, key: &str) -> OpResult<Vec<KvHead>> {
+        self.resolved_kv_heads(key)
     }
 
     fn views(&self) -> OpResult<Vec<ViewInfo>> {
@@ -779,7 +828,18 @@ impl Backend for Local {
     fn field_query(&self, name: &str, p: &FieldParams) -> OpResult<Vec<FieldHit>> {
         check_name(name)?;
         let q = field_query_of(p)?;
-        let hits = self.caught_up(name)?.field_index(name)?.query(&q)?;
+        let index = self.caught_up(name)?.field_index(name)?;
+        let hits = match p.identity.as_deref() {
+            None => index.query(&q)?,
+            Some(who) => {
+                let ids = self.caught_up("identity")?.identities()?;
+                let filter = kappadb_views::IdentityFilter {
+                    ids: &ids,
+                    identity: Some(self.identity_named(who, &ids)?),
+                };
+                index.query_resolved(&q, &filter)?
+            }
+        };
         Ok(hits.iter().map(FieldHit::of).collect())
     }
 

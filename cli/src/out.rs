@@ -229,6 +229,7 @@ pub fn payload_text(payload: &Value, format: PayloadFormat) -> String {
         PayloadFormat::Absent => "(payload not held)".to_string(),
         PayloadFormat::Erased => "(erased by its author)".to_string(),
         PayloadFormat::Deletion => format!("(deletion) {payload}"),
+        PayloadFormat::Identity => format!("(identity) {payload}"),
     }
 }
 

@@ -70,6 +70,11 @@ pub struct TimelineParams {
     pub limit: usize,
     /// `desc` (newest first, the default) or `asc`.
     pub order: String,
+    /// Resolve authors to identities: only entries of this identity (id,
+    /// unique prefix, or `self` for this database's identity), revoked
+    /// entries left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl Default for TimelineParams {
@@ -80,6 +85,7 @@ impl Default for TimelineParams {
             from: None,
             to: None,
             limit: 20,
+            identity: None,
             order: "desc".into(),
         }
     }
@@ -101,6 +107,10 @@ pub struct FieldParams {
     pub to: Option<String>,
     /// At most this many results.
     pub limit: usize,
+    /// Only entries of this identity (id, prefix, or `self`), authors
+    /// resolved through delegations; revoked entries left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl Default for FieldParams {
@@ -110,6 +120,7 @@ impl Default for FieldParams {
             from: None,
             to: None,
             limit: FieldQuery::default().limit,
+            identity: None,
         }
     }
 }
@@ -123,6 +134,10 @@ pub struct KvListParams {
     /// At most this many keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Resolve authors to identities (devices of one identity write like
+    /// one author; revoked writes left out).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub identity: bool,
 }
 
 /// Body of a kv put or delete.
@@ -304,4 +319,27 @@ impl Default for SyncBody {
             timeout: 300,
         }
     }
+}
+
+/// Body of `identity revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// The device feed (id, unique prefix).
+    pub feed: String,
+    /// Its first entry that no longer speaks for the identity (default:
+    /// the one after the last held here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+}
+
+/// Body of `identity delegate`: a device and its consent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegateBody {
+    /// The device feed (id).
+    pub device: String,
+    /// Its ed25519 consent signature (128 hex digits) over
+    /// `"kappadb/delegation/v1\0" || identity || device`.
+    pub device_sig: String,
 }

@@ -143,6 +143,14 @@ routes! {
     KV_PUT: 0 = Post "/v1/kv/put";
     /// Delete a key.
     KV_DEL: 0 = Post "/v1/kv/del";
+    /// The identity this database's feed speaks for.
+    IDENTITY: 0 = Get "/v1/identity";
+    /// Delegate a device to the identity held here.
+    IDENTITY_DELEGATE: 0 = Post "/v1/identity/delegate";
+    /// Revoke a device of the identity held here.
+    IDENTITY_REVOKE: 0 = Post "/v1/identity/revoke";
+    /// A kv key's heads, authors resolved to identities.
+    IDENTITY_KV_HEADS: 0 = Get "/v1/identity/kv/heads";
     /// Server-sent events: log records as they land.
     EVENTS: 0 = Get "/v1/events";
     /// Delete entries of this node's own feed.

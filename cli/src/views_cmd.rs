@@ -35,6 +35,10 @@ pub enum KvCommand {
         /// Print every concurrent head instead of the winner.
         #[arg(long)]
         heads: bool,
+        /// Resolve authors to identities: the devices of one identity
+        /// write like one author, revoked writes are left out.
+        #[arg(long)]
+        identity: bool,
     },
     /// Delete KEY.
     Del {
@@ -59,6 +63,9 @@ pub enum KvCommand {
         /// At most this many keys.
         #[arg(long)]
         limit: Option<usize>,
+        /// Resolve authors to identities (see `kv get --identity`).
+        #[arg(long)]
+        identity: bool,
     },
 }
 
@@ -118,6 +125,10 @@ pub enum ViewCommand {
         /// At most this many results.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Only entries of this identity (id, prefix, or `self`); revoked
+        /// entries are left out.
+        #[arg(long, value_name = "IDENTITY")]
+        identity: Option<String>,
     },
 }
 
@@ -142,6 +153,10 @@ pub struct TimelineArgs {
     /// Oldest first (default: newest first).
     #[arg(long)]
     pub oldest_first: bool,
+    /// Only entries of this identity (id, prefix, or `self`), authors
+    /// resolved through delegations; revoked entries are left out.
+    #[arg(long, value_name = "IDENTITY")]
+    pub identity: Option<String>,
     /// Print the newest entries oldest first, then new ones as they land,
     /// until Ctrl-C.
     #[arg(long, short = 'f')]
@@ -210,15 +225,52 @@ pub fn kv(b: &dyn Backend, cmd: KvCommand, out: &mut Out) -> anyhow::Result<Exit
             }
         }
         KvCommand::Purge { key } => return crate::lifecycle_cmd::kv_purge(b, &key, out),
-        KvCommand::Get { key, heads: false } => {
+        KvCommand::Get {
+            key,
+            heads: false,
+            identity: false,
+        } => {
             out.json_line(&b.kv_get(&key)?)?;
         }
-        KvCommand::Get { key, heads: true } => {
+        KvCommand::Get {
+            key,
+            heads: true,
+            identity: false,
+        } => {
             let heads = b.kv_heads(&key)?;
             out.answer(&heads, |h| h.iter().map(out::kv_head_line).collect())?;
         }
-        KvCommand::List { prefix, limit } => {
-            let items = b.kv_list(&KvListParams { prefix, limit })?;
+        KvCommand::Get {
+            key,
+            heads,
+            identity: true,
+        } => {
+            let all = b.identity_kv_heads(&key)?;
+            if heads {
+                out.answer(&all, |h| h.iter().map(out::kv_head_line).collect())?;
+            } else {
+                match all.last() {
+                    Some(h) if !h.deleted => out.json_line(&h.value)?,
+                    _ => {
+                        return Err(crate::answer::OpError::not_found(
+                            "no_such_key",
+                            format!("key '{key}' is not set"),
+                        )
+                        .into());
+                    }
+                }
+            }
+        }
+        KvCommand::List {
+            prefix,
+            limit,
+            identity,
+        } => {
+            let items = b.kv_list(&KvListParams {
+                prefix,
+                limit,
+                identity,
+            })?;
             out.answer(&items, |i| i.iter().map(out::kv_item_line).collect())?;
         }
     }
@@ -244,6 +296,7 @@ pub fn timeline(b: &dyn Backend, args: TimelineArgs, out: &mut Out) -> anyhow::R
         to: args.to,
         limit: args.limit,
         order: if args.oldest_first { "asc" } else { "desc" }.into(),
+        identity: args.identity.clone(),
     };
     let mut items = b.timeline(&params)?;
     if args.follow && !args.oldest_first {
@@ -324,6 +377,7 @@ pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<
             from,
             to,
             limit,
+            identity,
         } => {
             if eq.is_none() && from.is_none() && to.is_none() {
                 bail!("give --eq VALUE, or --from and/or --to");
@@ -335,6 +389,7 @@ pub fn view(b: &dyn Backend, cmd: ViewCommand, out: &mut Out) -> anyhow::Result<
                     from,
                     to,
                     limit,
+                    identity,
                 },
             )?;
             for hit in &hits {

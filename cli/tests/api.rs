@@ -276,7 +276,7 @@ fn api_every_endpoint_auth_and_bad_requests() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["by-text", "kv", "timeline"]);
+    assert_eq!(names, ["by-text", "identity", "kv", "timeline"]);
     assert!(views[0]["lag"].is_u64());
     let hits = api.ok("/v1/views/by-text/query?eq=two");
     assert_eq!(hits[0]["seq"], 2);

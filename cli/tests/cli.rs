@@ -284,7 +284,7 @@ fn cli_kv_timeline_and_views() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["by-user", "kv", "timeline"]);
+    assert_eq!(names, vec!["by-user", "identity", "kv", "timeline"]);
 
     // Digest is stable across a rebuild.
     let before = ok(&dir, &["view", "digest", "kv"]);

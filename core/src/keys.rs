@@ -313,6 +313,19 @@ pub fn parse_hex32(s: &str) -> Option<[u8; KEY_LEN]> {
     Some(out)
 }
 
+/// Parse exactly 128 hex digits (either case) into 64 bytes (a signature).
+pub fn parse_hex64(s: &str) -> Option<[u8; 64]> {
+    if s.len() != 128 || !s.is_ascii() {
+        return None;
+    }
+    let (hi, lo) = s.split_at(64);
+    let (hi, lo) = (parse_hex32(hi)?, parse_hex32(lo)?);
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(&hi);
+    out[32..].copy_from_slice(&lo);
+    Some(out)
+}
+
 fn truncate_for_error(s: &str) -> String {
     let mut out: String = s.chars().take(80).collect();
     if s.chars().count() > 80 {

@@ -40,6 +40,7 @@ pub mod db;
 mod dir;
 pub mod entry;
 pub mod error;
+pub mod identity;
 pub mod index;
 pub mod keys;
 pub mod log;

@@ -44,6 +44,10 @@ impl EntryError {
             EntryError::PayloadHashMismatch { .. } => "payload_hash_mismatch",
             EntryError::FeedForked { .. } => "feed_forked",
             EntryError::Deletion(_) => "bad_deletion",
+            EntryError::Identity(crate::identity::IdentityError::BadConsent { .. }) => {
+                "forged_delegation"
+            }
+            EntryError::Identity(_) => "bad_identity_op",
             EntryError::NotAFork(_) => "not_a_fork",
         }
     }

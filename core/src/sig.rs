@@ -265,9 +265,9 @@ impl Claim for ToVerify<'_> {
     }
 }
 
-/// A signature over any byte string, for checking external vectors against
-/// this rule (`test_utils::verify_message`).
-#[cfg(any(test, feature = "test_utils"))]
+/// A signature over any byte string: external vectors checked against
+/// this rule (`test_utils::verify_message`), and a device's consent in a
+/// delegation (`identity.rs`).
 #[derive(Clone, Copy)]
 pub(crate) struct Message<'a> {
     pub key: &'a FeedId,
@@ -275,7 +275,6 @@ pub(crate) struct Message<'a> {
     pub signature: &'a ed25519_dalek::Signature,
 }
 
-#[cfg(any(test, feature = "test_utils"))]
 impl Claim for Message<'_> {
     type Error = Refusal;
 

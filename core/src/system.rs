@@ -7,7 +7,15 @@
 //! ```text
 //! payload = "\0kappadb/" kind "/v" version "\0" || postcard(body)
 //! kind "delete", version 1: body = Deletion { targets: [(seq u64, id [32])], up_to: Option<u64> }
+//! kind "delegate", version 1: body = Delegation { device: [32], device_sig: 0x40 [64] }
+//! kind "revoke", version 1: body = Revocation { device: [32], from: u64 }
+//! kind "pair-offer", version 1: body = PairOffer { tag: [32], expires: u64 }
+//! kind "pair-request", version 1: body = PairRequest { identity: [32], proof: [32], device_sig: 0x40 [64] }
 //! ```
+//!
+//! Delegations and revocations are the entries of an *identity feed* (a
+//! feed whose key is an identity key); their rules and meaning are in
+//! [`crate::identity`].
 //!
 //! The body must be the one canonical postcard encoding of its value (it is
 //! re-encoded and compared). An application payload may not start with
@@ -56,6 +64,12 @@ pub const SYSTEM_PREFIX: &[u8] = b"\0kappadb/";
 /// The prefix of a deletion (kind `delete`, version 1).
 pub const DELETE_V1: &[u8] = b"\0kappadb/delete/v1\0";
 
+/// The prefix of a delegation (kind `delegate`, version 1).
+pub const DELEGATE_V1: &[u8] = b"\0kappadb/delegate/v1\0";
+
+/// The prefix of a revocation (kind `revoke`, version 1).
+pub const REVOKE_V1: &[u8] = b"\0kappadb/revoke/v1\0";
+
 /// An entry a deletion names: its seq in the author's feed and its id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DeleteTarget {
@@ -80,6 +94,15 @@ pub struct Deletion {
 pub enum SystemPayload {
     /// A deletion.
     Deletion(Deletion),
+    /// A delegation: the author (an identity) says `device` speaks for it.
+    Delegation(crate::identity::Delegation),
+    /// A revocation: the author (an identity) says `device` no longer
+    /// speaks for it from seq `from` on.
+    Revocation(crate::identity::Revocation),
+    /// A pairing offer (an identity feed waits for a device with a code).
+    PairOffer(crate::identity::PairOffer),
+    /// A pairing request (a device that holds the code asks to join).
+    PairRequest(crate::identity::PairRequest),
 }
 
 /// Why a system payload has no effect.
@@ -90,7 +113,7 @@ pub enum DeletionError {
     #[error("unknown system payload kind")]
     UnknownKind,
     /// The body does not decode, or is not its canonical encoding.
-    #[error("malformed deletion: {0}")]
+    #[error("malformed system payload: {0}")]
     Malformed(&'static str),
     /// Neither targets nor a prune point.
     #[error("a deletion must name at least one entry or a prune point")]
@@ -171,24 +194,58 @@ impl SystemPayload {
         if !payload.starts_with(SYSTEM_PREFIX) {
             return None;
         }
+        if let Some(body) = payload.strip_prefix(DELEGATE_V1) {
+            return Some(
+                canonical::<crate::identity::Delegation>(body, payload, |d| d.encode())
+                    .map(SystemPayload::Delegation),
+            );
+        }
+        if let Some(body) = payload.strip_prefix(REVOKE_V1) {
+            return Some(
+                canonical::<crate::identity::Revocation>(body, payload, |r| r.encode())
+                    .map(SystemPayload::Revocation),
+            );
+        }
+        if let Some(body) = payload.strip_prefix(crate::identity::PAIR_OFFER_V1) {
+            return Some(
+                canonical::<crate::identity::PairOffer>(body, payload, |o| o.encode())
+                    .map(SystemPayload::PairOffer),
+            );
+        }
+        if let Some(body) = payload.strip_prefix(crate::identity::PAIR_REQUEST_V1) {
+            return Some(
+                canonical::<crate::identity::PairRequest>(body, payload, |r| r.encode())
+                    .map(SystemPayload::PairRequest),
+            );
+        }
         let Some(body) = payload.strip_prefix(DELETE_V1) else {
             return Some(Err(DeletionError::UnknownKind));
         };
-        let parsed = match postcard::take_from_bytes::<Deletion>(body) {
-            Ok((d, [])) => d,
-            Ok(_) => return Some(Err(DeletionError::Malformed("trailing bytes"))),
-            Err(_) => return Some(Err(DeletionError::Malformed("the body does not decode"))),
-        };
-        if parsed.encode() != payload {
-            return Some(Err(DeletionError::Malformed("non-canonical encoding")));
-        }
-        Some(Ok(SystemPayload::Deletion(parsed)))
+        Some(canonical::<Deletion>(body, payload, Deletion::encode).map(SystemPayload::Deletion))
     }
 
     /// Whether `payload` starts with the reserved prefix.
     pub fn is_system(payload: &[u8]) -> bool {
         payload.starts_with(SYSTEM_PREFIX)
     }
+}
+
+/// Decode `body` as the one canonical encoding of a `T` whose whole
+/// payload is `payload`.
+fn canonical<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    payload: &[u8],
+    encode: impl Fn(&T) -> Vec<u8>,
+) -> Result<T, DeletionError> {
+    let parsed = match postcard::take_from_bytes::<T>(body) {
+        Ok((d, [])) => d,
+        Ok(_) => return Err(DeletionError::Malformed("trailing bytes")),
+        Err(_) => return Err(DeletionError::Malformed("the body does not decode")),
+    };
+    if encode(&parsed) != payload {
+        return Err(DeletionError::Malformed("non-canonical encoding"));
+    }
+    Ok(parsed)
 }
 
 #[cfg(test)]

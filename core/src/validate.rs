@@ -17,7 +17,12 @@
 //!    ([`EntryError::PayloadTooLarge`]);
 //! 7. a payload, when present, has `payload_len` bytes and hashes to
 //!    `payload_hash` ([`EntryError::PayloadLenMismatch`],
-//!    [`EntryError::PayloadHashMismatch`]).
+//!    [`EntryError::PayloadHashMismatch`]);
+//! 8. a payload, when present, that is an identity op (a delegation or a
+//!    revocation) keeps the rules that need no other entry: canonical
+//!    encoding, and for a delegation a consent signature by the device
+//!    over the identity and device ids ([`EntryError::Identity`]; see
+//!    [`crate::identity`]). So a forged delegation is never stored.
 //!
 //! Signatures on ingest paths are checked in batches spread over all cores
 //! ([`verify_signatures`]); a batch gives every signature the verdict
@@ -107,6 +112,10 @@ pub enum EntryError {
     /// append. (At ingest it has no effect, but the entry is stored.)
     #[error("{0}")]
     Deletion(crate::system::DeletionError),
+    /// An identity op (delegation or revocation) that breaks its rules: a
+    /// forged consent, a malformed body (rule 8).
+    #[error("{0}")]
+    Identity(crate::identity::IdentityError),
     /// Two headers offered as a fork proof do not conflict: another
     /// author, another seq, or the same entry twice.
     #[error("not a fork proof: {0}")]
@@ -175,8 +184,8 @@ pub fn validate_link(head: Option<(u64, EntryId)>, next: &Header) -> Result<(), 
     Ok(())
 }
 
-/// Check a payload against its header (rules 6 and 7). `None` (payload not
-/// held) is valid.
+/// Check a payload against its header (rules 6, 7 and 8). `None` (payload
+/// not held) is valid.
 pub fn validate_payload(
     header: &Header,
     payload: Option<&[u8]>,
@@ -200,7 +209,12 @@ pub fn validate_payload(
     if Hash::of(payload) != header.payload_hash {
         return Err(EntryError::PayloadHashMismatch { seq: header.seq });
     }
-    Ok(())
+    validate_identity_payload(header, payload)
+}
+
+/// Rule 8: an identity op in the payload keeps its stateless rules.
+pub fn validate_identity_payload(header: &Header, payload: &[u8]) -> Result<(), EntryError> {
+    crate::identity::check_payload(&header.author, payload).map_err(EntryError::Identity)
 }
 
 /// Check two signed headers offered as proof that their author forked its

@@ -121,6 +121,7 @@ impl Db {
                                     ));
                                 }
                             }
+                            Some(Ok(_)) => {}
                             Some(Err(_)) => {
                                 report.deletions += 1;
                                 report.ineffective_deletions += 1;

@@ -87,27 +87,76 @@ fn deletion_value() -> impl Strategy<Value = Deletion> {
         })
 }
 
-/// System payloads (deletions): a parsed one is the input's canonical
-/// reading, and its shape check never panics.
+/// A system payload to damage: a deletion, a delegation (with a genuine
+/// consent of a device derived from the seed, to an identity derived from
+/// it too) or a revocation.
+fn system_payload() -> impl Strategy<Value = (Vec<u8>, kappadb_core::FeedId)> {
+    use kappadb_core::identity::{Delegation, Revocation};
+    prop_oneof![
+        deletion_value().prop_map(|d| (d.encode(), kappadb_core::FeedId([0; 32]))),
+        (any::<u64>(), any::<u64>()).prop_map(|(i, dev)| {
+            let identity = TestPeer::new(i).key.feed_id();
+            let device = TestPeer::new(dev ^ 0x5a5a).key;
+            (Delegation::new(identity, &device).encode(), identity)
+        }),
+        (entry_id(), any::<u64>()).prop_map(|(id, from)| {
+            let r = Revocation {
+                device: kappadb_core::FeedId(id.0),
+                from,
+            };
+            (r.encode(), kappadb_core::FeedId([1; 32]))
+        }),
+    ]
+}
+
+/// System payloads (deletions, delegations, revocations): a parsed one is
+/// the input's canonical reading; its checks never panic; a damaged
+/// delegation that still parses and passes the identity rules names the
+/// same device with the same consent (the consent signature cannot be
+/// altered into another valid one).
 pub fn system(cases: u32, seed: u64) -> Result<(), String> {
     crate::run(
         cases,
         seed,
-        (deletion_value(), mutations(6), any::<u64>()),
-        |(d, muts, at)| {
-            let mut bytes = d.encode();
+        (system_payload(), mutations(6), any::<u64>()),
+        |((original, identity), muts, at)| {
+            let mut bytes = original.clone();
             apply(&mut bytes, &muts);
+            let checked = kappadb_core::identity::check_payload(&identity, &bytes);
             match SystemPayload::parse(&bytes) {
                 Some(Ok(SystemPayload::Deletion(p))) => {
                     prop_assert_eq!(p.encode(), bytes, "a parsed deletion is not canonical");
                     let _ = p.check_shape(at);
                     let _ = p.covers(at);
                 }
+                Some(Ok(SystemPayload::Delegation(d))) => {
+                    prop_assert_eq!(
+                        d.encode(),
+                        bytes.clone(),
+                        "a parsed delegation is not canonical"
+                    );
+                    if checked.is_ok() {
+                        prop_assert_eq!(bytes, original, "a damaged delegation still verifies");
+                    }
+                }
+                Some(Ok(SystemPayload::Revocation(r))) => {
+                    prop_assert_eq!(r.encode(), bytes, "a parsed revocation is not canonical");
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    prop_assert!(!muts.is_empty(), "a valid deletion does not parse: {}", e);
+                    prop_assert!(
+                        !muts.is_empty(),
+                        "a valid system payload does not parse: {}",
+                        e
+                    );
+                    prop_assert!(
+                        checked.is_ok()
+                            || bytes.starts_with(kappadb_core::system::DELEGATE_V1)
+                            || bytes.starts_with(kappadb_core::system::REVOKE_V1),
+                        "an identity refusal for a payload that is no identity op"
+                    );
                 }
-                None => prop_assert!(!muts.is_empty(), "a deletion is not a system payload"),
+                None => prop_assert!(!muts.is_empty(), "a system payload is no longer one"),
             }
             Ok(())
         },

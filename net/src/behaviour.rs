@@ -41,8 +41,8 @@ use libp2p::{connection_limits, request_response, tcp, yamux};
 use crate::admission::PendingPerIp;
 use crate::error::NetError;
 use crate::protocol::{
-    Limits, PROTOCOL_NAME, PROTOCOL_V1, Request, Response, decode_request, decode_response,
-    encode_request, encode_response,
+    Limits, PROTOCOL_NAME, PROTOCOL_V1, PROTOCOL_V2, Request, Response, decode_request,
+    decode_response, encode_request, encode_response,
 };
 
 /// The identify protocol version string of kappadb nodes.
@@ -187,6 +187,15 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// The version number of a negotiated sync protocol name.
+fn version(protocol: &StreamProtocol) -> u8 {
+    match protocol.as_ref() {
+        PROTOCOL_V1 => 1,
+        PROTOCOL_V2 => 2,
+        _ => 3,
+    }
+}
+
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -219,12 +228,25 @@ impl request_response::Codec for SyncCodec {
     type Request = Request;
     type Response = Response;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    async fn read_request<T>(
+        &mut self,
+        protocol: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Request>
     where
         T: AsyncRead + Unpin + Send,
     {
         let bytes = read_frame(io, self.limits.max_message_bytes).await?;
-        decode_request(&bytes, &self.limits).map_err(invalid)
+        let req = decode_request(&bytes, &self.limits).map_err(invalid)?;
+        // An older version's peer cannot send what it does not know.
+        if req.since_version() > version(protocol) {
+            return Err(invalid(format!(
+                "a version {} request on a {} stream",
+                req.since_version(),
+                protocol.as_ref()
+            )));
+        }
+        Ok(req)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
@@ -237,13 +259,21 @@ impl request_response::Codec for SyncCodec {
 
     async fn write_request<T>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         req: Request,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        // The peer speaks an older version: the engine falls back (a
+        // reconciliation becomes the plain heads exchange).
+        if req.since_version() > version(protocol) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("the peer speaks only {}", protocol.as_ref()),
+            ));
+        }
         let bytes = encode_request(&req);
         write_frame(io, bytes).await
     }
@@ -303,6 +333,8 @@ pub(crate) struct BehaviourConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) mdns: Option<Duration>,
     pub(crate) connections: ConnectionLimitsConfig,
+    /// Speak version 3 (heads reconciliation).
+    pub(crate) reconcile: bool,
 }
 
 /// Everything a kappadb node speaks.
@@ -322,19 +354,21 @@ pub(crate) struct Behaviour {
 impl Behaviour {
     pub(crate) fn new(keypair: &Keypair, config: &BehaviourConfig) -> Result<Self, NetError> {
         let peer_id = keypair.public().to_peer_id();
+        // The newest first: both sides use the first they share. Without
+        // reconciliation the node speaks as a version 2 node did.
+        let newest: &[&'static str] = if config.reconcile {
+            &[PROTOCOL_NAME, PROTOCOL_V2, PROTOCOL_V1]
+        } else {
+            &[PROTOCOL_V2, PROTOCOL_V1]
+        };
         let sync = request_response::Behaviour::with_codec(
             SyncCodec::new(config.limits.clone()),
-            // The newest first: both sides use the first they share.
-            [
+            newest.iter().map(|name| {
                 (
-                    StreamProtocol::new(PROTOCOL_NAME),
+                    StreamProtocol::new(name),
                     request_response::ProtocolSupport::Full,
-                ),
-                (
-                    StreamProtocol::new(PROTOCOL_V1),
-                    request_response::ProtocolSupport::Full,
-                ),
-            ],
+                )
+            }),
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(64),
@@ -407,6 +441,42 @@ mod tests {
             let peer = identity_keypair(&key).public().to_peer_id();
             assert_eq!(feed_of_peer(&peer), Some(key.feed_id()));
             assert_eq!(peer_of_feed(&key.feed_id()), Some(peer));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reconciliation_never_goes_to_an_older_version() {
+        use crate::protocol::Reconcile;
+        use crate::protocol::reconcile::{HeadSet, Reconciler};
+        let req = Request::Reconcile(Reconcile {
+            first: true,
+            message: Reconciler::new(HeadSet::new([])).start(),
+        });
+        let mut codec = SyncCodec::new(Limits::default());
+        let v3 = StreamProtocol::new(PROTOCOL_NAME);
+        let mut out = Cursor::new(Vec::new());
+        codec
+            .write_request(&v3, &mut out, req.clone())
+            .await
+            .unwrap();
+        let bytes = out.into_inner();
+        let back = codec
+            .read_request(&v3, &mut Cursor::new(bytes.clone()))
+            .await
+            .unwrap();
+        assert_eq!(back, req);
+        for old in [PROTOCOL_V2, PROTOCOL_V1] {
+            let proto = StreamProtocol::new(old);
+            let err = codec
+                .write_request(&proto, &mut Cursor::new(Vec::new()), req.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+            let err = codec
+                .read_request(&proto, &mut Cursor::new(bytes.clone()))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         }
     }
 

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use kappadb_core::{CreateOptions, Db, NetworkKey, SigningKey, UncheckedForkProof};
 use kappadb_net::behaviour::{SyncCodec, build_transport, gossip_topic, identity_keypair};
 use kappadb_net::protocol::{
-    Announce, HeadInfo, Heads, Limits, PROTOCOL_NAME, Request, Response, encode_announce,
+    Announce, HeadInfo, Heads, Limits, PROTOCOL_V2, Request, Response, encode_announce,
 };
 use kappadb_net::{Multiaddr, Node, NodeEvent, NodeHandle};
 use libp2p::request_response::{self, ProtocolSupport};
@@ -54,7 +54,7 @@ fn evil_swarm(net: &NetworkKey, seed: u8) -> (Swarm<Evil>, PeerId) {
     let id = kp.public().to_peer_id();
     let sync = request_response::Behaviour::with_codec(
         SyncCodec::new(Limits::default()),
-        [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
+        [(StreamProtocol::new(PROTOCOL_V2), ProtocolSupport::Full)],
         request_response::Config::default(),
     );
     let config = gossipsub::ConfigBuilder::default()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kappadb_core::test_utils::TestPeer;
 use kappadb_core::{CreateOptions, Db, EntryId, FeedId, NetworkKey, SigningKey};
 use kappadb_net::behaviour::{SyncCodec, build_transport, identity_keypair};
-use kappadb_net::protocol::{HeadInfo, Heads, Limits, PROTOCOL_NAME, Page, Request, Response};
+use kappadb_net::protocol::{HeadInfo, Heads, Limits, PROTOCOL_V2, Page, Request, Response};
 use kappadb_net::{
     Multiaddr, NetError, Node, NodeConfig, NodeEvent, NodeHandle, SyncConfig, sync_once,
 };
@@ -123,6 +123,86 @@ async fn line_of_three_converges() {
     for n in [na, nb, nc] {
         n.shutdown().await;
     }
+}
+
+/// A node that speaks only version 2 (no heads reconciliation), as the
+/// nodes before version 3 did: the protocol list and the engine of one.
+async fn old_node(db: &Db) -> NodeHandle {
+    init_tracing();
+    let config = NodeConfig {
+        sync: SyncConfig {
+            reconcile: false,
+            ..SyncConfig::default()
+        },
+        ..NodeConfig::default()
+    };
+    Node::builder(db.clone())
+        .listen(loopback())
+        .mdns(false)
+        .config(config)
+        .spawn()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_node_and_a_version_3_node_sync_both_ways() {
+    let net = NetworkKey::from_bytes([12; 32]);
+    // Keys on both sides of the tie-break, so the new node is once the
+    // side that starts the reconciliation and once the side that waits.
+    for (seed_old, seed_new) in [([0x11; 32], [0xee; 32]), ([0xee; 32], [0x11; 32])] {
+        let old = peer_with_key(&net, Some(SigningKey::from_seed(seed_old)));
+        let new = peer_with_key(&net, Some(SigningKey::from_seed(seed_new)));
+        append_n(&old.db, 300, 50);
+        append_n(&new.db, 200, 50);
+        let mut third = TestPeer::new(99);
+        let shared: Vec<kappadb_core::Entry> = (0..50).map(|i| third.make(i, "s")).collect();
+        old.db.ingest(shared[..20].to_vec()).unwrap();
+        new.db.ingest(shared.clone()).unwrap();
+        let n_old = old_node(&old.db).await;
+        let n_new = node(&new.db).await;
+        let (mut eo, mut en) = (n_old.events(), n_new.events());
+        n_new.dial(addr(&n_old)).await.unwrap();
+        wait_until(&mut [&mut eo, &mut en], "old and new in sync", || {
+            let h = heads(&old.db);
+            h.len() == 3 && h == heads(&new.db)
+        })
+        .await;
+        assert_eq!(old.db.head(&third.key.feed_id()).unwrap().seq, 50);
+        n_old.shutdown().await;
+        n_new.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_version_3_nodes_that_agree_on_many_feeds_resync_with_nothing_pulled() {
+    let net = NetworkKey::from_bytes([13; 32]);
+    let (a, b) = (peer(&net), peer(&net));
+    let entries: Vec<kappadb_core::Entry> = (0..3000u64)
+        .map(|i| TestPeer::new(50_000 + i).make(1, "one"))
+        .collect();
+    for chunk in entries.chunks(1000) {
+        a.db.ingest(chunk.to_vec()).unwrap();
+        b.db.ingest(chunk.to_vec()).unwrap();
+    }
+    append_n(&a.db, 5, 10);
+    let (na, nb) = (node(&a.db).await, node(&b.db).await);
+    let mut eb = nb.events();
+    nb.dial(addr(&na)).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut pulled = None;
+    while pulled.is_none() && Instant::now() < deadline {
+        if let Ok(Ok(NodeEvent::SyncIdle { peer, stats })) =
+            tokio::time::timeout(Duration::from_secs(1), eb.recv()).await
+            && peer == na.peer_id()
+        {
+            pulled = Some(stats.pulled);
+        }
+    }
+    assert_eq!(pulled, Some(5), "only A's own entries are pulled");
+    assert_eq!(heads(&a.db), heads(&b.db));
+    na.shutdown().await;
+    nb.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,7 +595,7 @@ async fn node_bans_a_peer_that_sends_a_forged_page() {
     let evil_id = kp.public().to_peer_id();
     let behaviour = request_response::Behaviour::with_codec(
         SyncCodec::new(Limits::default()),
-        [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
+        [(StreamProtocol::new(PROTOCOL_V2), ProtocolSupport::Full)],
         request_response::Config::default(),
     );
     let mut evil = Swarm::new(
@@ -562,6 +642,8 @@ async fn node_bans_a_peer_that_sends_a_forged_page() {
                         })
                     }
                     Request::ForkProofs(_) => Response::ForkProofs(vec![]),
+                    // Not sent on a version 2 stream.
+                    Request::Reconcile(_) => Response::Refused("version 2".into()),
                 };
                 let _ = evil.behaviour_mut().send_response(channel, response);
             }
@@ -688,7 +770,7 @@ async fn node_survives_garbage_and_oversized_frames() {
             build_transport(&kp, &net).unwrap(),
             request_response::Behaviour::with_codec(
                 RawCodec,
-                [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
+                [(StreamProtocol::new(PROTOCOL_V2), ProtocolSupport::Full)],
                 request_response::Config::default(),
             ),
             evil_id,

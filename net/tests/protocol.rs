@@ -218,7 +218,13 @@ impl Victim {
     }
 
     fn with_db((dir, db): (tempfile::TempDir, Db)) -> Self {
-        let engine = Engine::new(db.clone(), SyncConfig::default()).unwrap();
+        // The evil peer speaks the plain heads exchange (version 2); its
+        // reconciliation messages have tests of their own.
+        let config = SyncConfig {
+            reconcile: false,
+            ..SyncConfig::default()
+        };
+        let engine = Engine::new(db.clone(), config).unwrap();
         Self {
             _dir: dir,
             db,

@@ -440,6 +440,25 @@ impl FieldReader {
 
     /// Run a query.
     pub fn query(&self, q: &FieldQuery) -> Result<Vec<FieldHit>, ViewError> {
+        self.query_inner(q, None)
+    }
+
+    /// Run a query with authors resolved to identities: entries cut off by
+    /// a revocation are left out and, with `filter.identity`, only that
+    /// identity's feeds are kept.
+    pub fn query_resolved(
+        &self,
+        q: &FieldQuery,
+        filter: &crate::identity::IdentityFilter<'_>,
+    ) -> Result<Vec<FieldHit>, ViewError> {
+        self.query_inner(q, Some(filter))
+    }
+
+    fn query_inner(
+        &self,
+        q: &FieldQuery,
+        filter: Option<&crate::identity::IdentityFilter<'_>>,
+    ) -> Result<Vec<FieldHit>, ViewError> {
         let (lo, hi) = match (&q.eq, &q.from, &q.to) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 return Err(ViewError::BadQuery(
@@ -494,6 +513,9 @@ impl FieldReader {
                 return Err(damaged());
             };
             for (timestamp, author, seq) in entries {
+                if filter.is_some_and(|f| !f.admits(&author, seq)) {
+                    continue;
+                }
                 let Some(entry) = self.db.get(&author, seq)? else {
                     tracing::warn!(author = %author.fmt_short(), seq, "field index names an entry the feed index does not hold");
                     continue;

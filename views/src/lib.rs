@@ -79,6 +79,7 @@ mod encoding;
 pub mod error;
 pub mod field;
 pub mod generation;
+pub mod identity;
 pub mod indexer;
 pub mod kv;
 mod slot;
@@ -90,6 +91,7 @@ pub use bytes::Bytes;
 pub use error::ViewError;
 pub use field::{FieldHit, FieldIndex, FieldQuery, FieldReader};
 pub use generation::ViewDigest;
+pub use identity::{Identities, IdentityFilter, IdentityView};
 pub use indexer::{FieldIndexInfo, Indexer, IndexerConfig, RebuildStatus, ViewStatus};
 pub use kv::{KvHead, KvItem, KvReader, KvView};
 pub use timeline::{Order, TimelineItem, TimelineQuery, TimelineReader, TimelineView};
@@ -98,7 +100,7 @@ pub use view::{
 };
 
 /// Names of the built-in views; declared views cannot take them.
-pub const BUILTIN_NAMES: &[&str] = &[kv::NAME, timeline::NAME];
+pub const BUILTIN_NAMES: &[&str] = &[kv::NAME, timeline::NAME, identity::NAME];
 
 /// Check a view name: 1 to 64 characters of `[a-z0-9_-]`.
 pub fn validate_view_name(name: &str) -> Result<(), ViewError> {

@@ -109,6 +109,10 @@ impl View for TimelineView {
                 undone
             } else if r.forgets() {
                 undo.take_up_to(tx, &r.author, None)?
+            } else if r.identity_op().is_some() {
+                // Identity ops are not application entries.
+                tx.skip();
+                continue;
             } else {
                 let kind = r.kind();
                 buckets.add(&[BY_TIME], r.timestamp, &r.author, r.seq);
@@ -218,6 +222,25 @@ impl TimelineReader {
 
     /// Run a query.
     pub fn query(&self, q: &TimelineQuery) -> Result<Vec<TimelineItem>, ViewError> {
+        self.query_inner(q, None)
+    }
+
+    /// Run a query with authors resolved to identities: entries cut off by
+    /// a revocation are left out and, with `filter.identity`, only that
+    /// identity's feeds are kept (`q.author` still applies).
+    pub fn query_resolved(
+        &self,
+        q: &TimelineQuery,
+        filter: &crate::identity::IdentityFilter<'_>,
+    ) -> Result<Vec<TimelineItem>, ViewError> {
+        self.query_inner(q, Some(filter))
+    }
+
+    fn query_inner(
+        &self,
+        q: &TimelineQuery,
+        filter: Option<&crate::identity::IdentityFilter<'_>>,
+    ) -> Result<Vec<TimelineItem>, ViewError> {
         if q.limit == 0 {
             return Ok(Vec::new());
         }
@@ -264,7 +287,10 @@ impl TimelineReader {
                         continue;
                     }
                     let block = slot::entries(key, &v).ok_or_else(damaged)?;
-                    let block = block.filter(|e| (from..=to).contains(&e.0));
+                    let block = block.filter(|&(timestamp, author, seq)| {
+                        (from..=to).contains(&timestamp)
+                            && filter.is_none_or(|f| f.admits(&author, seq))
+                    });
                     match merge.push(slot_idx, block) {
                         Some(gathered) => (gathered, false),
                         None => continue,

@@ -70,7 +70,7 @@ pub(crate) const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
 /// `(timestamp, author, seq)`. Bump [`View::version`] whenever the fold
 /// changes what it writes: the indexer then rebuilds the view from offset 0.
 ///
-/// A batch holds three kinds of records:
+/// A batch holds four kinds of records:
 ///
 /// - **entries** ([`ViewRecord::payload`], the common case);
 /// - **deletions** ([`ViewRecord::deleted`]): the record's author deleted
@@ -83,7 +83,15 @@ pub(crate) const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
 ///   treat a deletion naming an entry you never folded as nothing to do;
 /// - **forget markers** ([`ViewRecord::forgets`]): this node forgot the
 ///   record's author's feed; undo every entry of it (a local choice, so
-///   here views may differ from peers that did not forget).
+///   here views may differ from peers that did not forget);
+/// - **identity ops** ([`ViewRecord::identity_op`]): a delegation or a
+///   revocation in an identity feed, already checked against the rules
+///   that need no other entry. Only the `identity` view folds them
+///   ([`crate::identity`]); other views skip them (their payload is
+///   empty and [`ViewRecord::json`] is `None`). A view that resolves
+///   authors to identities does it at query time through
+///   [`crate::identity::Identities`], so its stored state never depends
+///   on which delegations arrived first.
 ///
 /// A view that cannot honour deletions is wrong on every peer that
 /// received a deleted entry erased. Erased and absent payloads never reach
@@ -123,6 +131,7 @@ enum Change {
     Entry,
     Deletion(Deleted),
     Forget,
+    Identity(kappadb_core::identity::IdentityOp),
 }
 
 /// What a deletion removes: entries of the record's author.
@@ -218,6 +227,29 @@ impl ViewRecord {
         }
     }
 
+    /// An identity op of the identity feed `author`, at `seq`.
+    pub fn identity(
+        offset: u64,
+        author: FeedId,
+        seq: u64,
+        timestamp: u64,
+        id: EntryId,
+        op: kappadb_core::identity::IdentityOp,
+    ) -> Self {
+        Self {
+            change: Change::Identity(op),
+            ..Self::new(offset, author, seq, timestamp, id, Vec::new())
+        }
+    }
+
+    /// The identity op this record carries, if it is one.
+    pub fn identity_op(&self) -> Option<&kappadb_core::identity::IdentityOp> {
+        match &self.change {
+            Change::Identity(op) => Some(op),
+            _ => None,
+        }
+    }
+
     /// This node forgot `feed`.
     pub fn forget(offset: u64, feed: FeedId) -> Self {
         Self {
@@ -239,8 +271,8 @@ impl ViewRecord {
         self.change == Change::Forget
     }
 
-    /// Whether this record is an entry (neither a deletion nor a forget
-    /// marker).
+    /// Whether this record is an entry (neither a deletion, a forget
+    /// marker nor an identity op).
     pub fn is_entry(&self) -> bool {
         self.change == Change::Entry
     }
@@ -636,16 +668,30 @@ pub fn read_records(
                 let h = entry.header;
                 match entry.payload.into_bytes() {
                     Some(payload) if SystemPayload::is_system(&payload) => {
-                        match deleted(db, &h.author, h.seq, &payload)? {
-                            Some(deleted) => batch.records.push(ViewRecord::deletion(
+                        let identity_op = kappadb_core::identity::parse(&h.author, &payload);
+                        if let Some(Ok(op)) = identity_op {
+                            batch.records.push(ViewRecord::identity(
                                 rec.offset,
                                 h.author,
                                 h.seq,
                                 h.timestamp,
                                 id,
-                                deleted,
-                            )),
-                            None => batch.no_payload += 1,
+                                op,
+                            ));
+                        } else if identity_op.is_some() {
+                            batch.no_payload += 1;
+                        } else {
+                            match deleted(db, &h.author, h.seq, &payload)? {
+                                Some(deleted) => batch.records.push(ViewRecord::deletion(
+                                    rec.offset,
+                                    h.author,
+                                    h.seq,
+                                    h.timestamp,
+                                    id,
+                                    deleted,
+                                )),
+                                None => batch.no_payload += 1,
+                            }
                         }
                     }
                     Some(payload) => {

@@ -501,7 +501,7 @@ fn status_reports_lag_until_folded() {
     )
     .unwrap();
     let names: Vec<String> = ix.status().into_iter().map(|s| s.name).collect();
-    assert_eq!(names, ["kv", "timeline"]);
+    assert_eq!(names, ["identity", "kv", "timeline"]);
     let s = ix.view_status("kv").unwrap();
     assert_eq!(
         (s.checkpoint, s.lag, s.log_end),

@@ -321,3 +321,22 @@ fn payloads_are_json_text_binary_or_absent() {
         "\"binary\""
     );
 }
+
+#[test]
+fn identity_entries_are_shown_as_what_they_say() {
+    let r = kappadb_core::identity::Revocation {
+        device: kappadb_core::FeedId([0xab; 32]),
+        from: 3,
+    };
+    assert_eq!(
+        payload_of(Some(&r.encode())),
+        (
+            json!({"kind": "revoke", "device": "ab".repeat(32), "from": 3}),
+            PayloadFormat::Identity
+        )
+    );
+    assert_eq!(
+        serde_json::to_string(&PayloadFormat::Identity).unwrap(),
+        "\"identity\""
+    );
+}

@@ -257,3 +257,21 @@ impl ApiClient {
         Some((a["seq"].as_u64()?, a["id"].as_str()?.to_string()))
     }
 }
+
+impl ApiClient {
+    /// POST a JSON body to `path`: the status and the JSON answer.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let res = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("authorization", &format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .send(body.to_string().as_bytes())
+            .unwrap();
+        let status = res.status().as_u16();
+        let text = res.into_body().read_to_string().unwrap();
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("answer {status} is not JSON: {text:?}"));
+        (status, v)
+    }
+}

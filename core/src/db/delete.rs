@@ -163,6 +163,12 @@ impl Db {
             None => return Ok(()),
             Some(Err(e)) => return Err(EntryError::Deletion(e)),
             Some(Ok(SystemPayload::Deletion(d))) => d,
+            // An identity op in this database's own feed (its key used as
+            // an identity): the stateless rules, as at ingest.
+            Some(Ok(_)) => {
+                return crate::identity::check_payload(&self.feed_id(), payload)
+                    .map_err(EntryError::Identity);
+            }
         };
         deletion.check_shape(seq).map_err(EntryError::Deletion)?;
         let feed = self.feed_id();
@@ -229,6 +235,7 @@ impl Db {
                             Ok(()) => self.plan_deletion(e.header.author, &d, &here, &mut plan)?,
                             Err(err) => plan.issues.push(issue(err)),
                         },
+                        Ok(_) => {}
                         Err(err) => plan.issues.push(issue(err)),
                     }
                 }

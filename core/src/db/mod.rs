@@ -30,6 +30,7 @@
 mod backup;
 mod compact;
 mod delete;
+mod identity;
 mod ingest;
 mod read;
 mod write;

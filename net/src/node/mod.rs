@@ -572,6 +572,7 @@ async fn spawn(b: NodeBuilder) -> Result<NodeHandle, NetError> {
             request_timeout: config.request_timeout,
             mdns: b.mdns.then_some(config.mdns_query_interval),
             connections: config.connections.clone(),
+            reconcile: config.sync.reconcile,
         },
     )?;
     let mut swarm = Swarm::new(
@@ -610,6 +611,7 @@ async fn spawn(b: NodeBuilder) -> Result<NodeHandle, NetError> {
     let feed_id = db.feed_id();
     let engine = Engine::new(db, config.sync.clone())
         .map_err(|e| NetError::Setup(e.to_string()))?
+        .with_local(local)
         .with_blocked(blocklist.feeds().copied())
         .with_follow(follow.policy().clone());
     let (to_check, from_sync) = pipeline::start(engine, blocklist, follow)?;

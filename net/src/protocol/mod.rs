@@ -5,13 +5,16 @@
 //! them over channels (`test_utils::Pair`, feature `test_utils`).
 //!
 //! ```text
-//! A                                   B
-//! Heads{all of A} ------------------> apply, work out what B misses
-//! apply, work out what A misses <---- Heads{all of B}  (B's request)
+//! A (smaller key)                     B
+//! Reconcile{first, fingerprint} ----> compare with its own heads
+//! Reconcile{split, items} <---------- fingerprints of the parts, or heads
+//! ... a few rounds, then a settled message: each knows what differs
+//! Heads{changed, idle} -------------> (and B's Heads{changed, idle} to A)
 //! Want{feed, from, to} x4 ----------> read from the log
 //! check + ingest_page <-------------- Page{entries}
 //! Heads{changed, idle: true} -------> both idle: SyncEvent::Idle
-//!        (every heads request is answered with the responder's idle flag)
+//!        (every heads request is answered with the responder's idle flag;
+//!         with an older peer the first Heads carry every head instead)
 //! ```
 
 pub mod engine;
@@ -29,6 +32,7 @@ pub use store::SyncStore;
 pub use wire::{
     Announce, HeadInfo, Heads, Limits, MAX_FORK_PROOFS_PER_ANNOUNCE, MAX_FORK_PROOFS_PER_MESSAGE,
     MAX_HEADS_PER_ANNOUNCE, MAX_HEADS_PER_MESSAGE, MAX_PAGE_BYTES, MAX_PAGE_ENTRIES, PROTOCOL_NAME,
-    PROTOCOL_V1, Page, Request, Response, Want, WireError, decode_announce, decode_request,
-    decode_response, encode_announce, encode_request, encode_response, entry_wire_size,
+    PROTOCOL_V1, PROTOCOL_V2, Page, Reconcile, Request, Response, Want, WireError, decode_announce,
+    decode_request, decode_response, encode_announce, encode_request, encode_response,
+    entry_wire_size,
 };

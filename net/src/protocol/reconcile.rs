@@ -111,6 +111,16 @@ pub struct Message {
 }
 
 impl Message {
+    /// The message that settles every range: sent to end an exchange.
+    pub fn done() -> Self {
+        Self {
+            parts: vec![Part {
+                upper: None,
+                mode: Mode::Skip,
+            }],
+        }
+    }
+
     /// Whether every range is settled: the exchange is over.
     pub fn is_done(&self) -> bool {
         self.parts.iter().all(|p| p.mode == Mode::Skip)
@@ -191,6 +201,11 @@ impl HeadSet {
         self.items.is_empty()
     }
 
+    /// The heads, by feed id.
+    pub fn heads(&self) -> &[HeadInfo] {
+        &self.items
+    }
+
     /// The index of the first head at or above `bound` (`None`: the end).
     fn index(&self, bound: Option<&FeedId>) -> usize {
         match bound {
@@ -256,6 +271,11 @@ impl Reconciler {
     /// Take the learned heads out.
     pub fn into_learned(self) -> Vec<HeadInfo> {
         self.learned.into_values().collect()
+    }
+
+    /// This side's heads, as they were when the reconciliation started.
+    pub fn set(&self) -> &HeadSet {
+        &self.set
     }
 
     /// Messages received so far.

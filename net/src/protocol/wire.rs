@@ -11,11 +11,15 @@
 //! Request::Heads(Heads)          -> Response::Heads(Heads{idle flag only})
 //! Request::Want(Want)            -> Response::Page(Page)
 //! Request::ForkProofs(Vec<FeedId>) -> Response::ForkProofs(Vec<UncheckedForkProof>)
+//! Request::Reconcile(Reconcile)  -> Response::Reconcile(Message)   (version 3)
 //! gossip: Announce { heads, forks }
 //! ```
 //!
 //! The protocol version is part of the libp2p protocol name
-//! ([`PROTOCOL_NAME`]); a new version gets a new name.
+//! ([`PROTOCOL_NAME`]); a new version gets a new name. New messages are
+//! new enum variants at the end, so an older version's messages encode
+//! the same in a newer one; a driver never sends a newer message on a
+//! stream negotiated for an older version ([`Request::since_version`]).
 //!
 //! ```
 //! use kappadb_net::protocol::{Request, Want, decode_request, encode_request, Limits};
@@ -28,9 +32,17 @@
 use kappadb_core::{Entry, EntryId, FeedId, Payload, UncheckedForkProof};
 use serde::{Deserialize, Serialize};
 
-/// The libp2p protocol name of the sync protocol, version 2: version 1
-/// plus erased entries (an entry's payload may be `Payload::Erased`).
-pub const PROTOCOL_NAME: &str = "/kappadb/sync/2";
+use super::reconcile::Message;
+
+/// The libp2p protocol name of the sync protocol, version 3: version 2
+/// plus the heads reconciliation ([`Request::Reconcile`]), with which a
+/// connection's first heads exchange costs what differs.
+pub const PROTOCOL_NAME: &str = "/kappadb/sync/3";
+
+/// Version 2 of the sync protocol: version 1 plus erased entries (an
+/// entry's payload may be `Payload::Erased`). Still spoken, with the plain
+/// heads exchange, to peers that know no newer version.
+pub const PROTOCOL_V2: &str = "/kappadb/sync/2";
 
 /// Version 1 of the sync protocol, still spoken to peers that know no
 /// other: the same messages, but an erased entry goes out as one whose
@@ -164,6 +176,17 @@ pub struct Page {
     pub entries: Vec<Entry>,
 }
 
+/// One step of a heads reconciliation started by the sender (see
+/// [`super::reconcile`]): the answer is the receiver's next message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconcile {
+    /// True for the first message: the receiver starts a new
+    /// reconciliation from its current heads, dropping any earlier one.
+    pub first: bool,
+    /// The sender's message.
+    pub message: Message,
+}
+
 /// A request from one peer to another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -173,6 +196,18 @@ pub enum Request {
     Want(Want),
     /// Fork proofs of these feeds.
     ForkProofs(Vec<FeedId>),
+    /// A step of a heads reconciliation (version 3).
+    Reconcile(Reconcile),
+}
+
+impl Request {
+    /// The first protocol version that has this request (1, 2 or 3).
+    pub fn since_version(&self) -> u8 {
+        match self {
+            Request::Heads(_) | Request::Want(_) | Request::ForkProofs(_) => 1,
+            Request::Reconcile(_) => 3,
+        }
+    }
 }
 
 /// The answer to a [`Request`].
@@ -186,6 +221,8 @@ pub enum Response {
     ForkProofs(Vec<UncheckedForkProof>),
     /// The request was refused (with a short reason).
     Refused(String),
+    /// The answer to [`Request::Reconcile`] (version 3).
+    Reconcile(Message),
 }
 
 /// A gossip announcement: heads that moved at the publisher, and fork

@@ -86,10 +86,13 @@ pub struct Pair<S: SyncStore = Db> {
     /// Bans, with the side that banned.
     pub bans: Vec<(Side, String)>,
     connected: bool,
-    /// Stop delivering after this many frames (to cut a sync short).
+    /// Stop delivering after this many frames (to cut a sync short); the
+    /// frames not delivered stay queued.
     pub frame_budget: Option<usize>,
     /// Frames delivered so far.
     pub frames: usize,
+    /// Bytes of the frames delivered so far (encoded messages).
+    pub bytes: usize,
     /// Called on every frame just before it is delivered to the side
     /// given, to tamper with it (a hostile network in fuzz tests).
     pub tamper: Option<Tamper>,
@@ -115,14 +118,20 @@ impl<S: SyncStore> Pair<S> {
 
     /// Engines with a given config (which must pass [`SyncConfig::check`]).
     pub fn with_config(a: S, b: S, config: SyncConfig) -> Self {
-        let limits = config.limits.clone();
-        let engine = |store: S, config: SyncConfig| match Engine::new(store, config) {
-            Ok(e) => e,
+        Self::with_configs(a, b, config.clone(), config)
+    }
+
+    /// Engines with a config each (to pair, say, a reconciling engine with
+    /// one that is not: an older peer). The limits are `config_a`'s.
+    pub fn with_configs(a: S, b: S, config_a: SyncConfig, config_b: SyncConfig) -> Self {
+        let limits = config_a.limits.clone();
+        let engine = |store: S, config: SyncConfig, side: Side| match Engine::new(store, config) {
+            Ok(e) => e.with_local(side),
             Err(e) => panic!("{e}"),
         };
         Self {
-            a: engine(a, config.clone()),
-            b: engine(b, config),
+            a: engine(a, config_a, Side::A),
+            b: engine(b, config_b, Side::B),
             to_a: mpsc::channel(),
             to_b: mpsc::channel(),
             limits,
@@ -131,6 +140,7 @@ impl<S: SyncStore> Pair<S> {
             connected: false,
             frame_budget: None,
             frames: 0,
+            bytes: 0,
             tamper: None,
         }
     }
@@ -253,14 +263,24 @@ impl<S: SyncStore> Pair<S> {
                 while let Ok(f) = rx.try_recv() {
                     frames.push_back(f);
                 }
-                for f in frames {
+                while let Some(f) = frames.pop_front() {
                     if !self.connected {
                         continue;
                     }
                     if self.frame_budget.is_some_and(|b| self.frames >= b) {
+                        // Out of budget: what is left stays on the wire,
+                        // in order, for a later run.
+                        let tx = self.sender(side);
+                        for f in std::iter::once(f).chain(frames) {
+                            let _ = tx.send(f);
+                        }
                         return;
                     }
                     self.frames += 1;
+                    self.bytes += match &f {
+                        Frame::Request { bytes, .. } | Frame::Response { bytes, .. } => bytes.len(),
+                        Frame::Gossip(bytes) => bytes.len(),
+                    };
                     moved = true;
                     let mut f = f;
                     if let Some(tamper) = self.tamper.as_mut() {

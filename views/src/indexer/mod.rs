@@ -197,6 +197,7 @@ impl Indexer {
         if shared.config.builtins {
             shared.install(Arc::new(KvView))?;
             shared.install(Arc::new(TimelineView))?;
+            shared.install(Arc::new(crate::identity::IdentityView))?;
         }
         shared.install_declared()?;
         let mut indexer = Self {
@@ -470,6 +471,13 @@ impl Indexer {
     /// Queries on the `kv` view.
     pub fn kv(&self) -> Result<KvReader, ViewError> {
         Ok(KvReader::new(self.reader(crate::kv::NAME)?))
+    }
+
+    /// The author-to-identity resolution of what the `identity` view holds
+    /// now ([`crate::identity`]). Computed on each call (it reads every
+    /// identity op: a few per device).
+    pub fn identities(&self) -> Result<crate::identity::Identities, ViewError> {
+        crate::identity::Identities::load(&self.reader(crate::identity::NAME)?, &self.shared.db)
     }
 
     /// Queries on the `timeline` view.

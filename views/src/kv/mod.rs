@@ -42,17 +42,34 @@
 //!
 //! Values are stored as canonical JSON text (object keys sorted).
 //!
+//! **Identity-resolved queries** ([`KvReader::resolved_heads`],
+//! [`KvReader::resolved_get`], [`KvReader::resolved_list`]) read the same
+//! records with authors resolved to identities ([`crate::identity`]):
+//! the ops of all feeds of one identity order like one author's, by
+//! `(timestamp, device, seq)`, and only the greatest can be a head, so two
+//! devices of one identity never give concurrent heads against each
+//! other; ops a revoked device wrote at or past its cut are left out, and
+//! so are their links (as if they had never been written). Concurrent
+//! heads remain between identities. This is computed at query time from
+//! the stored history (one op per device read back from the log; every
+//! op of the key when a cut op is among them), never stored, so the
+//! view's state stays the set-only fold above and a delegation or
+//! revocation arriving late changes the answer with nothing to refold.
+//!
 //! ```
 //! let payload = kappadb_views::kv::put_payload("color", &serde_json::json!("blue"), &[]);
 //! assert_eq!(payload, br#"{"key":"color","type":"kv.put","value":"blue"}"#);
 //! ```
 
-use kappadb_core::{EntryId, FeedId};
+use std::collections::{BTreeMap, BTreeSet};
+
+use kappadb_core::{Db, EntryId, FeedId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::encoding::{canonical_json, put_escaped, put_escaped_prefix, take_escaped};
 use crate::error::ViewError;
+use crate::identity::Identities;
 use crate::view::{View, ViewReader, ViewRecord, ViewTx};
 
 mod fold;
@@ -344,6 +361,188 @@ impl KvReader {
             })();
             res.transpose()
         })
+    }
+}
+
+/// An op read back from the log for an identity-resolved query.
+struct ReadOp {
+    head: StoredHead,
+    links: Vec<EntryId>,
+}
+
+/// `author`'s op at `seq` on `key`, if the log still holds it.
+fn read_op(db: &Db, key: &str, author: &FeedId, seq: u64) -> Result<Option<ReadOp>, ViewError> {
+    let Some(entry) = db.get(author, seq)? else {
+        return Ok(None);
+    };
+    let Some(json) = entry
+        .payload
+        .bytes()
+        .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+    else {
+        return Ok(None);
+    };
+    let Some(op) = parse_op_json(&json).filter(|op| op.key == key) else {
+        return Ok(None);
+    };
+    Ok(Some(ReadOp {
+        head: StoredHead {
+            timestamp: entry.header.timestamp,
+            author: *author,
+            seq,
+            id: entry.id(),
+            value: op.value.map(canonical_json),
+        },
+        links: op.links,
+    }))
+}
+
+impl KvReader {
+    fn linked_count(&self, key: &str, id: &EntryId) -> Result<u32, ViewError> {
+        match self.reader.get(&superseded_key(key, id))? {
+            None => Ok(0),
+            Some(v) => {
+                let bytes: [u8; 4] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| ViewError::damaged(NAME, "a link count does not decode"))?;
+                Ok(u32::from_be_bytes(bytes))
+            }
+        }
+    }
+
+    fn resolved_record(
+        &self,
+        db: &Db,
+        ids: &Identities,
+        key: &str,
+        rec: KvRecord,
+    ) -> Result<Vec<StoredHead>, ViewError> {
+        let touched = rec.history.iter().any(|h| ids.link(&h.author).is_some());
+        if !touched {
+            // No device of any identity wrote here: the stored heads are
+            // the answer (each author its own identity, nothing cut).
+            return Ok(rec.heads);
+        }
+        // Visible seqs per author.
+        let mut visible: Vec<(FeedId, Vec<u64>)> = Vec::new();
+        let mut any_cut = false;
+        for h in &rec.history {
+            let seqs = self.ops_of(key, &h.author)?;
+            let kept: Vec<u64> = seqs
+                .iter()
+                .copied()
+                .filter(|&s| ids.visible(&h.author, s))
+                .collect();
+            any_cut |= kept.len() != seqs.len();
+            if !kept.is_empty() {
+                visible.push((h.author, kept));
+            }
+        }
+        // Links of visible ops, when a cut op's links must not count.
+        let mut links: Option<BTreeSet<EntryId>> = None;
+        if any_cut && rec.linked {
+            let mut set = BTreeSet::new();
+            for (author, seqs) in &visible {
+                for &seq in seqs {
+                    if let Some(op) = read_op(db, key, author, seq)? {
+                        set.extend(op.links);
+                    }
+                }
+            }
+            links = Some(set);
+        }
+        // Each identity's greatest op by (timestamp, device, seq), from
+        // each device's newest visible op (a feed is causally ordered).
+        let mut winners: BTreeMap<FeedId, StoredHead> = BTreeMap::new();
+        for (author, seqs) in &visible {
+            let Some(&seq) = seqs.last() else { continue };
+            let Some(op) = read_op(db, key, author, seq)? else {
+                continue;
+            };
+            let identity = ids.resolve(author);
+            match winners.get(&identity) {
+                Some(w) if w.order() >= op.head.order() => {}
+                _ => {
+                    winners.insert(identity, op.head);
+                }
+            }
+        }
+        let mut heads = Vec::new();
+        for (_, head) in winners {
+            let superseded = match &links {
+                Some(set) => set.contains(&head.id),
+                None => rec.linked && self.linked_count(key, &head.id)? > 0,
+            };
+            if !superseded {
+                heads.push(head);
+            }
+        }
+        heads.sort_by_key(StoredHead::order);
+        Ok(heads)
+    }
+
+    /// Every concurrent head of `key` with authors resolved to identities
+    /// (module docs), oldest first; `author` is the device that wrote each.
+    pub fn resolved_heads(
+        &self,
+        db: &Db,
+        ids: &Identities,
+        key: &str,
+    ) -> Result<Vec<KvHead>, ViewError> {
+        let Some(bytes) = self.reader.get(&record_key(key))? else {
+            return Ok(Vec::new());
+        };
+        let rec = decode_record(&bytes)?;
+        self.resolved_record(db, ids, key, rec)?
+            .into_iter()
+            .map(to_head)
+            .collect()
+    }
+
+    /// The winning value of `key` with authors resolved to identities.
+    pub fn resolved_get(
+        &self,
+        db: &Db,
+        ids: &Identities,
+        key: &str,
+    ) -> Result<Option<Value>, ViewError> {
+        Ok(self
+            .resolved_heads(db, ids, key)?
+            .pop()
+            .and_then(|h| h.value))
+    }
+
+    /// [`KvReader::list`] with authors resolved to identities.
+    pub fn resolved_list(
+        &self,
+        db: &Db,
+        ids: &Identities,
+        prefix: &str,
+    ) -> Result<Vec<KvItem>, ViewError> {
+        let mut scan = vec![RECORD];
+        put_escaped_prefix(&mut scan, prefix.as_bytes());
+        let mut out = Vec::new();
+        for item in self.reader.scan_prefix(&scan) {
+            let (k, v) = item?;
+            let (key, _) = take_escaped(&k[1..])
+                .ok_or_else(|| ViewError::damaged(NAME, "a kv key does not decode"))?;
+            let key = String::from_utf8(key)
+                .map_err(|_| ViewError::damaged(NAME, "a kv key is not utf-8"))?;
+            let heads = self.resolved_record(db, ids, &key, decode_record(&v)?)?;
+            let n_heads = heads.len();
+            let Some(winner) = heads.into_iter().max_by_key(StoredHead::order) else {
+                continue;
+            };
+            if let Some(value) = to_head(winner)?.value {
+                out.push(KvItem {
+                    key,
+                    value,
+                    heads: n_heads,
+                });
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -9,6 +9,7 @@ use kappadb_core::{CheckedEntries, Entry, EntryError, FeedId, ForkProof, Uncheck
 use rayon::prelude::*;
 
 use super::Input;
+use crate::protocol::reconcile::ReconcileError;
 use crate::protocol::wire::{
     Announce, Limits, MAX_FORK_PROOFS_PER_ANNOUNCE, Page, Response, Want, entry_wire_size,
 };
@@ -79,6 +80,9 @@ pub enum SyncError {
     /// Bytes that are not a message.
     #[error("sent a malformed message: {0}")]
     Malformed(String),
+    /// A heads reconciliation message that breaks its rules.
+    #[error("broke the heads reconciliation: {0}")]
+    Reconcile(ReconcileError),
 }
 
 /// Check a page against the want it answers: the rules a page must meet
@@ -170,6 +174,7 @@ pub fn receive<P>(peer: P, tag: u64, response: Response, max_payload: u32) -> In
             proofs: check_proofs(proofs),
         },
         Response::Refused(reason) => Input::Refused { peer, tag, reason },
+        Response::Reconcile(message) => Input::Reconciled { peer, tag, message },
     }
 }
 

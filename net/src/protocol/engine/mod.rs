@@ -6,9 +6,16 @@
 //!
 //! Flow with one peer:
 //!
-//! 1. On [`Input::Connected`] both sides send [`Request::Heads`] with
-//!    everything they hold. Heads travel in requests only; the answer to a
-//!    heads request is the responder's idle flag (an empty [`Heads`]).
+//! 1. On [`Input::Connected`] the side with the smaller peer key starts a
+//!    heads reconciliation ([`Request::Reconcile`], see
+//!    [`super::reconcile`]): a few rounds after which each side knows the
+//!    other's heads that differ from its own, at a cost that follows the
+//!    difference. A side that does not reconcile (an older peer, or
+//!    [`SyncConfig::reconcile`] off) sends [`Request::Heads`] with
+//!    everything it holds instead, and the other side answers in kind.
+//!    From then on heads travel as [`Request::Heads`] with what changed;
+//!    the answer to a heads request is the responder's idle flag (an empty
+//!    [`Heads`]).
 //! 2. Each side works out what it misses and pulls it with
 //!    [`Request::Want`], at most [`SyncConfig::max_in_flight`] pages in
 //!    flight and [`SyncConfig::max_buffered_bytes`] buffered per peer. A
@@ -43,12 +50,14 @@
 //! session and ignores the peer until the driver reports it connected
 //! again; keeping it away meanwhile is the driver's job.
 //!
-//! Code map: `session.rs` (session bookkeeping and heads), `serve.rs`
+//! Code map: `session.rs` (session bookkeeping and heads), `exchange.rs`
+//! (a connection's first heads exchange: reconciliation or plain), `serve.rs`
 //! (answering requests, announcing), `pull.rs` (pulling, scheduling,
 //! storing), `check.rs` (page checks and what a driver checks before
 //! handing answers over).
 
 mod check;
+mod exchange;
 mod pull;
 mod serve;
 mod session;
@@ -61,7 +70,7 @@ use std::time::{Duration, Instant};
 use kappadb_core::{CheckedEntries, Db, EntryError, FeedId, ForkProof, StoreError};
 
 pub use self::check::{SyncError, check_page, check_proofs, receive, receive_announce};
-use self::session::Session;
+use self::session::{Exchange, Session};
 use super::follow::Follow;
 use super::store::SyncStore;
 use super::wire::{HeadInfo, Heads, Limits, Request, Response, Want};
@@ -91,6 +100,15 @@ pub struct SyncConfig {
     pub max_announces_per_round: usize,
     /// Failed requests in a row before a peer is disconnected.
     pub max_failures: u32,
+    /// Start each connection with a heads reconciliation (protocol version
+    /// 3), whose cost follows what differs. Off, the engine does the plain
+    /// heads exchange of version 2 (and a node speaks only version 2 and
+    /// 1): what an older peer does.
+    pub reconcile: bool,
+    /// How long the side that waits for the peer to start a
+    /// reconciliation waits before it starts one itself (a peer that
+    /// never starts anything, or an older one that never speaks first).
+    pub reconcile_wait: Duration,
 }
 
 impl Default for SyncConfig {
@@ -103,6 +121,8 @@ impl Default for SyncConfig {
             announce_interval: Duration::from_millis(100),
             max_announces_per_round: 4,
             max_failures: 5,
+            reconcile: true,
+            reconcile_wait: Duration::from_secs(2),
         }
     }
 }
@@ -247,6 +267,15 @@ pub enum Input<P> {
     /// Exchange heads with a peer again and report [`SyncEvent::Idle`]
     /// when done, even if it was already in sync.
     Resync(P),
+    /// A [`Response::Reconcile`] to the request with this `tag`.
+    Reconciled {
+        /// The peer.
+        peer: P,
+        /// The tag of the request.
+        tag: u64,
+        /// The peer's next message.
+        message: super::reconcile::Message,
+    },
 }
 
 /// Something the driver must do.
@@ -348,6 +377,7 @@ pub enum SyncEvent<P> {
 #[derive(Debug)]
 enum Pending {
     Heads,
+    Reconcile,
     Want(Want),
     ForkProofs(Vec<FeedId>),
 }
@@ -361,6 +391,9 @@ enum Pending {
 pub struct Engine<P: PeerKey, S: SyncStore = Db> {
     store: S,
     config: SyncConfig,
+    /// This node's own key: of two peers the smaller starts the heads
+    /// reconciliation. Unknown, this side starts it with every peer.
+    local: Option<P>,
     blocked: HashSet<FeedId>,
     follow: Follow,
     sessions: BTreeMap<P, Session>,
@@ -406,6 +439,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         Ok(Self {
             store,
             config,
+            local: None,
             blocked: HashSet::new(),
             follow: Follow::default(),
             sessions: BTreeMap::new(),
@@ -422,6 +456,15 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             last_announce: None,
             out: Vec::new(),
         })
+    }
+
+    /// This node's own peer key, which decides which side of a connection
+    /// starts the heads reconciliation (the smaller key). Without it, this
+    /// side starts one with every peer, which costs twice the bytes when
+    /// the peer does too.
+    pub fn with_local(mut self, local: P) -> Self {
+        self.local = Some(local);
+        self
     }
 
     /// Feeds neither pulled nor served, from the start.
@@ -473,7 +516,12 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
 
     /// When [`Engine::step`] must run again even without input.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.announce_due
+        let waits = self
+            .sessions
+            .values()
+            .filter_map(|s| s.waiting_since)
+            .map(|since| since + self.config.reconcile_wait);
+        self.announce_due.into_iter().chain(waits).min()
     }
 
     /// Take one input. Cheap; the work happens in [`Engine::step`].
@@ -482,7 +530,10 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     pub fn handle(&mut self, input: Input<P>) {
         match input {
             Input::Connected(peer) => {
-                self.sessions.entry(peer).or_insert_with(Session::opened);
+                let exchange = self.first_exchange(&peer);
+                self.sessions
+                    .entry(peer)
+                    .or_insert_with(|| Session::opened(exchange));
             }
             Input::Disconnected(peer) => self.end_session(&peer),
             Input::Request { peer, id, request } => {
@@ -525,9 +576,17 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
             Input::Unblock(feed) => self.unblock(feed),
             Input::Follow(follow) => self.set_follow(follow),
             Input::Resync(peer) => {
+                self.abandon_reconcile(&peer);
                 if let Some(s) = self.sessions.get_mut(&peer) {
                     s.restart();
+                    // Whoever asks for a resync reconciles, if the peer can.
+                    if s.exchange.reconciles() {
+                        s.exchange = Exchange::Start;
+                    }
                 }
+            }
+            Input::Reconciled { peer, tag, message } => {
+                self.on_reconcile_answer(peer, tag, &message);
             }
         }
     }
@@ -539,6 +598,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         while let Some((peer, id, request)) = self.inbox.pop_front() {
             self.serve(peer, id, request)?;
         }
+        self.stop_waiting(now);
         self.store_proofs()?;
         let peers: Vec<P> = self.sessions.keys().copied().collect();
         for peer in &peers {

@@ -6,17 +6,18 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use kappadb_core::{CheckedEntries, EntryError, FeedId, ForkProof, StoreError};
 
 use super::check::{SyncError, check_entries};
-use super::session::{Pull, Session};
+use super::session::{Exchange, Pull, Session};
 use super::{ENTRY_OVERHEAD, Engine, Output, PeerKey, Pending, SyncEvent};
 use crate::protocol::store::SyncStore;
 use crate::protocol::wire::{
-    HeadInfo, Heads, MAX_FORK_PROOFS_PER_ANNOUNCE, MAX_FORK_PROOFS_PER_MESSAGE, Request, Want,
+    HeadInfo, Heads, MAX_FORK_PROOFS_PER_ANNOUNCE, MAX_FORK_PROOFS_PER_MESSAGE,
+    MAX_HEADS_PER_MESSAGE, Request, Want,
 };
 
 impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     /// The request `tag` was answered: what it asked for, if it is still
     /// awaited from `peer`.
-    fn answered(&mut self, peer: P, tag: u64) -> Option<Pending> {
+    pub(super) fn answered(&mut self, peer: P, tag: u64) -> Option<Pending> {
         let (owner, pending) = self.tags.remove(&tag)?;
         if owner != peer {
             return None;
@@ -27,7 +28,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     }
 
     /// The peer answered with something the request did not ask for.
-    fn unexpected(&mut self, peer: P, kind: &'static str) {
+    pub(super) fn unexpected(&mut self, peer: P, kind: &'static str) {
         self.ban(peer, SyncError::UnexpectedAnswer(kind));
     }
 
@@ -143,10 +144,25 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         match pending {
             Pending::Heads => {
                 s.heads_in_flight = false;
-                // We do not know what arrived: tell everything again.
+                // We do not know what arrived: tell everything again, by
+                // a new reconciliation where the peer takes part.
                 s.told.clear();
                 s.told_forks.clear();
                 s.heads_pending = true;
+                if matches!(s.exchange, Exchange::Done) {
+                    s.exchange = Exchange::Start;
+                }
+            }
+            Pending::Reconcile => {
+                // An older peer (its codec refused the request) or a
+                // failure: the plain exchange works with every peer.
+                if matches!(s.exchange, Exchange::Running(_) | Exchange::Finishing(_)) {
+                    tracing::debug!(?peer, "reconciliation failed: plain heads exchange");
+                    s.exchange = Exchange::Plain;
+                    s.told.clear();
+                    s.told_forks.clear();
+                    s.heads_pending = true;
+                }
             }
             Pending::Want(want) => {
                 if want.from_seq != 0
@@ -203,7 +219,8 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         self.proof_inbox
             .extend(checked.into_iter().map(|p| (from, p)));
         // An announcement says nothing about completeness or idleness.
-        self.apply_heads(peer, &heads, &[]);
+        let n = heads.len().min(MAX_HEADS_PER_MESSAGE);
+        self.apply_heads(peer, &heads[..n], &[]);
     }
 
     /// Store the checked fork proofs received since the last step, in one
@@ -471,8 +488,12 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         if s.told_idle != Some(idle) {
             s.heads_pending = true;
         }
-        let send_heads = s.heads_pending && !s.heads_in_flight;
+        let start = matches!(s.exchange, Exchange::Start);
+        let send_heads = s.heads_pending && !s.heads_in_flight && s.exchange.heads_may_flow();
         self.sessions.insert(peer, s);
+        if start {
+            self.start_reconcile(peer);
+        }
         if send_heads {
             let heads = self.heads_for(peer);
             let tag = self.tag(peer, Pending::Heads);

@@ -17,6 +17,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     pub(super) fn serve(&mut self, peer: P, id: u64, request: Request) -> Result<(), StoreError> {
         let response = match request {
             Request::Heads(heads) => {
+                self.plain_heads_arrived(&peer);
                 self.apply_heads_message(peer, &heads, true);
                 // Answer with what we hold and whether we miss anything
                 // of theirs, which needs their heads considered first.
@@ -35,6 +36,10 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                 let proofs = self.store.fork_proofs(&wanted)?;
                 Response::ForkProofs(proofs.iter().map(|p| p.to_unchecked()).collect())
             }
+            Request::Reconcile(req) => match self.serve_reconcile(peer, &req) {
+                Some(response) => response,
+                None => return Ok(()),
+            },
         };
         self.out.push(Output::Respond { peer, id, response });
         Ok(())

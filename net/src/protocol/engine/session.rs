@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use kappadb_core::{CheckedEntries, EntryId, FeedId};
 
 use super::{Engine, Output, PeerKey, SyncEvent, SyncStats};
+use crate::protocol::reconcile::Reconciler;
 use crate::protocol::store::SyncStore;
 use crate::protocol::wire::{
     HeadInfo, Heads, MAX_FORK_PROOFS_PER_MESSAGE, MAX_HEADS_PER_MESSAGE, entry_wire_size,
@@ -21,8 +22,49 @@ pub(super) struct Pull {
     pub(super) in_flight: usize,
 }
 
+/// Where a session's first heads exchange stands.
+#[derive(Debug, Default)]
+pub(super) enum Exchange {
+    /// The peer starts the reconciliation; this side waits for it (and
+    /// falls back to [`Exchange::Plain`] if plain heads come instead).
+    Waiting,
+    /// This side starts a reconciliation at the next step.
+    Start,
+    /// This side's reconciliation is under way, a message in flight.
+    Running(Box<Reconciler>),
+    /// Settled; the message that tells the peer so is in flight (heads
+    /// requests wait for its answer, so that none overtakes it).
+    Finishing(Box<Reconciler>),
+    /// Reconciled: heads travel as deltas from here on.
+    Done,
+    /// The plain exchange: all heads, then deltas (an older peer, or
+    /// reconciliation off).
+    #[default]
+    Plain,
+}
+
+impl Exchange {
+    /// Whether heads requests may go out: not while a reconciliation is
+    /// under way (`told` would be empty, so they would carry everything).
+    pub(super) fn heads_may_flow(&self) -> bool {
+        matches!(self, Exchange::Done | Exchange::Plain)
+    }
+
+    /// Whether the peer takes part in reconciliations.
+    pub(super) fn reconciles(&self) -> bool {
+        !matches!(self, Exchange::Plain)
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Session {
+    /// The first heads exchange of this connection.
+    pub(super) exchange: Exchange,
+    /// The reconciliation the peer started, which this side answers.
+    pub(super) answering: Option<Box<Reconciler>>,
+    /// Since when this side waits for the peer to start (the first step
+    /// after connecting in [`Exchange::Waiting`]).
+    pub(super) waiting_since: Option<std::time::Instant>,
     /// What the peer holds, as far as it told us.
     pub(super) remote: HashMap<FeedId, (u64, EntryId)>,
     /// True once the peer sent heads with `more == false`.
@@ -62,8 +104,9 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn opened() -> Self {
+    pub(super) fn opened(exchange: Exchange) -> Self {
         Session {
+            exchange,
             heads_pending: true,
             ..Session::default()
         }
@@ -240,8 +283,8 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         }
     }
 
-    /// Take in heads a peer told us (in a heads message or an
-    /// announcement).
+    /// Take in heads a peer told us (in a heads message, an announcement
+    /// or a reconciliation; the callers bound how many).
     pub(super) fn apply_heads(&mut self, peer: P, heads: &[HeadInfo], forks: &[(FeedId, u64)]) {
         let blocked = &self.blocked;
         let follow = &self.follow;
@@ -249,7 +292,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
-        for h in heads.iter().take(MAX_HEADS_PER_MESSAGE) {
+        for h in heads {
             // Our own feed longer there: hold appends until it is here.
             store.note_remote_head(&h.feed, h.seq);
             // Unfollowed heads are kept (a later follow pulls them at once)
@@ -281,7 +324,8 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     /// Take in a heads message. Heads travel in requests only; a
     /// response carries the responder's idle flag.
     pub(super) fn apply_heads_message(&mut self, peer: P, heads: &Heads, is_request: bool) {
-        self.apply_heads(peer, &heads.heads, &heads.forks);
+        let n = heads.heads.len().min(MAX_HEADS_PER_MESSAGE);
+        self.apply_heads(peer, &heads.heads[..n], &heads.forks);
         trace_heads(&peer, heads, "heads received");
         if let Some(s) = self.sessions.get_mut(&peer) {
             if is_request && !heads.more {
