@@ -16,7 +16,11 @@
 //! - 10 feeds differing by one entry: A one entry ahead on 10 feeds, then
 //!   reconnect; both ways again;
 //! - `Db::open` of B's database, and the bench process's RSS (`VmRSS`,
-//!   both nodes and databases in it) after each phase.
+//!   both nodes and databases in it) at the end.
+//!
+//! The first sync runs up to `KAPPA_BENCH_FIRST_SYNC_MAX` feeds (default
+//! 10,000); above that B's database is filled directly (pulls of many
+//! small feeds are bound by round trips, one feed per request).
 //!
 //! Run with `cargo bench -p kappadb-net --bench resync`. Linux only
 //! (`/proc`).
@@ -188,6 +192,10 @@ async fn main() {
         .filter_map(|s| s.trim().replace('_', "").parse().ok())
         .collect();
     let per_feed: u64 = env("KAPPA_BENCH_FEED_ENTRIES", "10").parse().unwrap_or(10);
+    let first_max: u64 = env("KAPPA_BENCH_FIRST_SYNC_MAX", "10000")
+        .replace('_', "")
+        .parse()
+        .unwrap_or(10_000);
     println!(
         "resync: feeds of {per_feed} entries (100-byte payloads), two nodes on loopback, bytes counted by a TCP relay"
     );
@@ -229,7 +237,21 @@ async fn main() {
             started.elapsed().as_secs_f64()
         );
         let want = a.heads().len();
-        let first = connect(&a, &b, true, want).await;
+        // Pulls go one feed per request, 4 in flight: a first sync of many
+        // small feeds is bound by round trips (over 10 minutes for 100,000
+        // feeds here). Above the limit B is filled directly instead.
+        let first = if n <= first_max {
+            Some(connect(&a, &b, true, want).await)
+        } else {
+            let base: Vec<Entry> = feeds
+                .iter()
+                .flat_map(|f| f[..per_feed as usize].iter().cloned())
+                .collect();
+            for chunk in base.chunks(8192) {
+                b.ingest(chunk.to_vec()).unwrap();
+            }
+            None
+        };
         let v3 = connect(&a, &b, true, want).await;
         let plain = connect(&a, &b, false, want).await;
         // A one entry ahead on 10 feeds; once for each protocol.
@@ -263,7 +285,9 @@ async fn main() {
         println!(
             "{:>8} | {} | {} | {} | {} | {} | {:>7.3} s | {:>5.0} MB",
             n,
-            cell(&first),
+            first
+                .as_ref()
+                .map_or_else(|| format!("{:>20}", "(filled directly)"), cell),
             cell(&v3),
             cell(&plain),
             cell(&differ[0]),

@@ -78,7 +78,7 @@ impl Db {
             }
             self.inner.segments.reopen(*start);
             {
-                let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+                let mut state = self.state_mut();
                 let old = state.live.get(start).copied().unwrap_or(0);
                 if old != done.live {
                     // The count drifted (it is derived): trust the file.

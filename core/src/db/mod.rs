@@ -122,6 +122,9 @@ struct Inner {
     /// Readers' copy of the index's small parts. Only the holder of
     /// `writer` changes it, after the log write is durable.
     state: RwLock<IndexState>,
+    /// Counts the times `state` was taken for writing (see
+    /// [`Db::heads_version`]).
+    heads_version: std::sync::atomic::AtomicU64,
     watch: Watch,
     recovery: Option<Recovery>,
     /// True when this handle created the database.
@@ -287,6 +290,7 @@ impl Db {
                 }),
                 segments,
                 state: RwLock::new(state),
+                heads_version: std::sync::atomic::AtomicU64::new(0),
                 watch: Watch::new(end),
                 recovery,
                 created: how == Open::Created,
@@ -305,7 +309,7 @@ impl Db {
                 // more: start over from 0 once.
                 tracing::warn!(error = %e, "index checkpoint unusable; rebuilding");
                 db.inner.index.clear()?;
-                *db.inner.state.write().unwrap_or_else(|e| e.into_inner()) = IndexState::default();
+                *db.state_mut() = IndexState::default();
                 db.catch_up(progress)?;
                 Ok(db)
             }
@@ -333,7 +337,7 @@ impl Db {
                 break;
             };
             let (plan, applied) = self.edit_for(&mut writer, &chunk)?;
-            let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state_mut();
             let mut batch = std::mem::take(&mut state.pending);
             for rec in &chunk {
                 let segment = self.inner.segments.segment_start(rec.offset);
@@ -353,7 +357,7 @@ impl Db {
         }
         // Everything up to the end is folded (padding at the very end is
         // stepped over without a record to say so).
-        let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state_mut();
         state.checkpoint.next_offset = state.checkpoint.next_offset.max(end);
         self.inner.index.commit(&state.pending, &state.checkpoint)?;
         state.pending = Default::default();
@@ -435,6 +439,27 @@ impl Db {
     /// The offset just past the last durable record.
     pub fn log_end(&self) -> u64 {
         self.inner.watch.end()
+    }
+
+    /// A number that changes whenever heads, forks or anything else of
+    /// the index's in-memory state may have changed: equal numbers from
+    /// two calls mean [`Db::feeds`] answered the same in between. Lets a
+    /// caller that scanned every head skip the next scan.
+    pub fn heads_version(&self) -> u64 {
+        let _state = self.state();
+        self.inner
+            .heads_version
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The state, for writing; bumps [`Db::heads_version`] while the lock
+    /// is held, so no reader sees the new number with the old state.
+    pub(crate) fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, IndexState> {
+        let guard = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        self.inner
+            .heads_version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        guard
     }
 
     fn state(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {

@@ -251,7 +251,7 @@ impl Db {
         };
         self.inner.watch.advance(writer.log.end());
         {
-            let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state_mut();
             let mut pending = std::mem::take(&mut state.pending);
             for rec in &stored {
                 let segment = self.inner.segments.segment_start(rec.offset);
@@ -308,7 +308,7 @@ impl Db {
     pub fn flush_index(&self) -> Result<(), StoreError> {
         {
             let _writer = self.writer();
-            let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state_mut();
             commit_pending(&self.inner.index, &mut state)?;
         }
         self.inner.sled.flush()?;

@@ -27,6 +27,14 @@ pub trait SyncStore {
     /// Every known feed with its head and fork state, sorted by feed.
     fn feeds(&self) -> Vec<FeedInfo>;
 
+    /// A number that changes whenever [`SyncStore::feeds`] may answer
+    /// differently (`None`: not known, scan every time). The engine skips
+    /// scanning every head for a peer that was told everything at this
+    /// number.
+    fn heads_version(&self) -> Option<u64> {
+        None
+    }
+
     /// A feed's head, if any entry of it is held.
     fn head(&self, feed: &FeedId) -> Option<Head>;
 
@@ -71,6 +79,10 @@ impl SyncStore for Db {
 
     fn feeds(&self) -> Vec<FeedInfo> {
         Db::feeds(self)
+    }
+
+    fn heads_version(&self) -> Option<u64> {
+        Some(Db::heads_version(self))
     }
 
     fn head(&self, feed: &FeedId) -> Option<Head> {

@@ -152,6 +152,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
         for h in rec.set().heads() {
             s.told.insert(h.feed, h.seq);
         }
+        s.told_all = None;
         s.remote_complete = true;
         s.heads_pending = true;
         // Of two reconciliations under way, either settles both.

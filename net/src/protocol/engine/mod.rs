@@ -692,6 +692,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                 s.todo.insert(feed);
             }
             s.told.remove(&feed);
+            s.told_all = None;
         }
         self.announced.remove(&feed);
         self.local_dirty = true;

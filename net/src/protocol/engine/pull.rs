@@ -148,6 +148,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                 // a new reconciliation where the peer takes part.
                 s.told.clear();
                 s.told_forks.clear();
+                s.told_all = None;
                 s.heads_pending = true;
                 if matches!(s.exchange, Exchange::Done) {
                     s.exchange = Exchange::Start;

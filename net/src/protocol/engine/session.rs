@@ -78,6 +78,9 @@ pub(super) struct Session {
     /// The seq of each feed as we last told the peer.
     pub(super) told: HashMap<FeedId, u64>,
     pub(super) told_forks: HashSet<FeedId>,
+    /// The store's heads version when the peer was last told every head
+    /// and fork (`None`: not since `told` last changed otherwise).
+    pub(super) told_all: Option<u64>,
     pub(super) told_idle: Option<bool>,
     pub(super) heads_in_flight: bool,
     pub(super) heads_pending: bool,
@@ -115,6 +118,7 @@ impl Session {
     /// Forget what we told the peer and what it told us about being idle,
     /// so the next exchange starts over (a resync).
     pub(super) fn restart(&mut self) {
+        self.told_all = None;
         self.told.clear();
         self.told_forks.clear();
         self.told_idle = None;
@@ -344,15 +348,18 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
     /// heads message is answered and an idle flag is only trusted once
     /// it is newer than the answer to our last heads.
     pub(super) fn idle_flag_for(&mut self, peer: P) -> Heads {
+        let version = self.store.heads_version();
         let untold = {
             let Some(s) = self.sessions.get(&peer) else {
                 return Heads::default();
             };
-            self.store.feeds().into_iter().any(|info| {
-                !self.blocked.contains(&info.feed)
-                    && (s.told.get(&info.feed) != Some(&info.head.seq)
-                        || (info.fork.is_some() && !s.told_forks.contains(&info.feed)))
-            })
+            let all_told = version.is_some() && s.told_all == version;
+            !all_told
+                && self.store.feeds().into_iter().any(|info| {
+                    !self.blocked.contains(&info.feed)
+                        && (s.told.get(&info.feed) != Some(&info.head.seq)
+                            || (info.fork.is_some() && !s.told_forks.contains(&info.feed)))
+                })
         };
         let Some(s) = self.sessions.get_mut(&peer) else {
             return Heads::default();
@@ -380,7 +387,18 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
 
     /// Our heads that changed since we last told `peer`, as a request.
     pub(super) fn heads_for(&mut self, peer: P) -> Heads {
-        let feeds = self.store.feeds();
+        let version = self.store.heads_version();
+        let all_told = version.is_some()
+            && self
+                .sessions
+                .get(&peer)
+                .is_some_and(|s| s.told_all == version);
+        // Nothing moved since the peer was told everything: no scan.
+        let feeds = if all_told {
+            Vec::new()
+        } else {
+            self.store.feeds()
+        };
         let blocked = &self.blocked;
         let Some(s) = self.sessions.get_mut(&peer) else {
             return Heads::default();
@@ -414,6 +432,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                 id: info.head.id,
             });
         }
+        s.told_all = if msg.more { None } else { version };
         s.idle = s.is_idle();
         msg.idle = s.idle && !msg.more;
         s.sent_serial += 1;
