@@ -13,6 +13,7 @@ mod client;
 mod cmd;
 mod dash;
 mod follow;
+mod group_commit;
 mod identity;
 mod identity_cmd;
 mod lifecycle;

@@ -27,6 +27,7 @@ use crate::answer::{
     RawEntry, Record, SearchHit, Status, SyncReply, TimelineItem, VerifyReply, ViewAdded, ViewInfo,
     ViewRebuilt, ViewRemoved,
 };
+use crate::group_commit::GroupCommit;
 use crate::params::{
     AppendBody, BackupBody, DelegateBody, DeleteBody, EntryParams, FieldParams, FollowBody,
     KvListParams, KvWrite, LogParams, RangeParams, RevokeBody, SearchParams, SyncBody,
@@ -138,6 +139,8 @@ pub struct Local {
     stop: Arc<watch::Sender<bool>>,
     /// The Kafka bridge this process runs, for `status`.
     bridge: Arc<OnceLock<Arc<kappadb_bridge::KafkaBridge>>>,
+    /// Group commit of appends, started on the first one.
+    appends: Arc<OnceLock<GroupCommit>>,
 }
 
 impl Local {
@@ -150,6 +153,7 @@ impl Local {
             open_views: Some(open_views),
             stop: Arc::new(watch::channel(false).0),
             bridge: Arc::default(),
+            appends: Arc::default(),
         }
     }
 
@@ -161,6 +165,7 @@ impl Local {
             open_views: None,
             stop: Arc::new(watch::channel(false).0),
             bridge: Arc::default(),
+            appends: Arc::default(),
         }
     }
 
@@ -173,6 +178,31 @@ impl Local {
             open_views: None,
             stop: Arc::new(watch::channel(false).0),
             bridge: Arc::default(),
+            appends: Arc::default(),
+        }
+    }
+
+    /// Append `payloads` through group commit (module `group_commit`):
+    /// concurrent callers share one batch and one fsync; durable on
+    /// return.
+    fn append_payloads(
+        &self,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Vec<kappadb_core::Appended>, OpError> {
+        if self.appends.get().is_none() {
+            let started = GroupCommit::start(self.db.clone()).map_err(|e| {
+                OpError::new(
+                    500,
+                    "internal",
+                    format!("cannot start the append writer: {e}"),
+                )
+            })?;
+            // Another caller may have won the race; its writer is kept.
+            let _ = self.appends.set(started);
+        }
+        match self.appends.get() {
+            Some(gc) => Ok(gc.append(payloads)?),
+            None => Ok(self.db.append_batch(payloads)?),
         }
     }
 
@@ -367,7 +397,7 @@ impl Backend for Local {
             }
         };
         let payloads: Vec<Vec<u8>> = values.iter().map(|v| v.to_string().into_bytes()).collect();
-        let res = self.db.append_batch(payloads)?;
+        let res = self.append_payloads(payloads)?;
         Ok(AppendReply {
             appended: res
                 .iter()
@@ -649,7 +679,10 @@ impl Backend for Local {
             Some(v) => kappadb_views::kv::put_payload(&w.key, v, &links),
             None => kappadb_views::kv::del_payload(&w.key, &links),
         };
-        let a = self.db.append(payload)?;
+        let a = self
+            .append_payloads(vec![payload])?
+            .pop()
+            .ok_or_else(|| OpError::new(500, "internal", "an append returned no entry"))?;
         Ok(KvWritten {
             id: a.id.to_string(),
             key: w.key,

@@ -1,13 +1,18 @@
-//! The dashboard in a real browser: headless Chromium driven over
-//! WebDriver (chromedriver, with a plain HTTP client). Two nodes; the
-//! dashboard of one shows the other connected, an entry appended on the
-//! other appears in its live tail, a view rebuilt from the page reaches
-//! done, and a feed blocked from the page is blocked. A screenshot is saved under the target directory
-//! (`target/ci-artifacts/dashboard.png`).
+//! The dashboard in real browsers: headless Chromium (chromedriver) and
+//! headless Firefox (geckodriver), each driven over WebDriver with a plain
+//! HTTP client, through the same scenario. Two nodes; the dashboard of one
+//! shows the other connected, an entry appended on the other appears in
+//! its live tail, a view rebuilt from the page reaches done, the panels
+//! stack on a phone-sized window, and a feed blocked from the page is
+//! blocked. Screenshots are saved under the target directory
+//! (`target/ci-artifacts/dashboard.png`, `dashboard-firefox.png`, and the
+//! phone-sized `-phone` ones).
 //!
-//! Needs Debian's `chromium` and `chromium-driver`. Without them the test
-//! says so and passes, unless `KAPPADB_REQUIRE_TOOLS=1` (set by
-//! `.ci/run`, which installs them), which makes them a must.
+//! Needs Debian's `chromium` and `chromium-driver`, and `firefox-esr` with
+//! geckodriver (not packaged in Debian: `cargo install geckodriver`; found
+//! on the PATH or at `KAPPADB_GECKODRIVER`). Without them a test says so
+//! and passes, unless `KAPPADB_REQUIRE_TOOLS=1` (set by `.ci/run`, which
+//! installs them), which makes them a must.
 
 mod common;
 
@@ -63,25 +68,59 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The browsers the scenario runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Browser {
+    Chromium,
+    Firefox,
+}
+
+/// A missing tool: a failure under `KAPPADB_REQUIRE_TOOLS=1`, else a skip.
+fn missing(why: &str) -> Option<Driver> {
+    if std::env::var("KAPPADB_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("{why}");
+    }
+    eprintln!("skipping the browser test: {why}");
+    None
+}
+
 impl Driver {
-    /// Start chromedriver and a headless Chromium session, or `None` if
-    /// they are not installed (and not required).
-    fn start() -> Option<Self> {
-        let (Some(chromium), Some(driver)) = (
-            find(&["chromium", "chromium-browser"]),
-            find(&["chromedriver"]),
-        ) else {
-            let why =
-                "chromium and chromedriver are not installed (Debian: chromium chromium-driver)";
-            if std::env::var("KAPPADB_REQUIRE_TOOLS").as_deref() == Ok("1") {
-                panic!("{why}");
+    /// Start the browser's WebDriver server and a headless session, or
+    /// `None` if they are not installed (and not required).
+    fn start(browser: Browser) -> Option<Self> {
+        let (binary, driver) = match browser {
+            Browser::Chromium => {
+                let (Some(chromium), Some(driver)) = (
+                    find(&["chromium", "chromium-browser"]),
+                    find(&["chromedriver"]),
+                ) else {
+                    return missing(
+                        "chromium and chromedriver are not installed (Debian: chromium chromium-driver)",
+                    );
+                };
+                (chromium, driver)
             }
-            eprintln!("skipping the browser test: {why}");
-            return None;
+            Browser::Firefox => {
+                let driver = std::env::var_os("KAPPADB_GECKODRIVER")
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_file())
+                    .or_else(|| find(&["geckodriver"]));
+                let (Some(firefox), Some(driver)) = (find(&["firefox-esr", "firefox"]), driver)
+                else {
+                    return missing(
+                        "firefox and geckodriver are not installed (Debian: firefox-esr; cargo install geckodriver)",
+                    );
+                };
+                (firefox, driver)
+            }
         };
         let port = free_port();
-        let child = Command::new(driver)
-            .arg(format!("--port={port}"))
+        let mut cmd = Command::new(driver);
+        match browser {
+            Browser::Chromium => cmd.arg(format!("--port={port}")),
+            Browser::Firefox => cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -99,36 +138,59 @@ impl Driver {
             session: None,
             profile,
         };
-        common::eventually("chromedriver to answer", || {
+        common::eventually("the WebDriver server to answer", || {
             d.agent
                 .get(format!("{}/status", d.base))
                 .call()
                 .ok()
                 .filter(|r| r.status() == 200)
         });
-        let args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1280,1600",
-            &format!("--user-data-dir={}", d.profile.path().display()),
-        ];
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": chromium.display().to_string(), "args": args},
-        }}});
+        let caps = match browser {
+            Browser::Chromium => {
+                let args = [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--window-size=1280,1600",
+                    &format!("--user-data-dir={}", d.profile.path().display()),
+                ];
+                json!({"capabilities": {"alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {"binary": binary.display().to_string(), "args": args},
+                }}})
+            }
+            // geckodriver makes a fresh profile of its own.
+            Browser::Firefox => json!({"capabilities": {"alwaysMatch": {
+                "browserName": "firefox",
+                "moz:firefoxOptions": {
+                    "binary": binary.display().to_string(),
+                    "args": ["-headless", "--width=1280", "--height=1600"],
+                    "prefs": {
+                        "app.update.enabled": false,
+                        "browser.shell.checkDefaultBrowser": false,
+                        "datareporting.policy.dataSubmissionEnabled": false,
+                        "network.captive-portal-service.enabled": false,
+                    },
+                },
+            }}}),
+        };
         let v = d.post("/session", &caps);
         let id = v["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
             .to_string();
         d.session = Some(id);
+        let v = d.post(
+            &d.session_path("/window/rect"),
+            &json!({"width": 1280, "height": 1600}),
+        );
+        assert!(v["value"].is_object(), "window size: {v}");
         Some(d)
     }
 
@@ -224,8 +286,25 @@ fn peer_id_of(node: &common::Node) -> String {
 
 #[test]
 fn the_dashboard_shows_peers_the_live_tail_and_a_rebuild() {
-    let Some(browser) = Driver::start() else {
+    scenario(Browser::Chromium);
+}
+
+#[test]
+fn the_dashboard_works_in_firefox_too() {
+    scenario(Browser::Firefox);
+}
+
+fn scenario(kind: Browser) {
+    let Some(browser) = Driver::start(kind) else {
         return;
+    };
+    let shot = |name: &str| {
+        let suffix = if kind == Browser::Firefox {
+            "-firefox"
+        } else {
+            ""
+        };
+        artifacts().join(format!("{name}{suffix}.png"))
     };
     let root = tempfile::tempdir().unwrap();
     let (a, b) = (root.path().join("a"), root.path().join("b"));
@@ -301,7 +380,7 @@ fn the_dashboard_shows_peers_the_live_tail_and_a_rebuild() {
     std::thread::sleep(Duration::from_millis(1500));
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    let path = artifacts().join("dashboard.png");
+    let path = shot("dashboard");
     std::fs::write(&path, png).unwrap();
     eprintln!("screenshot: {}", path.display());
 
@@ -317,7 +396,7 @@ fn the_dashboard_shows_peers_the_live_tail_and_a_rebuild() {
          return new Set(xs).size === 1 ? xs.length : null",
     );
     assert!(columns.as_u64().unwrap() >= 6, "{columns}");
-    let path = artifacts().join("dashboard-phone.png");
+    let path = shot("dashboard-phone");
     std::fs::write(&path, browser.screenshot()).unwrap();
 
     // Block the other node's feed from the page (an admin endpoint, with

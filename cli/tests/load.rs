@@ -135,7 +135,10 @@ fn kill_9_during_api_appends_loses_nothing_acknowledged() {
         let mut node = serve(&dir);
         let api = ApiClient::of(&dir);
         let got = Arc::new(Mutex::new(Vec::new()));
-        let writers: Vec<_> = (0..4)
+        // Eight concurrent writers, so appends share group commits
+        // (cli/src/group_commit.rs): an acknowledged append must be
+        // durable whichever batch it rode in.
+        let writers: Vec<_> = (0..8)
             .map(|w| {
                 let api = api.clone();
                 let got = got.clone();

@@ -10,13 +10,20 @@
 //! - one feed of `KAPPA_BENCH_ENTRIES` entries (default 1,000,000) of
 //!   `KAPPA_BENCH_PAYLOAD` bytes (default 100);
 //! - `KAPPA_BENCH_FEEDS` feeds (default 1,000) of `KAPPA_BENCH_FEED_ENTRIES`
-//!   entries (default 1,000).
+//!   entries (default 1,000);
+//! - `big`: one feed of `KAPPA_BENCH_BIG_ENTRIES` entries (default 40,000)
+//!   of 16 KiB, beside the limits of the disk and of loopback measured in
+//!   the same run: `dd` writing as many bytes into the receiver's
+//!   directory (one fsync at the end, and an fsync per MiB written, as
+//!   ingest pages do), and a plain TCP copy of as many bytes over
+//!   127.0.0.1 (64 KiB writes, one thread each side).
 //!
 //! Reported per scenario: entries/s, MB/s of payload, and for each node's
 //! process its peak RSS (`VmHWM`; the parent resets its own before each
 //! scenario) and the CPU time it spent during the sync.
 //!
-//! `KAPPA_BENCH_ONLY=one|many` runs one of them. `KAPPA_BENCH_IN_FLIGHT`,
+//! `KAPPA_BENCH_ONLY=one|many|big` runs one of them (`big` runs only when
+//! asked for). `KAPPA_BENCH_IN_FLIGHT`,
 //! `KAPPA_BENCH_INGEST_ENTRIES` and `KAPPA_BENCH_BUFFERED` override the
 //! receiving node's [`kappadb_net::SyncConfig`] `max_in_flight`,
 //! `max_ingest_entries` and `max_buffered_bytes`. Run with
@@ -34,6 +41,8 @@ use kappadb_net::{Multiaddr, Node, NodeConfig};
 const ROLE: &str = "KAPPA_BENCH_ROLE";
 /// Set in a child's environment: the source database's directory.
 const DIR: &str = "KAPPA_BENCH_DIR";
+/// The `big` scenario's payload size.
+const BIG_PAYLOAD: usize = 16 * 1024;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -169,6 +178,14 @@ fn fill(scenario: &str, dir: &Path) {
             fill_one_feed(&db, n, payload);
             eprintln!("setup: {n} entries in one feed in {:.1?}", t.elapsed());
         }
+        "big" => {
+            let n = env("KAPPA_BENCH_BIG_ENTRIES", 40_000);
+            fill_one_feed(&db, n, BIG_PAYLOAD);
+            eprintln!(
+                "setup: {n} entries of {BIG_PAYLOAD} bytes in one feed in {:.1?}",
+                t.elapsed()
+            );
+        }
         "many" => {
             let feeds = env("KAPPA_BENCH_FEEDS", 1_000);
             let per = env("KAPPA_BENCH_FEED_ENTRIES", 1_000);
@@ -292,6 +309,75 @@ fn receiver_config() -> NodeConfig {
     config
 }
 
+/// `dd` writing `bytes` (rounded up to MiB) into a file in `dir` with
+/// `flags`; its MB/s (as dd counts: 10^6 bytes).
+fn dd(dir: &Path, bytes: u64, flags: &str) -> f64 {
+    let file = dir.join("dd.out");
+    let count = bytes.div_ceil(1 << 20);
+    let out = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", file.display()))
+        .args(["bs=1M", &format!("count={count}"), flags])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("dd runs");
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "dd failed");
+    // "... bytes (...) copied, 1.23 s, 456 MB/s": bytes over seconds, not
+    // dd's rounded rate.
+    let text = String::from_utf8_lossy(&out.stderr);
+    let line = text
+        .lines()
+        .find(|l| l.contains(" copied"))
+        .expect("dd's summary");
+    let copied: f64 = line
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .expect("bytes copied");
+    let secs: f64 = line
+        .split_once(" copied, ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .expect("seconds");
+    copied / secs / 1e6
+}
+
+/// A plain TCP copy of `bytes` over loopback: one thread writes 64 KiB
+/// buffers, another reads them; MB/s.
+fn tcp_copy(bytes: u64) -> f64 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        got
+    });
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let buf = vec![b'z'; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        s.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    drop(s);
+    let got = reader.join().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(got, bytes);
+    bytes as f64 / secs / 1e6
+}
+
 fn run(name: &str, scenario: &str, payload: usize) {
     let src = tempfile::tempdir().unwrap();
     let fill_peak = Server::spawn(&format!("fill-{scenario}"), src.path()).filled();
@@ -302,6 +388,15 @@ fn run(name: &str, scenario: &str, payload: usize) {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dst = tempfile::tempdir().unwrap();
+    let limits = (scenario == "big").then(|| {
+        // The same bytes the sync moves, payloads only.
+        let bytes = total * payload as u64;
+        (
+            dd(dst.path(), bytes, "conv=fsync"),
+            dd(dst.path(), bytes, "oflag=dsync"),
+            tcp_copy(bytes),
+        )
+    });
     let b = create(dst.path());
     let nb = rt
         .block_on(
@@ -356,6 +451,17 @@ fn run(name: &str, scenario: &str, payload: usize) {
         100.0 * server_cpu / secs,
         mib(fill_peak),
     );
+    if let Some((dd_fsync, dd_dsync, tcp)) = limits {
+        println!(
+            "  limits, same bytes: dd to the receiver's disk {dd_fsync:.0} MB/s (one fsync), \
+             {dd_dsync:.0} MB/s (fsync per MiB); plain TCP over loopback {tcp:.0} MB/s"
+        );
+        println!(
+            "  sync / disk (fsync per MiB): {:.0}%, sync / TCP: {:.1}%",
+            100.0 * payload_mb / secs / dd_dsync,
+            100.0 * payload_mb / secs / tcp
+        );
+    }
 }
 
 fn main() {
@@ -376,5 +482,8 @@ fn main() {
         let feeds = env("KAPPA_BENCH_FEEDS", 1_000);
         let per = env("KAPPA_BENCH_FEED_ENTRIES", 1_000);
         run(&format!("{feeds} feeds of {per}"), "many", payload);
+    }
+    if only == "big" {
+        run("one feed of 16 KiB payloads", "big", BIG_PAYLOAD);
     }
 }

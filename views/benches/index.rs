@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use kappadb_core::test_utils::TestPeer;
 use kappadb_core::{CreateOptions, Db, Entry};
+use kappadb_views::timeline::{Order, TimelineQuery};
 use kappadb_views::{Indexer, IndexerConfig, KvView, TimelineView};
 
 // sled allocates on every operation; glibc's malloc halves its speed under
@@ -218,6 +219,10 @@ fn main() {
         );
     }
 
+    if views.contains(&"timeline") {
+        timeline_queries(&ix);
+    }
+
     for &name in &views {
         let d = ix.digest(name).unwrap_or_else(|e| panic!("{e}"));
         println!(
@@ -230,4 +235,62 @@ fn main() {
     }
     db.flush_index().unwrap_or_else(|e| panic!("{e}"));
     println!("sled dir at the end: {:.1} MiB", mib(dir_size(&sled_dir)));
+}
+
+/// Timeline query latency: the newest 20 entries, the newest 20 of a
+/// type, and 20 oldest-first from a point in the middle (each the mean of
+/// 200 runs, entries read back from the log included).
+fn timeline_queries(ix: &Indexer) {
+    let tl = ix.timeline().unwrap_or_else(|e| panic!("{e}"));
+    let end = |order| {
+        let q = TimelineQuery {
+            limit: 1,
+            order,
+            ..Default::default()
+        };
+        let got = tl.query(&q).unwrap_or_else(|e| panic!("{e}"));
+        got.first().map(|i| i.timestamp)
+    };
+    let (Some(oldest), Some(newest)) = (end(Order::Ascending), end(Order::Descending)) else {
+        return;
+    };
+    let middle = oldest + (newest - oldest) / 2;
+    let queries = [
+        (
+            "newest 20",
+            TimelineQuery {
+                limit: 20,
+                ..Default::default()
+            },
+        ),
+        (
+            "newest 20 of a type",
+            TimelineQuery {
+                kind: Some("kv.put".into()),
+                limit: 20,
+                ..Default::default()
+            },
+        ),
+        (
+            "20 from the middle",
+            TimelineQuery {
+                from: Some(middle),
+                limit: 20,
+                order: Order::Ascending,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, q) in &queries {
+        let runs = 200;
+        let t = Instant::now();
+        for _ in 0..runs {
+            let got = tl.query(q).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got.len(), 20, "{what}");
+        }
+        println!(
+            "timeline query, {what}: {:.2} ms",
+            t.elapsed().as_secs_f64() * 1000.0 / runs as f64
+        );
+    }
 }

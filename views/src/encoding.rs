@@ -11,7 +11,8 @@
 //! scalar(string) = 0x40 | escaped(utf-8)
 //! entry key      = timestamp BE (8) | author (32) | u64 BE (8)
 //!                  (the u64 is the seq in a field index list, seq / 64 in
-//!                  a bucket key: module `bucket`)
+//!                  a bucket key: module `bucket`; in a timeline key the
+//!                  timestamp is its slot, timestamp >> 16: module `slot`)
 //! ```
 //!
 //! So null < false < true < numbers (numerically) < strings (bytewise), and

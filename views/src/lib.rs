@@ -82,6 +82,7 @@ pub mod generation;
 pub mod identity;
 pub mod indexer;
 pub mod kv;
+mod slot;
 pub mod timeline;
 pub mod undo;
 pub mod view;

@@ -2,15 +2,21 @@
 //! `(timestamp, author, seq)`, with an index by payload `"type"` so that
 //! type-filtered range queries stay range scans.
 //!
-//! Keys (in the view's key space), as entry buckets (module `bucket`: an
-//! author's entries of one millisecond, up to 64 per key, as a bitmap):
+//! Keys (in the view's key space), as slot buckets (module `slot`: an
+//! author's entries of one 65.536 s slot, up to 64 per key, with their
+//! timestamps):
 //!
 //! ```text
-//! 'e' | bucket                    -> bitmap   every entry with a payload
-//! 't' | escaped(type) | bucket    -> bitmap   entries whose payload has a string "type"
+//! 'e' | bucket                    -> block    every entry with a payload
+//! 't' | escaped(type) | bucket    -> block    entries whose payload has a string "type"
 //! 'u' | author | seq / 64 BE      -> undo     each entry's timestamp and type (module `undo`)
-//! bucket = timestamp BE | author | seq / 64 BE
+//! bucket = timestamp >> 16 BE | author | seq / 64 BE
 //! ```
+//!
+//! A query scans the slots of its time range in order and sorts each
+//! slot's entries before handing them out, so results come in
+//! `(timestamp, author, seq)` order (or the reverse) although keys within
+//! a slot sort by author.
 //!
 //! A deletion (or a forget marker) takes the deleted entries' bits out of
 //! their buckets, found through their undo records; a deletion naming an
@@ -25,22 +31,24 @@
 //! through the feed index.
 //!
 //! Version 1 stored one key per entry and index; version 2 stores buckets;
-//! version 3 keeps undo records and honours deletions.
+//! version 3 keeps undo records and honours deletions; version 4 buckets by
+//! slot rather than by millisecond (a feed writing at most once a
+//! millisecond cost two sled keys per entry).
 
 use kappadb_core::{Db, EntryId, FeedId};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bucket::{self, BucketWriter};
 use crate::encoding::{prefix_end, put_escaped};
 use crate::error::ViewError;
+use crate::slot::{self, SlotMerge, SlotWriter};
 use crate::undo::UndoBatch;
 use crate::view::{View, ViewReader, ViewRecord, ViewTx};
 
 /// The timeline view's name.
 pub const NAME: &str = "timeline";
 /// The timeline view's version.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 const BY_TIME: u8 = b'e';
 const BY_TYPE: u8 = b't';
@@ -78,7 +86,7 @@ impl View for TimelineView {
     }
 
     fn apply(&self, batch: &[ViewRecord], tx: &mut ViewTx<'_>) -> Result<(), ViewError> {
-        let mut buckets = BucketWriter::default();
+        let mut buckets = SlotWriter::default();
         let mut undo = UndoBatch::new(UNDO);
         let mut prefix = Vec::new();
         let mut type_prefix = |kind: &str| {
@@ -250,56 +258,94 @@ impl TimelineReader {
             None => vec![BY_TIME],
         };
         let mut lo = prefix.clone();
-        lo.extend_from_slice(&from.to_be_bytes());
-        let hi = match to.checked_add(1) {
-            Some(t) => {
+        lo.extend_from_slice(&slot::slot_of(from).to_be_bytes());
+        let hi = match slot::slot_of(to).checked_add(1) {
+            Some(s) => {
                 let mut hi = prefix.clone();
-                hi.extend_from_slice(&t.to_be_bytes());
+                hi.extend_from_slice(&s.to_be_bytes());
                 Some(hi)
             }
             None => prefix_end(&prefix),
         };
         let scan = self.reader.range(&lo, hi.as_deref());
-        let scan: Box<dyn Iterator<Item = _>> = match q.order {
-            Order::Ascending => Box::new(scan),
-            Order::Descending => Box::new(scan.rev()),
+        let descending = q.order == Order::Descending;
+        let mut scan: Box<dyn Iterator<Item = _>> = if descending {
+            Box::new(scan.rev())
+        } else {
+            Box::new(scan)
         };
         let damaged = || ViewError::damaged(NAME, "a timeline bucket does not decode");
+        let mut merge = SlotMerge::default();
         let mut out = Vec::new();
-        'scan: for item in scan {
-            let (k, v) = item?;
-            let entries = k
-                .get(prefix.len()..)
-                .and_then(|key| bucket::entries(key, &v, q.order == Order::Descending))
-                .ok_or_else(damaged)?;
-            for (timestamp, author, seq) in entries {
-                if q.author.is_some_and(|a| a != author) {
-                    continue 'scan;
+        loop {
+            let (gathered, last) = match scan.next() {
+                Some(item) => {
+                    let (k, v) = item?;
+                    let key = k.get(prefix.len()..).ok_or_else(damaged)?;
+                    let (slot_idx, author) = slot::key_slot_author(key).ok_or_else(damaged)?;
+                    if q.author.is_some_and(|a| a != author) {
+                        continue;
+                    }
+                    let block = slot::entries(key, &v).ok_or_else(damaged)?;
+                    let block = block.filter(|&(timestamp, author, seq)| {
+                        (from..=to).contains(&timestamp)
+                            && filter.is_none_or(|f| f.admits(&author, seq))
+                    });
+                    match merge.push(slot_idx, block) {
+                        Some(gathered) => (gathered, false),
+                        None => continue,
+                    }
                 }
-                if filter.is_some_and(|f| !f.admits(&author, seq)) {
-                    continue;
+                None => (merge.finish(), true),
+            };
+            // Order only as many as are still wanted; the others only if
+            // some of those are missing from the feed index.
+            let (first, rest) = slot::best(gathered, q.limit - out.len(), descending);
+            if self.push_items(q, first, &mut out)? {
+                return Ok(out);
+            }
+            if !rest.is_empty() {
+                let (rest, _) = slot::best(rest, usize::MAX, descending);
+                if self.push_items(q, rest, &mut out)? {
+                    return Ok(out);
                 }
-                let Some(entry) = self.db.get(&author, seq)? else {
-                    tracing::warn!(author = %author.fmt_short(), seq, "timeline names an entry the feed index does not hold");
-                    continue;
-                };
-                let kind = match &q.kind {
-                    Some(k) => Some(k.clone()),
-                    None => entry.payload.bytes().and_then(payload_kind),
-                };
-                out.push(TimelineItem {
-                    timestamp,
-                    author,
-                    seq,
-                    id: entry.id(),
-                    kind,
-                    payload: entry.payload.into_bytes(),
-                });
-                if out.len() >= q.limit {
-                    break 'scan;
-                }
+            }
+            if last {
+                break;
             }
         }
         Ok(out)
+    }
+
+    /// Read `entries` back and add them to `out`; whether `out` reached
+    /// the query's limit.
+    fn push_items(
+        &self,
+        q: &TimelineQuery,
+        entries: Vec<slot::SlotEntry>,
+        out: &mut Vec<TimelineItem>,
+    ) -> Result<bool, ViewError> {
+        for (timestamp, author, seq) in entries {
+            let Some(entry) = self.db.get(&author, seq)? else {
+                tracing::warn!(author = %author.fmt_short(), seq, "timeline names an entry the feed index does not hold");
+                continue;
+            };
+            let kind = match &q.kind {
+                Some(k) => Some(k.clone()),
+                None => entry.payload.bytes().and_then(payload_kind),
+            };
+            out.push(TimelineItem {
+                timestamp,
+                author,
+                seq,
+                id: entry.id(),
+                kind,
+                payload: entry.payload.into_bytes(),
+            });
+            if out.len() >= q.limit {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }

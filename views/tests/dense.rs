@@ -6,8 +6,11 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::{create_db, digests, indexer};
 use kappadb_core::Entry;
+use kappadb_core::system::{DeleteTarget, Deletion};
 use kappadb_core::test_utils::TestPeer;
 use kappadb_views::{FieldQuery, Order, TimelineQuery};
 use serde_json::json;
@@ -132,4 +135,128 @@ fn dense_buckets_are_deterministic_and_ordered() {
         .collect();
     let expected: Vec<_> = expected.iter().rev().take(5).copied().collect();
     assert_eq!(got, expected);
+}
+
+/// Three feeds whose entries spread over several of the timeline's slots
+/// (65.536 s), with timestamps that go backwards now and then (a claim),
+/// so that key order within a slot (by author) is not time order; then
+/// each feed deletes some of its entries.
+fn spread_feeds() -> Vec<Vec<Entry>> {
+    (0..3u64)
+        .map(|f| {
+            let mut peer = TestPeer::new(900 + f);
+            for i in 0..160u64 {
+                let kind = if i % 4 == 0 { "chat" } else { "note" };
+                let payload = json!({"type": kind, "i": i, "feed": f});
+                let ts = 60_000 + i * 1_777 + f * 311 - if i % 9 == 0 { 5_000 } else { 0 };
+                peer.make(ts, serde_json::to_vec(&payload).unwrap());
+            }
+            let targets = [3u64, 64, 65, 100 + f]
+                .iter()
+                .map(|&seq| DeleteTarget {
+                    seq,
+                    id: peer.entries[(seq - 1) as usize].id(),
+                })
+                .collect();
+            let d = Deletion {
+                targets,
+                up_to: None,
+            };
+            peer.make(400_000, d.encode());
+            peer.entries
+        })
+        .collect()
+}
+
+#[test]
+fn slots_merge_into_time_order() {
+    let feeds = spread_feeds();
+    let dir1 = tempfile::tempdir().unwrap();
+    let db1 = create_db(dir1.path(), 1);
+    for feed in &feeds {
+        for chunk in feed.chunks(13) {
+            db1.ingest(chunk.to_vec()).unwrap();
+        }
+    }
+    let ix1 = indexer(&db1, 9);
+    ix1.catch_up().unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let db2 = create_db(dir2.path(), 2);
+    let mut mixed = Vec::new();
+    for i in 0..feeds[0].len() {
+        for feed in feeds.iter().rev() {
+            mixed.push(feed[i].clone());
+        }
+    }
+    db2.ingest(mixed).unwrap();
+    let ix2 = indexer(&db2, 5000);
+    ix2.catch_up().unwrap();
+    assert_eq!(digests(&ix1), digests(&ix2));
+
+    // The reference: every entry but the deletions and the deleted.
+    let mut want: Vec<(u64, kappadb_core::FeedId, u64, &str)> = Vec::new();
+    for (f, feed) in feeds.iter().enumerate() {
+        for e in &feed[..feed.len() - 1] {
+            let seq = e.header.seq;
+            if [3, 64, 65, 100 + f as u64].contains(&seq) {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(e.payload.bytes().unwrap()).unwrap();
+            let kind = if v["type"] == "chat" { "chat" } else { "note" };
+            want.push((e.header.timestamp, e.header.author, seq, kind));
+        }
+    }
+    want.sort();
+    assert_eq!(want.len(), 3 * (160 - 4));
+    let slots: BTreeSet<u64> = want.iter().map(|w| w.0 >> 16).collect();
+    assert!(slots.len() >= 4, "{slots:?}");
+
+    let author = feeds[1][0].header.author;
+    for ix in [&ix1, &ix2] {
+        let tl = ix.timeline().unwrap();
+        for kind in [None, Some("chat")] {
+            for who in [None, Some(author)] {
+                for (from, to) in [
+                    (None, None),
+                    (Some(70_000), Some(200_000)),
+                    (Some(131_072), Some(131_072 + 9_000)),
+                ] {
+                    for limit in [1, 7, 100, 1000] {
+                        for order in [Order::Ascending, Order::Descending] {
+                            let got: Vec<_> = tl
+                                .query(&TimelineQuery {
+                                    kind: kind.map(str::to_string),
+                                    author: who,
+                                    from,
+                                    to,
+                                    limit,
+                                    order,
+                                })
+                                .unwrap()
+                                .iter()
+                                .map(key)
+                                .collect();
+                            let mut expected: Vec<_> = want
+                                .iter()
+                                .filter(|w| kind.is_none_or(|k| k == w.3))
+                                .filter(|w| who.is_none_or(|a| a == w.1))
+                                .filter(|w| {
+                                    from.is_none_or(|f| w.0 >= f) && to.is_none_or(|t| w.0 <= t)
+                                })
+                                .map(|w| (w.0, w.1, w.2))
+                                .collect();
+                            if order == Order::Descending {
+                                expected.reverse();
+                            }
+                            expected.truncate(limit);
+                            assert_eq!(
+                                got, expected,
+                                "{kind:?} {who:?} {from:?}..{to:?} {limit} {order:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -66,7 +66,9 @@ fn op_spec() -> impl Strategy<Value = OpSpec> {
             feed,
             kind,
             key,
-            timestamp,
+            // Few distinct timestamps (ties), spread over several of the
+            // timeline's 65.536 s slots.
+            timestamp: timestamp * 30_011,
             links,
         })
 }
