@@ -629,17 +629,7 @@ impl Backend for Local {
                 format!("key '{key}' is not set"),
             ));
         }
-        Ok(heads
-            .iter()
-            .map(|h| KvHead {
-                deleted: h.is_deleted(),
-                feed: h.author.to_string(),
-                id: h.id.to_string(),
-                seq: h.seq,
-                timestamp: h.timestamp,
-                value: h.value.clone().unwrap_or(Value::Null),
-            })
-            .collect())
+        Ok(heads.iter().map(KvHead::of).collect())
     }
 
     fn kv_list(&self, p: &KvListParams) -> OpResult<Vec<KvItem>> {

@@ -146,10 +146,7 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                 s.heads_in_flight = false;
                 // We do not know what arrived: tell everything again, by
                 // a new reconciliation where the peer takes part.
-                s.told.clear();
-                s.told_forks.clear();
-                s.told_all = None;
-                s.told_base = None;
+                s.forget_told();
                 s.heads_pending = true;
                 if matches!(s.exchange, Exchange::Done) {
                     s.exchange = Exchange::Start;
@@ -161,8 +158,9 @@ impl<P: PeerKey, S: SyncStore> Engine<P, S> {
                 if matches!(s.exchange, Exchange::Running(_) | Exchange::Finishing(_)) {
                     tracing::debug!(?peer, "reconciliation failed: plain heads exchange");
                     s.exchange = Exchange::Plain;
-                    s.told.clear();
-                    s.told_forks.clear();
+                    // A stale baseline or version would skip heads the
+                    // plain exchange must send.
+                    s.forget_told();
                     s.heads_pending = true;
                 }
             }

@@ -141,11 +141,17 @@ impl Session {
         }
     }
 
-    pub(super) fn restart(&mut self) {
+    /// Forget everything the peer was told (per feed, the reconciled
+    /// baseline, forks), so the next heads exchange tells it all again.
+    pub(super) fn forget_told(&mut self) {
         self.told_all = None;
         self.told_base = None;
         self.told.clear();
         self.told_forks.clear();
+    }
+
+    pub(super) fn restart(&mut self) {
+        self.forget_told();
         self.told_idle = None;
         self.heads_pending = true;
         self.remote_idle = false;
